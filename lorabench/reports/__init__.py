@@ -1,0 +1,67 @@
+"""Reports from the results database: tables, figures and one self-contained HTML file.
+
+``generate_report(results, out)`` writes ``results.{md,tex,csv,html}``, every figure as PNG and
+SVG under ``figures/``, and ``report.html`` with everything embedded. The CLI is
+``lorabench report``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lorabench.benchmark.store import ResultStore
+from lorabench.reports.data import ReportData, load_report_data
+from lorabench.reports.tables import ResultsTable, build_results_table, write_tables
+
+
+@dataclass
+class Report:
+    """What :func:`generate_report` wrote and what it found missing."""
+
+    out_dir: Path
+    html: Path
+    tables: dict[str, Path]
+    figures: dict[str, Path] = field(default_factory=dict)  # name -> PNG (an SVG sits beside it)
+    skipped_figures: dict[str, str] = field(default_factory=dict)  # name -> why not drawn
+    notes: list[str] = field(default_factory=list)
+    runs: int = 0
+    table: ResultsTable | None = None
+
+    @property
+    def empty(self) -> bool:
+        return self.runs == 0
+
+
+def generate_report(
+    results: str | Path | ResultStore,
+    out: str | Path,
+    *,
+    tasks: list[str] | None = None,
+    variants: list[str] | None = None,
+    seeds: list[int] | None = None,
+    tag: str | None = None,
+    title: str | None = None,
+) -> Report:
+    """Builds the full report for the runs matching the filters into folder ``out``.
+
+    An empty or partial database still yields a report, whose notes say what is missing.
+    """
+    from lorabench.reports.html import render_html
+    from lorabench.reports.plots import write_figures
+
+    data = load_report_data(results, tasks=tasks, variants=variants, seeds=seeds, tag=tag)
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = build_results_table(data.runs)
+    tables = write_tables(table, out_dir)
+    figures, skipped = write_figures(data, out_dir / "figures")
+    page = out_dir / "report.html"
+    page.write_text(render_html(data, table, figures, skipped, title=title or f"lorabench report: {out_dir.name}"), encoding="utf-8")
+    return Report(
+        out_dir=out_dir, html=page, tables=tables, figures={f.name: f.png for f in figures},
+        skipped_figures=skipped, notes=data.notes, runs=len(data.records), table=table,
+    )  # fmt: skip
+
+
+__all__ = ["Report", "ReportData", "ResultsTable", "build_results_table", "generate_report", "load_report_data"]

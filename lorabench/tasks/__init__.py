@@ -13,8 +13,15 @@ TASKS: Registry = Registry("task", entry_point_group="lorabench.tasks")
 
 
 def get_task(name: str | TaskSpec) -> TaskSpec:
-    """The registered :class:`TaskSpec` called ``name`` (unknown names fail with "did you mean")."""
-    return name if isinstance(name, TaskSpec) else TASKS.get(name)
+    """The registered :class:`TaskSpec` called ``name`` (unknown names fail with "did you mean").
+
+    A path to a custom task's YAML spec (``*.yaml``/``*.yml``) registers that task and returns it.
+    """
+    if isinstance(name, TaskSpec):
+        return name
+    if name.lower().endswith((".yaml", ".yml")):
+        return register_custom_task(name)
+    return TASKS.get(name)
 
 
 def list_tasks(pattern: str | list[str] = "*") -> list[str]:
@@ -30,6 +37,12 @@ def load_task(task: str | TaskSpec, request: LoadRequest | None = None) -> TaskD
     return SOURCES[spec.source](spec, request)
 
 
+# Built-in task families and sources register on import; they need TASKS, defined above.
+from lorabench.tasks import glue  # noqa: E402, F401  (registers the GLUE tasks and source "glue")
+from lorabench.tasks.loaders.custom import register_custom_task  # noqa: E402  (source "custom")
+from lorabench.tasks.metrics import compute_metrics  # noqa: E402
+from lorabench.tasks import planted  # noqa: E402, F401  (registers the planted tasks, source "planted")
+
 __all__ = [
     "SOURCES",
     "TASKS",
@@ -37,8 +50,10 @@ __all__ = [
     "MetricSpec",
     "TaskData",
     "TaskSpec",
+    "compute_metrics",
     "get_task",
     "list_tasks",
     "load_task",
+    "register_custom_task",
     "register_source",
 ]

@@ -4,7 +4,13 @@ Built-in variants register on import of their module; third-party variants throu
 ``lorabench.variants`` entry-point group (see :mod:`lorabench.registry`).
 """
 
-from lorabench.variants import lora  # noqa: F401  (registers "lora")
+from lorabench.variants import (
+    adalora,  # noqa: F401  (registers "adalora")
+    dora,  # noqa: F401  (registers "dora")
+    dylora,  # noqa: F401  (registers "dylora")
+    lora,  # noqa: F401  (registers "lora")
+    vera,  # noqa: F401  (registers "vera")
+)
 from lorabench.variants.adapter import Adapter, attach, load_adapter, make_config
 from lorabench.variants.base import (
     AdapterLayer,

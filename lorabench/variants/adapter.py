@@ -70,6 +70,12 @@ def attach(
             "this model already has an adapter attached; call adapter.detach() first, or attach "
             "to a fresh copy of the model"
         )
+    if isinstance(model, nn.Sequential):
+        # The variant module hangs on the model root, and nn.Sequential would call it as a layer.
+        raise ConfigError(
+            "cannot attach to an nn.Sequential at the root: wrap it in a module "
+            "(e.g. class Net(nn.Module) holding the Sequential as an attribute) and attach to that"
+        )
     cls = VARIANTS.get(variant) if isinstance(variant, str) else variant
     cfg = make_config(cls, config, **overrides)
     targets = find_targets(model, cfg.target_modules)
@@ -84,8 +90,12 @@ def attach(
     for name, base in targets.items():
         layer = variant_module.create_layer(name, base)
         layer.to(device=ref.device)
+        # A new module starts in training mode; inherit the mode of the layer it wraps so that
+        # attaching to a model in eval() does not silently switch dropout/rank sampling on.
+        layer.train(base.training)
         _replace_module(model, name, layer)
     variant_module.to(device=ref.device)
+    variant_module.train(model.training)
     model.add_module(_ROOT_ATTR, variant_module)
     return Adapter(model, variant_module, requires_grad)
 

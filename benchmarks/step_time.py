@@ -1,0 +1,514 @@
+"""Time and peak memory of one training step: lorabench's variants against PEFT and the floor.
+
+One step is forward, backward and the optimiser (AdamW over the adapter's parameters, with the
+variant's per-step hooks and regulariser, as the harness runs it) on all-MiniLM-L6-v2, batch
+32 x 64 tokens, query and value adapted. For each variant three configurations are timed:
+
+* ours: ``lorabench.variants.attach(model, name, ...)``;
+* PEFT: the same configuration in Hugging Face PEFT (LoRA r8, DoRA r8, VeRA r256, AdaLoRA
+  init_r 12 -> target_r 8; DyLoRA has no PEFT equivalent, so PEFT LoRA at DyLoRA's r_max);
+* the floor: the frozen model with gradients flowing through every layer (the embedding output
+  requires grad, so backward runs through all six layers as it does for any adapter); there is
+  nothing to optimise, so its step is forward and backward.
+
+Timing: every configuration is built once in this process and the steps are interleaved
+(round-robin, the order rotated each repeat) so that load on a shared machine hits all of them
+alike. Times are medians over repeats; a ratio is the median over repeats of the two times
+taken in the same repeat (paired), which cancels load that drifts during the run. Absolute
+times from different runs or machines are not comparable; the ratios are the result.
+
+Peak memory, "step memory": the peak during one step minus what is held just before it (model,
+adapter, optimiser state after warm-up), so it is activations kept for backward, gradients and
+temporaries. On CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``. On
+CPU, torch has no allocator statistics and tracemalloc does not see its allocations, so each
+configuration is measured in a fresh subprocess from the kernel's peak resident set size:
+``/proc/self/clear_refs`` resets the high-water mark (VmHWM) to the current RSS before the step
+and VmHWM is read after it. glibc's mmap threshold is pinned (``MALLOC_MMAP_THRESHOLD_``) in that
+subprocess so every tensor above 128 KiB is its own mapping and is returned to the kernel when
+freed; RSS then follows torch's live tensors instead of allocator caching. Where clear_refs is
+unavailable (not Linux), a 1 ms psutil RSS sampler is the fallback. The median of three steps is
+reported. RSS readings carry some hundred KiB of noise (small allocations on glibc's heap), so on
+CPU a memory difference under ``CPU_MEMORY_SLACK`` (1 MiB) does not count as a miss; CUDA readings
+are exact and get no slack.
+
+    HF_HUB_OFFLINE=1 python benchmarks/step_time.py --repeats 20 --json step_time.json
+    python benchmarks/step_time.py --variants lora,dora --repeats 5 --device cpu
+
+Targets (from the issue): every variant at most PEFT's time (ratio <= 1.00) and memory; LoRA and
+DyLoRA within 1.05x of the floor; DoRA within 1.15x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch
+from torch import nn
+
+ALL_VARIANTS = ("lora", "dora", "vera", "adalora", "dylora")
+TARGETS = ["query", "value"]
+# Ours: keyword arguments for lorabench's attach (keys a variant's config lacks are dropped, so
+# AdaLoRA's initial rank may be spelled r or init_r).
+OUR_CONFIGS: dict[str, dict[str, Any]] = {
+    "lora": {"r": 8, "alpha": 8},
+    "dora": {"r": 8, "alpha": 8},
+    "vera": {"r": 256},
+    "adalora": {"r": 12, "init_r": 12, "target_r": 8, "tinit": 0, "tfinal": 0, "deltaT": 1},
+    "dylora": {"r": 8, "alpha": 8},
+}
+FLOOR_TARGETS = {"lora": 1.05, "dylora": 1.05, "dora": 1.15}
+MMAP_THRESHOLD = 128 * 1024  # bytes; see the module docstring
+MEMORY_STEPS = 3
+CPU_MEMORY_SLACK = 2**20  # bytes: RSS noise floor, see the module docstring
+
+
+@dataclass(frozen=True)
+class Setup:
+    """One timed configuration: ``kind`` is "ours", "peft" or "floor"."""
+
+    label: str
+    kind: str
+    variant: str | None
+
+
+@dataclass
+class Options:
+    model: str | None
+    device: str
+    batch_size: int
+    seq_len: int
+    total_steps: int
+
+
+# -- building ------------------------------------------------------------------------------------
+
+
+def load_base_model(opts: Options) -> nn.Module:
+    """all-MiniLM-L6-v2 (or ``--model``) with a 2-label head, the same weights every time."""
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    from lorabench.models import resolve_model
+
+    hf_logging.set_verbosity_error()  # the "newly initialised head" warning is expected
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(resolve_model(opts.model), num_labels=2)
+    return model.to(opts.device).train()  # train mode: dropout on, as in real training
+
+
+def make_batch(model: nn.Module, opts: Options) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    vocab = model.config.vocab_size
+    batch = {
+        # ids from the upper part of the vocabulary: no padding or special tokens
+        "input_ids": torch.randint(vocab // 10, vocab, (opts.batch_size, opts.seq_len), generator=g),
+        "attention_mask": torch.ones(opts.batch_size, opts.seq_len, dtype=torch.long),
+        "labels": torch.randint(0, 2, (opts.batch_size,), generator=g),
+    }
+    return {k: v.to(opts.device) for k, v in batch.items()}
+
+
+def our_config(variant: str) -> dict[str, Any]:
+    from lorabench.variants import get_variant
+
+    fields = {f.name for f in dataclasses.fields(get_variant(variant).config_class)}
+    return {k: v for k, v in OUR_CONFIGS[variant].items() if k in fields} | {"target_modules": TARGETS}
+
+
+def peft_config(variant: str, total_steps: int) -> Any:
+    import peft
+
+    if variant in ("lora", "dylora"):  # DyLoRA: PEFT LoRA at its r_max
+        return peft.LoraConfig(r=8, lora_alpha=8, lora_dropout=0.0, target_modules=TARGETS)
+    if variant == "dora":
+        return peft.LoraConfig(r=8, lora_alpha=8, lora_dropout=0.0, use_dora=True, target_modules=TARGETS)
+    if variant == "vera":
+        return peft.VeraConfig(r=256, target_modules=TARGETS)
+    if variant == "adalora":
+        return peft.AdaLoraConfig(
+            init_r=12, target_r=8, tinit=0, tfinal=0, deltaT=1, total_step=total_steps,
+            lora_alpha=8, lora_dropout=0.0, target_modules=TARGETS,
+        )
+    raise ValueError(f"no PEFT configuration for variant {variant!r}")
+
+
+def build_step(setup: Setup, opts: Options) -> Callable[[int], None]:
+    """Builds ``setup`` on a fresh model and returns its ``step(i)``."""
+    model = load_base_model(opts)
+    batch = make_batch(model, opts)
+
+    if setup.kind == "floor":
+        for p in model.parameters():
+            p.requires_grad_(False)
+        # Gradients flow from the loss down through every layer, as they do for any adapter.
+        model.get_input_embeddings().register_forward_hook(lambda _m, _i, out: out.requires_grad_(True))
+
+        def floor_step(_: int) -> None:
+            model(**batch).loss.backward()
+
+        return floor_step
+
+    if setup.kind == "ours":
+        from lorabench.variants import attach
+
+        adapter = attach(model, setup.variant, **our_config(setup.variant))
+        optimizer = torch.optim.AdamW(adapter.trainable_parameters(), lr=1e-4)
+        adapter.on_train_begin(opts.total_steps)
+
+        def our_step(i: int) -> None:
+            adapter.before_step(i)
+            loss = model(**batch).loss
+            reg = adapter.regularization_loss()
+            (loss if reg is None else loss + reg).backward()
+            optimizer.step()
+            adapter.after_step(i)
+            optimizer.zero_grad(set_to_none=True)
+
+        return our_step
+
+    import peft
+
+    peft_model = peft.get_peft_model(model, peft_config(setup.variant, opts.total_steps))
+    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-4)
+    is_adalora = setup.variant == "adalora"
+
+    def peft_step(i: int) -> None:
+        loss = peft_model(**batch).loss  # AdaLoRA adds its orthogonality term to this loss
+        loss.backward()
+        optimizer.step()
+        if is_adalora:  # PEFT's rank allocator, called by hand after the optimiser step
+            peft_model.base_model.update_and_allocate(i)
+        optimizer.zero_grad(set_to_none=True)
+
+    return peft_step
+
+
+def plan(variants: list[str]) -> tuple[list[Setup], list[str]]:
+    """The setups to time, and a message for each variant or comparison left out."""
+    from lorabench.variants import list_variants
+
+    registered = set(list_variants())
+    try:
+        import peft  # noqa: F401
+
+        have_peft = True
+    except ImportError:
+        have_peft = False
+    setups = [Setup("floor", "floor", None)]
+    skipped: list[str] = []
+    if not have_peft:
+        skipped.append("peft is not installed: PEFT columns left out (pip install peft)")
+    for v in variants:
+        if v not in registered:
+            skipped.append(f"{v}: not registered in lorabench.variants yet, skipped")
+            continue
+        setups.append(Setup(f"ours:{v}", "ours", v))
+        if have_peft:
+            setups.append(Setup(f"peft:{v}", "peft", v))
+    return setups, skipped
+
+
+# -- timing ----------------------------------------------------------------------------------------
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_interleaved(setups: list[Setup], opts: Options, repeats: int, warmup: int) -> dict[str, list[float]]:
+    steps = {}
+    for s in setups:
+        print(f"building {s.label} ...", file=sys.stderr, flush=True)
+        steps[s.label] = build_step(s, opts)
+    for i in range(warmup):
+        for s in setups:
+            steps[s.label](i)
+    times: dict[str, list[float]] = {s.label: [] for s in setups}
+    for rep in range(repeats):
+        shift = rep % len(setups)  # rotate the order so no setup always follows the same one
+        for s in setups[shift:] + setups[:shift]:
+            gc.collect()
+            sync(opts.device)
+            t0 = time.perf_counter()
+            steps[s.label](warmup + rep)
+            sync(opts.device)
+            times[s.label].append((time.perf_counter() - t0) * 1e3)
+        print(f"repeat {rep + 1}/{repeats} done", file=sys.stderr, flush=True)
+    return times
+
+
+# -- memory ----------------------------------------------------------------------------------------
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _can_reset_hwm() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        _status_kib("VmHWM")
+        return True
+    except OSError:
+        return False
+
+
+def _cpu_step_peak_bytes(step: Callable[[], None]) -> int:
+    if _can_reset_hwm():
+        before = _status_kib("VmRSS")
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # VmHWM := current RSS
+        step()
+        return (_status_kib("VmHWM") - before) * 1024
+    import psutil  # fallback: sample RSS every millisecond
+
+    proc = psutil.Process()
+    before = proc.memory_info().rss
+    peak = [before]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], proc.memory_info().rss)
+            time.sleep(0.001)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    step()
+    done.set()
+    thread.join()
+    return max(peak[0], proc.memory_info().rss) - before
+
+
+def measure_memory_here(setup: Setup, opts: Options, warmup: int) -> int:
+    """Median step memory of ``setup`` in this process (bytes)."""
+    step = build_step(setup, opts)
+    for i in range(warmup):
+        step(i)
+    peaks = []
+    for k in range(MEMORY_STEPS):
+        gc.collect()
+        i = warmup + k
+        if opts.device.startswith("cuda"):
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            before = torch.cuda.memory_allocated()
+            step(i)
+            torch.cuda.synchronize()
+            peaks.append(torch.cuda.max_memory_allocated() - before)
+        else:
+            peaks.append(_cpu_step_peak_bytes(lambda i=i: step(i)))
+    return int(statistics.median(peaks))
+
+
+def measure_memory(setups: list[Setup], opts: Options, warmup: int) -> dict[str, int]:
+    """Each setup in a fresh subprocess, so no setup's allocations colour another's reading."""
+    out: dict[str, int] = {}
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(MMAP_THRESHOLD), HF_HUB_OFFLINE="1")
+    for s in setups:
+        print(f"memory {s.label} ...", file=sys.stderr, flush=True)
+        cmd = [
+            sys.executable, os.path.abspath(__file__), "--memory-probe", s.label,
+            "--device", opts.device, "--batch-size", str(opts.batch_size), "--seq-len", str(opts.seq_len),
+            "--warmup", str(warmup), "--total-steps", str(opts.total_steps),
+        ] + (["--model", opts.model] if opts.model else [])
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"memory probe for {s.label} failed:\n{proc.stderr[-3000:]}")
+        out[s.label] = int(json.loads(proc.stdout.strip().splitlines()[-1])["peak_bytes"])
+    return out
+
+
+# -- report ----------------------------------------------------------------------------------------
+
+
+def paired_ratio(times: dict[str, list[float]], label: str, reference: str) -> float | None:
+    """Median over repeats of ``label``'s time over ``reference``'s in the same repeat."""
+    if reference not in times:
+        return None
+    return statistics.median(a / b for a, b in zip(times[label], times[reference]))
+
+
+def summarise(
+    setups: list[Setup], times: dict[str, list[float]], memory: dict[str, int], *, memory_slack: int = 0
+) -> list[dict[str, Any]]:
+    med = {k: statistics.median(v) for k, v in times.items()}
+    floor_ms, floor_mem = med["floor"], memory.get("floor")
+    rows = []
+    for s in setups:
+        if s.kind != "ours":
+            continue
+        peft_label = f"peft:{s.variant}"
+        row: dict[str, Any] = {
+            "variant": s.variant,
+            "peft_equivalent": "LoRA r8 (r_max)" if s.variant == "dylora" else s.variant,
+            "ours_ms": med[s.label],
+            "peft_ms": med.get(peft_label),
+            "floor_ms": floor_ms,
+            "time_vs_peft": paired_ratio(times, s.label, peft_label),
+            "time_vs_floor": paired_ratio(times, s.label, "floor"),
+            "floor_target": FLOOR_TARGETS.get(s.variant),
+            "ours_mib": memory[s.label] / 2**20 if s.label in memory else None,
+            "peft_mib": memory[peft_label] / 2**20 if peft_label in memory else None,
+            "floor_mib": floor_mem / 2**20 if floor_mem is not None else None,
+        }
+        row["mem_vs_peft"] = (
+            memory[s.label] / memory[peft_label] if s.label in memory and memory.get(peft_label) else None
+        )
+        row["mem_vs_floor"] = memory[s.label] / floor_mem if s.label in memory and floor_mem else None
+        misses = []
+        if row["time_vs_peft"] is not None and row["time_vs_peft"] > 1.0:
+            misses.append("time>PEFT")
+        if row["mem_vs_peft"] is not None and memory[s.label] > memory[peft_label] + memory_slack:
+            misses.append("mem>PEFT")
+        if row["floor_target"] is not None and row["time_vs_floor"] > row["floor_target"]:
+            misses.append(f"time>{row['floor_target']:.2f}x floor")
+        row["verdict"] = "ok" if not misses else "MISS " + ", ".join(misses)
+        rows.append(row)
+    return rows
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def markdown(rows: list[dict[str, Any]], floor_ms: float, floor_mib: float | None) -> str:
+    lines = [
+        f"floor (frozen model, gradients through every layer): {floor_ms:.1f} ms, "
+        f"step memory {_fmt(floor_mib, '.1f')} MiB",
+        "",
+        "| variant | PEFT equivalent | ours ms | PEFT ms | ours/PEFT | ours/floor (target) | ours MiB | PEFT MiB "
+        "| mem ours/PEFT | mem ours/floor | verdict |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        target = f" (<= {r['floor_target']:.2f})" if r["floor_target"] else ""
+        lines.append(
+            f"| {r['variant']} | {r['peft_equivalent']} | {r['ours_ms']:.1f} | {_fmt(r['peft_ms'], '.1f')} "
+            f"| {_fmt(r['time_vs_peft'], '.3f')} | {r['time_vs_floor']:.3f}{target} | {_fmt(r['ours_mib'], '.1f')} "
+            f"| {_fmt(r['peft_mib'], '.1f')} | {_fmt(r['mem_vs_peft'], '.3f')} | {_fmt(r['mem_vs_floor'], '.3f')} "
+            f"| {r['verdict']} |"
+        )
+    return "\n".join(lines)
+
+
+def environment(opts: Options, repeats: int, warmup: int) -> dict[str, Any]:
+    import transformers
+
+    try:
+        import peft
+
+        peft_version = peft.__version__
+    except ImportError:
+        peft_version = None
+    try:
+        git = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False,
+                             cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or None
+    except OSError:
+        git = None
+    return {
+        "device": opts.device,
+        "device_name": torch.cuda.get_device_name() if opts.device.startswith("cuda") else platform.processor() or platform.machine(),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft_version,
+        "python": platform.python_version(),
+        "git": git,
+        "model": opts.model or "all-MiniLM-L6-v2 (packaged)",
+        "batch_size": opts.batch_size,
+        "seq_len": opts.seq_len,
+        "repeats": repeats,
+        "warmup": warmup,
+        "memory_method": "cuda.max_memory_allocated" if opts.device.startswith("cuda") else "VmHWM after clear_refs, fresh subprocess",
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+# -- entry point ------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repeats", type=int, default=20, help="timed steps per configuration (median reported)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps per configuration first")
+    p.add_argument("--variants", default=",".join(ALL_VARIANTS), help="comma-separated registry names")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--json", metavar="OUT", help="write raw times, memory and environment here")
+    p.add_argument("--model", default=None, help="model path or hub name (default: packaged all-MiniLM-L6-v2)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seq-len", type=int, default=64)
+    p.add_argument("--no-memory", action="store_true", help="time only")
+    p.add_argument("--total-steps", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)  # internal: one setup's memory
+    args = p.parse_args(argv)
+    if args.repeats < 1 or args.warmup < 0:
+        p.error(f"--repeats={args.repeats} must be >= 1 and --warmup={args.warmup} >= 0")
+    unknown = sorted(set(args.variants.split(",")) - set(ALL_VARIANTS))
+    if unknown:
+        p.error(f"--variants: unknown {unknown}; choose from {','.join(ALL_VARIANTS)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # AdaLoRA's budget schedule needs the step count; every configuration sees the same one.
+    total_steps = args.total_steps or (args.warmup + args.repeats + MEMORY_STEPS + 10)
+    opts = Options(args.model, args.device, args.batch_size, args.seq_len, total_steps)
+
+    if args.memory_probe:
+        kind, _, variant = args.memory_probe.partition(":")
+        setup = Setup(args.memory_probe, kind, variant or None)
+        print(json.dumps({"label": setup.label, "peak_bytes": measure_memory_here(setup, opts, args.warmup)}))
+        return 0
+
+    setups, skipped = plan([v for v in args.variants.split(",") if v])
+    for message in skipped:
+        print(f"note: {message}", file=sys.stderr)
+    times = time_interleaved(setups, opts, args.repeats, args.warmup)
+    memory = {} if args.no_memory else measure_memory(setups, opts, args.warmup)
+
+    slack = 0 if opts.device.startswith("cuda") else CPU_MEMORY_SLACK
+    rows = summarise(setups, times, memory, memory_slack=slack)
+    floor_mib = memory["floor"] / 2**20 if "floor" in memory else None
+    print(markdown(rows, statistics.median(times["floor"]), floor_mib))
+    for message in skipped:
+        print(f"\nnote: {message}")
+    if args.json:
+        payload = {
+            "environment": environment(opts, args.repeats, args.warmup),
+            "times_ms": times,
+            "step_memory_bytes": memory,
+            "rows": rows,
+            "skipped": skipped,
+        }
+        with open(args.json, "w") as f:
+            json.dump(payload, f, indent=2)
+        print(f"\nwrote {args.json}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

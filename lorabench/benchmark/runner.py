@@ -1,0 +1,404 @@
+"""One run, and a suite of runs: from a :class:`RunConfig` to a stored :class:`RunRecord`.
+
+:func:`execute_run` loads the task and a fresh copy of the model, attaches the variant, trains
+under the budget (:class:`~lorabench.benchmark.trainer.Trainer`) and returns the record. It never
+raises for a failed run: the record says ``"failed"`` with the error and the tail of the traceback.
+KeyboardInterrupt is the exception: it propagates so a suite stops at once.
+
+:func:`run_suite` runs variants x tasks x seeds, skipping run_ids the store already has finished,
+storing each record as soon as its run ends, and printing a comparison table at the end. Task data,
+tokenised splits and the loaded base model are kept across the suite's runs (:class:`RunCache`):
+each run gets a ``copy.deepcopy`` of the base model, faster than ``from_pretrained``.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import os
+import sys
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import torch
+from torch import nn
+
+from lorabench.benchmark.config import RunConfig
+from lorabench.benchmark.data import TokenizedSplit, tokenize_split
+from lorabench.benchmark.meter import PeakMemory
+from lorabench.benchmark.records import RunRecord
+from lorabench.benchmark.trainer import (
+    OnEval,
+    RunPruned,
+    Trainer,
+    error_text,
+    head_parameters,
+    reset_head,
+    seed_everything,
+)
+from lorabench.tasks.data import LoadRequest, TaskData
+from lorabench.tasks.spec import TaskSpec
+
+if TYPE_CHECKING:
+    from lorabench.benchmark.suite import SuiteConfig
+
+__all__ = ["RunCache", "RunPruned", "execute_run", "format_summary", "run_suite", "summary_table"]
+
+# Sources whose rows never depend on the seed: their loaded data is shared by every seed.
+SEED_INDEPENDENT_SOURCES = frozenset({"glue", "custom"})
+HEAD_FILE = "head.safetensors"
+
+
+class RecordStore(Protocol):
+    """What :func:`run_suite` needs from :class:`lorabench.benchmark.store.ResultStore`."""
+
+    def add(self, record: RunRecord) -> Any: ...
+    def get(self, run_id: str) -> RunRecord | None: ...
+    def finished_ids(self) -> set[str]: ...
+
+
+def default_device() -> torch.device:
+    """``LORABENCH_DEVICE`` if set, else CUDA when available, else CPU."""
+    wanted = os.environ.get("LORABENCH_DEVICE")
+    if wanted:
+        return torch.device(wanted)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class RunCache:
+    """What the runs of one suite share: loaded tasks, tokenised splits, loaded base models.
+
+    Models are cached as loaded (on CPU) and handed out as deep copies, so no run sees another's
+    training. Generated tasks (planted-rank) depend on the seed and are cached per seed.
+    """
+
+    tasks: dict[tuple, TaskData] = field(default_factory=dict)
+    tokenized: dict[tuple, tuple[TokenizedSplit, dict[str, TokenizedSplit]]] = field(default_factory=dict)
+    models: dict[tuple, tuple[nn.Module, Any]] = field(default_factory=dict)
+
+    def task(self, spec: TaskSpec, cfg: RunConfig) -> tuple[tuple, TaskData]:
+        from lorabench.tasks import load_task
+
+        seed = None if spec.source in SEED_INDEPENDENT_SOURCES else cfg.seed
+        key = (spec.name, spec.version, cfg.data_dir, cfg.model, seed, cfg.train.max_train_examples, cfg.train.max_eval_examples)
+        if key not in self.tasks:
+            request = LoadRequest(
+                data_dir=cfg.data_dir,
+                model=cfg.model,
+                seed=cfg.seed,
+                max_train_examples=cfg.train.max_train_examples,
+                max_eval_examples=cfg.train.max_eval_examples,
+            )
+            self.tasks[key] = load_task(spec, request)
+        return key, self.tasks[key]
+
+    def model(self, name: str | None, spec: TaskSpec) -> tuple[nn.Module, Any]:
+        """A fresh copy of the base model with a head for ``spec``, and its tokenizer."""
+        from lorabench.models import load_model_and_tokenizer
+
+        key = (name, spec.num_labels, spec.task_type)
+        if key not in self.models:
+            from transformers.utils import logging as hf_logging
+
+            bars = hf_logging.is_progress_bar_enabled()
+            hf_logging.disable_progress_bar()  # one "Loading weights" bar per model is noise here
+            try:
+                self.models[key] = load_model_and_tokenizer(
+                    name, num_labels=spec.num_labels, regression=spec.task_type == "regression"
+                )
+            finally:
+                if bars:
+                    hf_logging.enable_progress_bar()
+        base, tokenizer = self.models[key]
+        return copy.deepcopy(base), tokenizer
+
+    def splits(self, task_key: tuple, data: TaskData, tokenizer: Any, max_length: int) -> tuple[TokenizedSplit, dict[str, TokenizedSplit]]:
+        key = (*task_key, getattr(tokenizer, "name_or_path", id(tokenizer)), max_length)
+        if key not in self.tokenized:
+            spec = data.spec
+            train = tokenize_split(data.split(spec.train_split), spec, tokenizer, max_length)
+            evals = {name: tokenize_split(data.split(name), spec, tokenizer, max_length) for name in spec.eval_splits}
+            self.tokenized[key] = (train, evals)
+        return self.tokenized[key]
+
+
+def _load_head_state(model: nn.Module, head_state: Mapping[str, torch.Tensor], task: str) -> None:
+    """Loads a generated task's head (keys as in the model's state_dict), failing loudly."""
+    own = model.state_dict()
+    unknown = sorted(set(head_state) - set(own))
+    if unknown:
+        raise KeyError(
+            f"task {task!r} provides head tensors {unknown} that the model does not have (it has "
+            f"e.g. {sorted(k for k in own if k.startswith(('classifier', 'score')))}); generate the "
+            "task for this model"
+        )
+    model.load_state_dict(dict(head_state), strict=False)
+
+
+def _adapter_bytes(adapter: Any, model: nn.Module, head_trained: bool, out_dir: Path | None) -> int:
+    """Saves the adapter (and a trained head beside it) and returns the adapter file's size."""
+    from safetensors.torch import save_file
+
+    from lorabench.variants.adapter import WEIGHTS_FILE
+
+    def save(target: Path) -> int:
+        adapter.save(target)
+        if head_trained:
+            head = {
+                name: p.detach().cpu().contiguous()
+                for name, p in model.named_parameters()
+                if name.split(".", 1)[0] in ("classifier", "score")
+            }
+            if head:
+                save_file(head, str(target / HEAD_FILE))
+        return (target / WEIGHTS_FILE).stat().st_size
+
+    if out_dir is not None:
+        return save(out_dir)
+    with tempfile.TemporaryDirectory(prefix="lorabench-adapter-") as tmp:
+        return save(Path(tmp))
+
+
+def execute_run(
+    cfg: RunConfig,
+    *,
+    on_eval: OnEval | None = None,
+    progress: bool = True,
+    cache: RunCache | None = None,
+    adapter_root: str | os.PathLike | None = None,
+    device: torch.device | str | None = None,
+) -> RunRecord:
+    """Trains and evaluates one configuration and returns its record (never raises for a failed
+    run; KeyboardInterrupt propagates).
+
+    Args:
+        cfg: the run.
+        on_eval: called as ``on_eval(step, metrics, score)`` after every evaluation; raising
+            :class:`RunPruned` stops the run with status ``"pruned"`` (spend so far recorded).
+        progress: show a tqdm bar of the run's steps.
+        cache: shared task data and models (a suite passes one; default: a fresh cache).
+        adapter_root: keep the trained adapter in ``adapter_root/<run_id>/`` (default: saved to a
+            temporary folder only to measure its size).
+        device: default ``LORABENCH_DEVICE``, else CUDA if available, else CPU.
+    """
+    from lorabench.variants import VARIANTS
+    from lorabench.variants.adapter import attach, make_config
+
+    cache = cache or RunCache()
+    device = torch.device(device) if device is not None else default_device()
+    record = RunRecord(
+        run_id=cfg.run_id,
+        status="failed",
+        variant=cfg.variant,
+        task=cfg.task,
+        model=cfg.model or "all-minilm-l6-v2",
+        seed=cfg.seed,
+        config={**cfg.to_dict(), "device": str(device)},
+        tag=cfg.tag,
+        budget=cfg.budget.to_dict(),
+        environment=_environment(),
+        started_at=_now(),
+    )
+    try:
+        from lorabench.tasks import get_task
+
+        cfg.train.validate()
+        spec = get_task(cfg.task)
+        variant_cls = VARIANTS.get(cfg.variant)
+        variant_cfg = make_config(variant_cls, dict(cfg.variant_config))
+        record.variant_version = variant_cls.version
+        record.task_version = spec.version
+        record.primary_metric = spec.primary_metric
+        record.higher_is_better = spec.higher_is_better
+        record.rank = variant_cfg.nominal_rank
+        record.config["resolved_variant_config"] = variant_cfg.to_dict()
+
+        task_key, data = cache.task(spec, cfg)
+        record.config["data_source"] = data.source
+        if data.extras.get("true_ranks") is not None:
+            record.true_ranks = {k: int(v) for k, v in data.extras["true_ranks"].items()}
+        model, tokenizer = cache.model(cfg.model, spec)
+        seed_everything(cfg.seed)
+        reset_head(model, cfg.seed)
+        if data.extras.get("head_state"):
+            _load_head_state(model, data.extras["head_state"], spec.name)
+        train_head = bool(cfg.train.train_head) and not data.extras.get("freeze_head", False)
+        model.to(device)
+        adapter = attach(model, variant_cls, variant_cfg)
+        train_split, eval_splits = cache.splits(task_key, data, tokenizer, cfg.train.max_length)
+
+        trainer = Trainer(
+            model,
+            adapter,
+            spec=spec,
+            train_split=train_split,
+            eval_splits=eval_splits,
+            train_cfg=cfg.train,
+            budget=cfg.budget,
+            seed=cfg.seed,
+            pad_id=int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0),
+            device=device,
+            train_head=train_head,
+            on_eval=on_eval,
+            progress=progress,
+            progress_desc=f"{cfg.variant}/{cfg.task}/seed {cfg.seed}",
+        )
+        head_params = head_parameters(model) if train_head else []
+        record.adapter_params = adapter.num_trainable_parameters()
+        record.trainable_params = record.adapter_params + sum(p.numel() for p in head_params)
+        record.total_params = sum(p.numel() for p in model.parameters())
+
+        with PeakMemory(device) as memory:
+            result = trainer.fit()
+        spent = result.spend.to_dict()
+        spent.update(peak_memory_bytes=memory.peak, memory_kind=memory.kind, memory_baseline_bytes=memory.baseline)
+        record.spent = spent
+        record.status = result.status  # type: ignore[assignment]
+        record.error = result.error
+        record.metrics = result.metrics
+        record.score = result.score
+        record.curve = result.curve
+        record.rank_scores = result.rank_scores
+        record.ranks = {k: int(v) for k, v in adapter.ranks().items()}
+        if result.status != "failed":
+            out_dir = Path(adapter_root) / cfg.run_id if adapter_root is not None else None
+            record.adapter_bytes = _adapter_bytes(adapter, model, train_head, out_dir)
+    except Exception as exc:
+        record.status = "failed"
+        record.error = error_text(exc)
+    record.finished_at = _now()
+    return record
+
+
+def _environment() -> dict[str, Any]:
+    try:
+        from lorabench.benchmark.environment import collect_environment
+    except ImportError:  # pragma: no cover - environment.py ships with the package
+        return {}
+    return collect_environment()
+
+
+def run_suite(
+    suite: SuiteConfig,
+    store: RecordStore,
+    *,
+    progress: bool = True,
+    keep_adapters: bool = True,
+    stream: Any = None,
+) -> list[RunRecord]:
+    """Runs every (variant, task, seed) of ``suite`` not already finished in ``store``.
+
+    Each record is stored as soon as its run ends, so an interrupted suite (Ctrl-C) keeps its
+    finished runs and a re-run resumes. Failed runs are stored and the suite goes on. Prints a
+    comparison table at the end to ``stream`` (default stdout; ``None`` with progress off: quiet).
+
+    Returns the records of every run of the suite, the ones found finished in the store included,
+    in suite order.
+    """
+    from tqdm import tqdm
+
+    out = sys.stdout if stream is None and progress else stream
+    configs = suite.run_configs()
+    finished = store.finished_ids()
+    todo = [c for c in configs if c.run_id not in finished]
+    if out is not None:
+        skipped = len(configs) - len(todo)
+        print(
+            f"suite {suite.name or '(unnamed)'}: {len(configs)} runs "
+            f"({len(suite.variants)} variant configs x {len(suite.tasks)} tasks x {len(suite.seeds)} seeds), "
+            f"budget {suite.budget}" + (f"; {skipped} already finished, skipped" if skipped else ""),
+            file=out,
+        )
+    cache = RunCache()
+    adapter_root = Path(suite.out) / "adapters" if keep_adapters else None
+    new: dict[str, RunRecord] = {}
+    bar = tqdm(total=len(todo), desc="runs", unit="run", disable=not progress, dynamic_ncols=True)
+    try:
+        for cfg in todo:
+            bar.set_postfix_str(f"{cfg.variant}/{cfg.task}/seed {cfg.seed}")
+            record = execute_run(cfg, progress=progress, cache=cache, adapter_root=adapter_root)
+            store.add(record)
+            new[cfg.run_id] = record
+            bar.update(1)
+            if record.status == "failed" and out is not None:
+                first_line = (record.error or "").splitlines()[0] if record.error else ""
+                bar.write(f"run {cfg.run_id} ({cfg.variant}/{cfg.task}/seed {cfg.seed}) failed: {first_line}", file=out)
+    finally:
+        bar.close()
+    records: list[RunRecord] = []
+    for cfg in configs:
+        record = new.get(cfg.run_id) or store.get(cfg.run_id)
+        if record is not None:
+            records.append(record)
+    if out is not None:
+        print(format_summary(records), file=out)
+    return records
+
+
+def _variant_label(record: RunRecord) -> str:
+    overrides = record.config.get("variant_config") or {}
+    if not overrides:
+        return record.variant
+    return f"{record.variant}(" + ",".join(f"{k}={overrides[k]}" for k in sorted(overrides)) + ")"
+
+
+def summary_table(records: list[RunRecord]):
+    """One row per (variant config, task): score mean and std over seeds, runs, failures,
+    trainable parameters and mean training seconds."""
+    import pandas as pd
+
+    rows = [
+        {
+            "variant": _variant_label(r),
+            "task": r.task,
+            "metric": r.primary_metric,
+            "score": r.score if r.status == "finished" else None,
+            "finished": r.status == "finished",
+            "trainable_params": r.trainable_params,
+            "train_seconds": (r.spent or {}).get("train_seconds"),
+        }
+        for r in records
+    ]
+    columns = ["variant", "task", "metric", "score_mean", "score_std", "seeds", "failed", "trainable_params", "train_seconds"]
+    if not rows:
+        return pd.DataFrame(columns=columns)
+    frame = pd.DataFrame(rows)
+    grouped = frame.groupby(["variant", "task"], sort=False)
+    table = grouped.agg(
+        metric=("metric", "first"),
+        score_mean=("score", "mean"),
+        score_std=("score", "std"),
+        seeds=("finished", "sum"),
+        failed=("finished", lambda s: int((~s).sum())),
+        trainable_params=("trainable_params", "max"),
+        train_seconds=("train_seconds", "mean"),
+    ).reset_index()
+    return table[columns]
+
+
+def format_summary(records: list[RunRecord]) -> str:
+    """The summary table as text: ``score`` is mean ± std over seeds (std blank for one seed)."""
+    table = summary_table(records)
+    if table.empty:
+        return "no runs to summarise"
+
+    def score(row) -> str:
+        if row.score_mean != row.score_mean:  # NaN: no finished run
+            return "-"
+        std = "" if row.score_std != row.score_std else f" ± {row.score_std:.4f}"
+        return f"{row.score_mean:.4f}{std}"
+
+    shown = table.assign(
+        score=table.apply(score, axis=1),
+        trainable_params=table.trainable_params.map(lambda n: f"{int(n):,}"),
+        train_seconds=table.train_seconds.map(lambda s: "-" if s != s else f"{s:.1f}"),
+    )[["variant", "task", "metric", "score", "seeds", "failed", "trainable_params", "train_seconds"]]
+    return shown.to_string(index=False)

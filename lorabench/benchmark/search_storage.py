@@ -1,0 +1,158 @@
+"""Where a search keeps its studies: SQLite, a journal file, or any database Optuna supports.
+
+* ``sqlite:///path.db`` or a plain path: one file, one machine (the default);
+* ``journal:PATH``: Optuna's journal file, for several processes on one machine (no heartbeat:
+  a killed worker's trial stays running and keeps its reservation counted);
+* ``postgresql://user@host:port/db`` (or ``mysql://...``): several machines share one study.
+
+Database storages run Optuna's heartbeat, so the trial of a killed worker is marked failed after
+``grace_period`` seconds without a beat and its reported spend stays counted.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import random
+import re
+import time
+import warnings
+from pathlib import Path
+
+import optuna
+import sqlalchemy
+from sqlalchemy.engine import URL, make_url
+
+from lorabench.benchmark.config import BenchmarkConfigError
+
+JOURNAL_PREFIX = "journal:"
+CONNECT_TIMEOUT_S = 5
+TABLE_RACE_RETRIES = 5
+
+
+class StorageError(BenchmarkConfigError):
+    """The search storage is unreachable or its URL is malformed."""
+
+
+def normalize_storage_url(url_or_path: str) -> str:
+    """A SQLAlchemy URL for a database; ``journal:ABSPATH`` for a journal; paths become SQLite."""
+    text = str(url_or_path).strip()
+    if not text:
+        raise StorageError("the storage is empty: give a path (results.db), journal:PATH or a database URL")
+    if text.startswith(JOURNAL_PREFIX):
+        path = text[len(JOURNAL_PREFIX) :]
+        if not path:
+            raise StorageError("journal storage needs a file: journal:/path/to/search.journal")
+        return JOURNAL_PREFIX + str(Path(path).expanduser().resolve())
+    if "://" not in text:
+        return "sqlite:///" + str(Path(text).expanduser().resolve())
+    return text
+
+
+def redact(url: str) -> str:
+    """The URL with any password hidden, for messages and records."""
+    if url.startswith(JOURNAL_PREFIX):
+        return url
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a SQLAlchemy URL: hide anything that looks like user:password@
+        return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
+
+
+def open_storage(
+    url_or_path: str, *, heartbeat_interval: int | None = 60, grace_period: int | None = None
+) -> optuna.storages.BaseStorage:
+    """Opens (and checks) the storage, failing with a clear message when it cannot be reached.
+
+    For a database the connection is tried once with a short timeout before Optuna touches it, so
+    an unreachable server fails in seconds, before any training starts.
+    """
+    url = normalize_storage_url(url_or_path)
+    if url.startswith(JOURNAL_PREFIX):
+        path = Path(url[len(JOURNAL_PREFIX) :])
+        if not path.parent.is_dir():
+            raise StorageError(f"journal storage {path}: folder {path.parent} does not exist; create it first")
+        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+
+    try:
+        parsed = make_url(url)
+    except Exception as exc:
+        raise StorageError(f"storage URL {redact(url)!r} is malformed ({exc}); e.g. postgresql://user@host:5432/db") from None
+    url, parsed = _with_installed_driver(url, parsed)
+    engine_kwargs: dict = {}
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database or ""
+        if database and database != ":memory:" and not Path(database).parent.is_dir():
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        # Several local workers may write one SQLite file: wait for the lock instead of failing.
+        engine_kwargs["connect_args"] = {"timeout": 60}
+    elif parsed.get_backend_name() in ("postgresql", "mysql"):
+        engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
+        engine_kwargs["pool_pre_ping"] = True
+    check_reachable(url, engine_kwargs)
+    if heartbeat_interval is not None and grace_period is None:
+        grace_period = 3 * heartbeat_interval
+    # Workers started together on an empty database race to create Optuna's tables; the loser
+    # sees a duplicate-table error and simply retries against the tables the winner made.
+    for attempt in range(TABLE_RACE_RETRIES):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat
+                return optuna.storages.RDBStorage(
+                    url,
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=heartbeat_interval,
+                    grace_period=grace_period,
+                )
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.OperationalError):
+            if attempt == TABLE_RACE_RETRIES - 1:
+                raise
+            time.sleep(0.2 + random.random())
+    raise AssertionError("unreachable")
+
+
+def database_url(url_or_path: str) -> str:
+    """A SQLAlchemy URL for a path or URL, with an installed PostgreSQL driver (results DB)."""
+    url = normalize_storage_url(url_or_path)
+    if url.startswith(JOURNAL_PREFIX):
+        raise StorageError(f"{url_or_path!r}: a journal file holds studies only; give the results a path or database URL")
+    return _with_installed_driver(url, make_url(url))[0]
+
+
+def _with_installed_driver(url: str, parsed: URL) -> tuple[str, URL]:
+    """``postgresql://`` with whichever PostgreSQL driver is installed.
+
+    SQLAlchemy 2.1 maps a bare ``postgresql://`` to psycopg 3, 2.0 to psycopg2; users and the
+    ``postgres`` extra may have either, so a bare URL falls back to the one that imports.
+    """
+    if parsed.drivername != "postgresql":
+        return url, parsed
+    for module, driver in (("psycopg", "psycopg"), ("psycopg2", "psycopg2")):
+        if importlib.util.find_spec(module) is not None:
+            parsed = parsed.set(drivername=f"postgresql+{driver}")
+            return parsed.render_as_string(hide_password=False), parsed
+    return url, parsed
+
+
+def check_reachable(url: str, engine_kwargs: dict | None = None) -> None:
+    """Connects once; raises :class:`StorageError` naming the URL (password hidden) and the fix."""
+    try:
+        engine = sqlalchemy.create_engine(url, **(engine_kwargs or {}))
+    except ModuleNotFoundError as exc:
+        raise StorageError(
+            f"storage {redact(url)}: the database driver is not installed ({exc.name}); for "
+            "PostgreSQL: pip install 'lorabench[postgres]' (psycopg2-binary)"
+        ) from None
+    except Exception as exc:
+        raise StorageError(f"storage URL {redact(url)!r} is not usable: {exc}") from None
+    try:
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT 1"))
+    except Exception as exc:
+        first_line = str(getattr(exc, "orig", exc)).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StorageError(
+            f"cannot reach search storage {redact(url)}: {first_line}. Check that the server is "
+            "running and the host, port, user and database are right (or use a local file: "
+            "--storage search.db)"
+        ) from None
+    finally:
+        engine.dispose()

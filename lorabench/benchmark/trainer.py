@@ -1,0 +1,398 @@
+"""The training loop: our own, small enough to read, with the hook order variants rely on.
+
+Per optimiser step (see docs/ARCHITECTURE.md)::
+
+    adapter.before_step(step) -> forward -> loss (+ adapter.regularization_loss()) -> backward
+    -> clip -> optimizer.step() -> scheduler.step() -> adapter.after_step(step) -> zero_grad()
+
+``adapter.on_train_begin(total_steps)`` is called once before the first step, with the number of
+steps the budget allows (computed up front, see :func:`lorabench.benchmark.meter.plan_steps`).
+
+Optimiser: AdamW over the adapter's declared parameters and, when the head trains, the task head
+(its own learning rate when ``train.head_learning_rate`` is set). Weight decay applies to matrices
+only; vectors (biases, LayerNorm, DoRA's magnitude, VeRA's scaling vectors, AdaLoRA's singular
+values) are not decayed - nanoGPT's rule, which also keeps decay from shrinking a vector that
+*is* the adapted quantity. Learning rate: linear warm-up over ``warmup_ratio`` of the steps, then
+linear decay to 0 at the last step (the LoRA paper's GLUE schedule).
+"""
+
+from __future__ import annotations
+
+import math
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from lorabench.benchmark.config import Budget, TrainConfig
+from lorabench.benchmark.data import BatchPlan, TokenizedSplit, iterate_eval
+from lorabench.benchmark.meter import (
+    TIMING_PROBE_STEPS,
+    Spend,
+    Stopwatch,
+    count_flops,
+    plan_steps,
+)
+from lorabench.benchmark.records import CurvePoint
+from lorabench.tasks.metrics import compute_metrics
+from lorabench.tasks.spec import TaskSpec
+from lorabench.variants.adapter import Adapter
+
+# Names of the task head in transformers' sequence-classification models (PEFT's
+# modules_to_save for SEQ_CLS): BERT/RoBERTa/DeBERTa "classifier", GPT-2/Llama "score".
+HEAD_MODULE_NAMES = ("classifier", "score")
+# Loss points per run in the learning curve (more steps are averaged into one point).
+CURVE_POINTS = 50
+# Characters of traceback kept in a failed record.
+TRACEBACK_TAIL = 3000
+
+OnEval = Callable[[int, Mapping[str, float], "float | None"], None]
+
+
+class RunPruned(Exception):  # noqa: N818  (the public name the search API uses)
+    """Raised by an ``on_eval`` callback to stop a run early; the record gets status "pruned"."""
+
+
+class NonFiniteLoss(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+def head_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The task head's parameters (top-level ``classifier``/``score`` modules); [] if none."""
+    params: list[nn.Parameter] = []
+    for name, child in model.named_children():
+        if name in HEAD_MODULE_NAMES:
+            params.extend(child.parameters())
+    return params
+
+
+def reset_head(model: nn.Module, seed: int) -> None:
+    """Re-draws the head's linear layers as transformers initialises them (normal with the
+    config's ``initializer_range``, zero bias) from ``seed``, so each seed gets its own head even
+    when the model is a copy of one loaded base."""
+    std = float(getattr(getattr(model, "config", None), "initializer_range", 0.02))
+    generator = torch.Generator().manual_seed(seed)
+    for name, child in model.named_children():
+        if name not in HEAD_MODULE_NAMES:
+            continue
+        for module in child.modules():
+            if isinstance(module, nn.Linear):
+                with torch.no_grad():
+                    weight = torch.randn(module.weight.shape, generator=generator) * std
+                    module.weight.copy_(weight.to(module.weight))
+                    if module.bias is not None:
+                        module.bias.zero_()
+
+
+def seed_everything(seed: int) -> None:
+    """Seeds python, numpy and torch (all devices)."""
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def linear_schedule(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    """Learning-rate factor: 0 -> 1 over ``warmup_steps``, then 1 -> 0 at ``total_steps``."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+    return factor
+
+
+def build_optimizer(
+    adapter_params: list[nn.Parameter], head_params: list[nn.Parameter], cfg: TrainConfig
+) -> torch.optim.AdamW:
+    """AdamW with decay on matrices only, and the head at its own learning rate if set."""
+    head_lr = cfg.head_learning_rate or cfg.learning_rate
+    groups = []
+    for params, lr in ((adapter_params, cfg.learning_rate), (head_params, head_lr)):
+        decay = [p for p in params if p.ndim >= 2]
+        no_decay = [p for p in params if p.ndim < 2]
+        if decay:
+            groups.append({"params": decay, "lr": lr, "weight_decay": cfg.weight_decay})
+        if no_decay:
+            groups.append({"params": no_decay, "lr": lr, "weight_decay": 0.0})
+    if not groups:
+        raise ValueError("nothing to train: the adapter declares no parameters and the head is frozen")
+    return torch.optim.AdamW(groups)
+
+
+@dataclass
+class TrainResult:
+    """What :meth:`Trainer.fit` returns; the runner turns it into a :class:`RunRecord`."""
+
+    status: str  # "finished" | "failed" | "pruned"
+    spend: Spend
+    metrics: dict[str, float] = field(default_factory=dict)
+    score: float | None = None
+    curve: list[CurvePoint] = field(default_factory=list)
+    rank_scores: dict[int, dict[str, float]] | None = None
+    error: str | None = None
+
+
+def error_text(exc: BaseException) -> str:
+    """``Type: message`` plus the tail of the traceback (where it happened)."""
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return f"{type(exc).__name__}: {exc}\n{tb[-TRACEBACK_TAIL:]}"
+
+
+class Trainer:
+    """Trains one attached adapter on one task under one budget, and evaluates it."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        adapter: Adapter,
+        *,
+        spec: TaskSpec,
+        train_split: TokenizedSplit,
+        eval_splits: dict[str, TokenizedSplit],
+        train_cfg: TrainConfig,
+        budget: Budget,
+        seed: int,
+        pad_id: int,
+        device: torch.device,
+        train_head: bool = True,
+        on_eval: OnEval | None = None,
+        progress: bool = True,
+        progress_desc: str = "",
+    ) -> None:
+        self.model = model
+        self.adapter = adapter
+        self.spec = spec
+        self.eval_splits = eval_splits
+        self.cfg = train_cfg
+        self.budget = budget
+        self.pad_id = pad_id
+        self.device = device
+        self.on_eval = on_eval
+        self.progress = progress
+        self.progress_desc = progress_desc
+        self.plan = BatchPlan(train_split, train_cfg.batch_size, seed=seed)
+        self.head_params = head_parameters(model) if train_head else []
+        for p in self.head_params:
+            p.requires_grad_(True)
+        self.adapter_params = adapter.trainable_parameters()
+        self.params = [*self.adapter_params, *self.head_params]
+        self.spend = Spend()
+        self.curve: list[CurvePoint] = []
+        self._train_watch = Stopwatch(device)
+        self._eval_watch = Stopwatch(device)
+
+    # -- one step's pieces ------------------------------------------------------------------
+    def _batch(self, step: int) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.device) for k, v in self.plan.batch(step, self.pad_id).items()}
+
+    def _loss(self, batch: dict[str, torch.Tensor], *, regularize: bool = True) -> torch.Tensor:
+        """The task loss plus the adapter's regulariser. Probes before training pass
+        ``regularize=False``: no variant hook may run before ``on_train_begin``."""
+        output = self.model(**batch)
+        loss = output.loss
+        if loss is None:
+            raise RuntimeError(
+                f"{type(self.model).__name__} returned no loss for a batch with labels; the runner "
+                "needs a transformers *ForSequenceClassification model"
+            )
+        extra = self.adapter.regularization_loss() if regularize else None
+        return loss if extra is None else loss + extra
+
+    # -- probes before training -------------------------------------------------------------
+    def _probe_flops(self) -> None:
+        """FLOPs per padded token from one forward+backward on the first batch (no update)."""
+        batch = self._batch(0)
+        watch = Stopwatch(self.device)
+        with watch:
+            flops = count_flops(lambda: self._loss(batch, regularize=False).backward())
+        self._zero_grad()
+        self.spend.probe_seconds += watch.last
+        self.spend.flops_per_padded_token = flops / self.plan.padded_tokens(0)
+
+    def _probe_seconds_per_step(self) -> float:
+        """Times a few full steps with a throw-away optimiser, then restores the parameters.
+
+        Their time counts in ``train_seconds`` (the machine was busy training); the first step is
+        a warm-up (allocations, kernel selection) and is timed but not used in the estimate.
+        """
+        saved = [p.detach().clone() for p in self.params]
+        probe_optimizer = build_optimizer(self.adapter_params, self.head_params, self.cfg)
+        times = []
+        for i in range(TIMING_PROBE_STEPS + 1):
+            batch = self._batch(i)
+            with self._train_watch:
+                self._loss(batch, regularize=False).backward()
+                torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
+                probe_optimizer.step()
+                probe_optimizer.zero_grad(set_to_none=True)
+            times.append(self._train_watch.last)
+        with torch.no_grad():
+            for p, value in zip(self.params, saved):
+                p.copy_(value)
+        self.spend.train_seconds += sum(times)
+        return float(np.median(times[1:]))
+
+    def _zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    # -- evaluation -------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> tuple[dict[str, float], float | None]:
+        """Metrics on every eval split (keys prefixed ``split/`` when there are several) and the
+        score: the primary metric on the first split. Counted in ``eval_seconds``."""
+        was_training = self.model.training
+        self.model.eval()
+        metrics: dict[str, float] = {}
+        score = None
+        with self._eval_watch:
+            for i, (name, split) in enumerate(self.eval_splits.items()):
+                outputs = np.zeros((len(split), max(1, self.spec.num_labels)), dtype=np.float32)
+                for idx, batch in iterate_eval(split, self.cfg.eval_batch_size, self.pad_id):
+                    batch = {k: v.to(self.device) for k, v in batch.items() if k != "labels"}
+                    logits = self.model(**batch).logits.float().cpu().numpy()
+                    outputs[idx] = logits.reshape(len(idx), -1)
+                split_metrics = compute_metrics(self.spec, outputs, split.labels)
+                prefix = f"{name}/" if len(self.eval_splits) > 1 else ""
+                metrics.update({f"{prefix}{k}": float(v) for k, v in split_metrics.items()})
+                if i == 0:
+                    score = float(split_metrics[self.spec.primary_metric])
+        self.spend.eval_seconds += self._eval_watch.last
+        self.model.train(was_training)
+        return metrics, score
+
+    def evaluate_ranks(self) -> dict[int, dict[str, float]] | None:
+        """Nested-rank variants (DyLoRA): metrics at every rank one training covers."""
+        ranks = self.adapter.eval_ranks()
+        if len(ranks) <= 1:
+            return None
+        scores: dict[int, dict[str, float]] = {}
+        try:
+            for rank in ranks:
+                self.adapter.set_eval_rank(rank)
+                scores[int(rank)], _ = self.evaluate()
+        finally:
+            self.adapter.set_eval_rank(None)
+        return scores
+
+    def _evaluate_and_report(self, step: int, loss: float | None) -> tuple[dict[str, float], float | None]:
+        metrics, score = self.evaluate()
+        if self.curve and self.curve[-1].step == step:
+            self.curve[-1].metrics = metrics
+        else:
+            self.curve.append(CurvePoint(step=step, loss=loss, metrics=metrics, seconds=self.spend.train_seconds))
+        if self.on_eval is not None:
+            self.on_eval(step, metrics, score)
+        return metrics, score
+
+    # -- the loop ---------------------------------------------------------------------------
+    def fit(self) -> TrainResult:
+        """Trains within the budget and evaluates. Never raises for a failed run (NaN loss, an
+        exception in a variant): the result says "failed" with the error. KeyboardInterrupt
+        propagates."""
+        metrics: dict[str, float] = {}
+        score: float | None = None
+        rank_scores = None
+        try:
+            self.model.train()
+            self._probe_flops()
+            seconds_per_step = None
+            if self.budget.kind == "seconds":
+                seconds_per_step = self._probe_seconds_per_step()
+            total = plan_steps(
+                self.budget,
+                self.plan,
+                flops_per_padded_token=self.spend.flops_per_padded_token,
+                seconds_per_step=seconds_per_step,
+                seconds_already_spent=self.spend.train_seconds,
+            )
+            self.spend.planned_steps = total
+            self._train(total)
+            metrics, score = self._evaluate_and_report(self.spend.steps, self._last_loss())
+            rank_scores = self.evaluate_ranks()
+            return self._result("finished", metrics, score, rank_scores)
+        except RunPruned as exc:
+            self.spend.stop_reason = f"pruned: {exc}"
+            return self._result("pruned", self._last_metrics(), self._last_score(), None)
+        except Exception as exc:
+            self.spend.stop_reason = "error"
+            return self._result("failed", self._last_metrics(), None, None, error_text(exc))
+
+    def _train(self, total: int) -> None:
+        from tqdm import tqdm
+
+        optimizer = build_optimizer(self.adapter_params, self.head_params, self.cfg)
+        warmup = math.ceil(self.cfg.warmup_ratio * total)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(warmup, total))
+        log_every = max(1, total // CURVE_POINTS)
+        eval_every = self.cfg.eval_every
+        seconds_limit = self.budget.limit if self.budget.kind == "seconds" else math.inf
+        self.adapter.on_train_begin(total)
+        self._zero_grad()
+        running: list[float] = []
+        bar = tqdm(total=total, desc=self.progress_desc or "train", unit="step", leave=False, disable=not self.progress, dynamic_ncols=True)
+        try:
+            for step in range(total):
+                # Checked before the step, and never before the first: every run takes one step.
+                if step > 0 and self.spend.train_seconds >= seconds_limit:
+                    self.spend.stop_reason = "seconds"
+                    return
+                batch = self._batch(step)
+                with self._train_watch:
+                    self.adapter.before_step(step)
+                    loss = self._loss(batch)
+                    value = float(loss.detach())
+                    if not math.isfinite(value):
+                        raise NonFiniteLoss(
+                            f"training loss is {value} at step {step}; lower the learning rate "
+                            f"(now {self.cfg.learning_rate:g}) or check the data"
+                        )
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                    self.adapter.after_step(step)
+                    optimizer.zero_grad(set_to_none=True)
+                self.spend.add_step(self.plan.tokens(step), self.plan.padded_tokens(step), self._train_watch.last)
+                running.append(value)
+                done = step + 1
+                bar.update(1)
+                if done % log_every == 0 or done == total:
+                    self.curve.append(CurvePoint(step=done, loss=float(np.mean(running)), seconds=self.spend.train_seconds))
+                    bar.set_postfix(loss=f"{self.curve[-1].loss:.4f}")
+                    running = []
+                if eval_every and done % eval_every == 0 and done < total:
+                    self._evaluate_and_report(done, None)
+            self.spend.stop_reason = self.budget.kind if self.budget.kind != "seconds" else "planned_steps"
+        finally:
+            bar.close()
+
+    # -- helpers ----------------------------------------------------------------------------
+    def _last_loss(self) -> float | None:
+        for point in reversed(self.curve):
+            if point.loss is not None:
+                return point.loss
+        return None
+
+    def _last_metrics(self) -> dict[str, float]:
+        for point in reversed(self.curve):
+            if point.metrics:
+                return dict(point.metrics)
+        return {}
+
+    def _last_score(self) -> float | None:
+        metrics = self._last_metrics()
+        key = self.spec.primary_metric
+        if len(self.eval_splits) > 1:
+            key = f"{next(iter(self.eval_splits))}/{key}"
+        return metrics.get(key)
+
+    def _result(self, status: str, metrics: dict[str, float], score: float | None, rank_scores: Any, error: str | None = None) -> TrainResult:
+        return TrainResult(status, self.spend, metrics, score, self.curve, rank_scores, error)

@@ -1,0 +1,54 @@
+"""``lorabench report``: tables, figures and a self-contained HTML report from a results database."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+HELP = "write tables (Markdown, LaTeX, CSV, HTML), figures and an HTML report from results"
+DESCRIPTION = """Summarise a results database the way papers do: a task x variant table (mean ± std over
+seeds, best in bold, # Params, time, memory, adapter size), figures (score vs parameters with the
+Pareto front, score vs rank incl. DyLoRA's one-run curve, AdaLoRA's rank allocation, learning
+curves, cost per variant, search history) and one self-contained report.html.
+
+A partial database still gives a report; it lists what is missing.
+
+examples:
+  lorabench report --results runs/results.db --out reports/glue
+  lorabench report --results runs/results.db --out reports/rte --tasks rte --variants lora adalora
+  lorabench report --results postgresql://me@db/lorabench --out reports/ci --tag ci --seeds 0 1 2"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--results", default="runs/results.db",
+                        help="results database: a SQLite path or a SQLAlchemy URL (default: runs/results.db)")
+    parser.add_argument("--out", required=True, help="folder to write the report into, e.g. reports/glue")
+    parser.add_argument("--tasks", nargs="+", metavar="TASK", help="only these tasks")
+    parser.add_argument("--variants", nargs="+", metavar="VARIANT", help="only these variants (registry names)")
+    parser.add_argument("--seeds", nargs="+", type=int, metavar="SEED", help="only these seeds")
+    parser.add_argument("--tag", help="only runs with this tag")
+    parser.add_argument("--title", help="report title (default: 'lorabench report: OUT folder name')")  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> int:
+    from lorabench.benchmark.store import ResultStoreError
+    from lorabench.reports import generate_report
+
+    try:
+        report = generate_report(
+            args.results, args.out, tasks=args.tasks, variants=args.variants, seeds=args.seeds, tag=args.tag,
+            title=args.title,
+        )  # fmt: skip
+    except ResultStoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for note in report.notes:
+        print(f"note: {note}")
+    if report.table is not None and not report.table.empty:
+        print(report.tables["md"].read_text(encoding="utf-8"))
+    drawn = ", ".join(report.figures) or "none"
+    print(f"{report.runs} finished run(s); figures: {drawn}")
+    for name, why in report.skipped_figures.items():
+        print(f"  not drawn: {name} ({why})")
+    print(f"report: {report.html}")
+    return 0

@@ -1,0 +1,149 @@
+"""``lorabench run``: a suite of runs (variants x tasks x seeds) under one shared budget."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+HELP = "run a benchmark suite: variants x tasks x seeds under one compute budget"
+DESCRIPTION = """Train and evaluate adapter variants on tasks, every run under the same compute
+budget, and store one record per run in a results database (resumable: finished runs are
+skipped when the same command runs again). Ends with a comparison table.
+
+The suite comes from a preset (--preset), a YAML file (--config) or flags; flags given with a
+preset or a file override its settings.
+
+examples:
+  lorabench run --preset quick                 # offline, a few minutes on a laptop CPU
+  lorabench run --variants lora,dora,adalora --tasks rte,mrpc --seeds 3 \\
+      --budget steps=500 --data-dir /data/glue --out runs/
+  lorabench run --config suite.yaml --seeds 0,5,7 --budget seconds=600
+  lorabench run --preset quick --variant-config lora.r=16 --variant-config adalora.target_r=2
+  lorabench run --config suite.yaml --results postgresql://user@host/lorabench
+  lorabench run --config suite.yaml --dry-run  # list the runs, train nothing
+
+budgets (shared by every run): steps=N (optimiser steps), tokens=N (non-padding training
+tokens), seconds=N (training wall-clock), flops=N (training FLOPs, e.g. flops=2e15).
+seeds: a count (--seeds 3 means 0,1,2) or a list (--seeds 0,5,7; only seed 7: --seeds 7,).
+presets: quick (planted-rank task, packaged model, all five variants)."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_argument_group("what to run")
+    source.add_argument("--preset", metavar="NAME", help="a suite shipped with lorabench (quick)")
+    source.add_argument("--config", metavar="YAML", help="a suite file (see docs: name, variants, tasks, seeds, budget, train, ...)")
+    source.add_argument("--variants", metavar="LIST", help="comma-separated variant names, e.g. lora,dora,adalora,vera,dylora")
+    source.add_argument("--tasks", metavar="LIST", help="comma-separated task names (lorabench list tasks) or custom task YAML paths")
+    source.add_argument("--seeds", metavar="N|LIST", help="a count (3 -> 0,1,2) or a list (0,5,7); default 1")
+    source.add_argument("--budget", metavar="KIND=N", help="steps=500 | tokens=1e6 | seconds=600 | flops=2e15 (default steps=100)")
+    source.add_argument(
+        "--variant-config", metavar="VARIANT.FIELD=VALUE", action="append", default=[],
+        help="override a variant setting for this suite, e.g. lora.r=16 (repeatable; '*.dropout=0.1' for all)",
+    )
+    source.add_argument("--model", metavar="PATH|NAME", help="model folder or hub name (default: packaged all-MiniLM-L6-v2)")
+    source.add_argument("--data-dir", metavar="DIR", help="folder with the task data (GLUE TSV folders, local HF copies)")
+
+    train = parser.add_argument_group("training recipe (shared by every run)")
+    train.add_argument("--lr", type=float, metavar="LR", help="adapter learning rate (default 5e-4)")
+    train.add_argument("--head-lr", type=float, metavar="LR", help="learning rate of the task head (default: --lr)")
+    train.add_argument("--batch-size", type=int, metavar="N", help="training batch size (default 32)")
+    train.add_argument("--max-length", type=int, metavar="N", help="truncate inputs to N tokens (default 128)")
+    train.add_argument("--eval-every", type=int, metavar="STEPS", help="evaluate every STEPS steps (default: only at the end)")
+    train.add_argument("--max-train-examples", type=int, metavar="N", help="use the first N training examples")
+    train.add_argument("--max-eval-examples", type=int, metavar="N", help="evaluate on the first N examples of each eval split")
+
+    output = parser.add_argument_group("output")
+    output.add_argument("--out", metavar="DIR", help="output folder: results.db and adapters/<run_id>/ (default runs/)")
+    output.add_argument("--results", metavar="URL|PATH", help="results database: a path or any SQLAlchemy URL (default OUT/results.db)")
+    output.add_argument("--tag", help="a free label stored with every record (filter reports with it)")
+    output.add_argument("--no-adapters", action="store_true", help="do not keep trained adapters under OUT/adapters/")
+    output.add_argument("--dry-run", action="store_true", help="print the runs the suite would do (and which are finished), then stop")
+    output.add_argument("--quiet", action="store_true", help="no progress bars; print only the summary table")
+
+
+_TRAIN_FLAGS = {
+    "lr": "learning_rate",
+    "head_lr": "head_learning_rate",
+    "batch_size": "batch_size",
+    "max_length": "max_length",
+    "eval_every": "eval_every",
+    "max_train_examples": "max_train_examples",
+    "max_eval_examples": "max_eval_examples",
+}
+
+
+def build_suite(args: argparse.Namespace):
+    """The :class:`SuiteConfig` the arguments describe (preset/file first, flags on top)."""
+    from lorabench.benchmark.suite import SuiteConfig, SuiteConfigError, apply_overrides
+
+    if args.preset and args.config:
+        raise SuiteConfigError("give --preset or --config, not both")
+    base: dict = {}
+    if args.preset or args.config:
+        loaded = SuiteConfig.preset(args.preset) if args.preset else SuiteConfig.from_yaml(args.config)
+        base = loaded.to_dict()
+    elif not (args.variants and args.tasks):
+        raise SuiteConfigError(
+            "nothing to run: give --preset quick, --config suite.yaml, or both --variants and --tasks "
+            "(e.g. --variants lora,dora --tasks rte)"
+        )
+    flags = {
+        "variants": args.variants,
+        "tasks": args.tasks,
+        "seeds": args.seeds,
+        "budget": args.budget,
+        "model": args.model,
+        "data_dir": args.data_dir,
+        "out": args.out,
+        "results": args.results,
+        "tag": args.tag,
+    }
+    data = {**base, **{k: v for k, v in flags.items() if v is not None}}
+    train = dict(data.get("train") or {})
+    for flag, key in _TRAIN_FLAGS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            train[key] = value
+    data["train"] = train
+    where = f"--preset {args.preset}" if args.preset else (args.config or "command line")
+    suite = SuiteConfig.from_dict(data, where=where)
+    if args.variant_config:
+        apply_overrides(suite.variants, args.variant_config)
+        suite.validate(where="--variant-config")
+    return suite
+
+
+def run(args: argparse.Namespace) -> int:
+    from lorabench.benchmark.suite import SuiteConfigError
+
+    try:
+        suite = build_suite(args)
+    except SuiteConfigError as exc:
+        print(f"lorabench run: {exc}", file=sys.stderr)
+        return 2
+
+    from lorabench.benchmark.runner import run_suite
+    from lorabench.benchmark.store import ResultStore, ResultStoreError
+
+    try:
+        store = ResultStore(suite.results_location)
+    except ResultStoreError as exc:
+        print(f"lorabench run: {exc}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        finished = store.finished_ids()
+        configs = suite.run_configs()
+        print(f"suite {suite.name or '(unnamed)'}: {len(configs)} runs, budget {suite.budget}, results {store.name}")
+        for cfg in configs:
+            state = "finished" if cfg.run_id in finished else "to run"
+            overrides = ",".join(f"{k}={v}" for k, v in sorted(cfg.variant_config.items()))
+            print(f"  {cfg.run_id}  {cfg.variant}{f'({overrides})' if overrides else ''}  {cfg.task}  seed {cfg.seed}  [{state}]")
+        return 0
+    progress = not args.quiet
+    records = run_suite(suite, store, progress=progress, keep_adapters=not args.no_adapters, stream=sys.stdout)
+    print(f"results: {store.name}  (lorabench report --results {suite.results_location})")
+    failed = [r for r in records if r.status == "failed"]
+    if failed:
+        print(f"{len(failed)} run(s) failed; their errors are in the results database", file=sys.stderr)
+        return 1
+    return 0

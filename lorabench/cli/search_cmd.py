@@ -1,0 +1,204 @@
+"""``lorabench search``: Optuna search per variant x task under an equal spend budget."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+HELP = "search hyper-parameters (rank, alpha, lr, ...) per variant and task under a spend budget"
+DESCRIPTION = """Search each variant's hyper-parameters on each task with Optuna, one study per
+variant x task. A study stops when the total spend of its trials (pruned and failed ones included)
+reaches --budget, so a slower variant gets fewer trials. The best configuration is then re-run on
+--confirm-seeds fresh seeds; those runs are what reports compare.
+
+examples:
+  lorabench search --variants lora,dora --tasks rte --budget seconds=1800 --trial-budget steps=200
+  lorabench search --variants lora --tasks rte --budget steps=5000 --sampler random --pruner none
+  lorabench search --variants lora,vera --tasks mrpc --budget steps=4000 --multi-objective
+  lorabench search --config search.yaml                 # everything below can live in YAML too
+
+several workers, one study and one shared budget:
+  lorabench search ... --storage journal:search.journal          # processes on one machine
+  lorabench search ... --storage postgresql://user@host/db --study rank-rte   # on every machine
+  (then once, after the workers: the same command with --confirm-seeds 3 to confirm the best)
+
+Re-running a command continues its studies. Ctrl-C stops cleanly; the interrupted trial is
+recorded as failed and its spend stays counted.
+
+YAML config (keys as the long options, plus per-variant search spaces and fixed settings):
+  budget: seconds=1800
+  trial_budget: steps=200
+  train: {learning_rate: 5e-4, eval_every: 50, max_train_examples: 2000}
+  variant_config: {lora: {target_modules: [query, value]}}
+  space:
+    lora:
+      r: {type: categorical, choices: [2, 4, 8, 16]}
+      dropout: null                 # not searched: the default applies
+      alpha: 16                     # fixed
+      train.learning_rate: {type: float, low: 1.0e-4, high: 3.0e-3, log: true}"""
+
+DEFAULT_RESULTS = "lorabench-results.db"
+_YAML_KEYS = {
+    "variants", "tasks", "budget", "trial_budget", "train", "model", "data_dir", "variant_config",
+    "space", "sampler", "pruner", "multi_objective", "seed", "confirm_seeds", "storage", "study",
+    "results", "heartbeat_interval", "grace_period",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--variants", help="comma-separated variant names (see 'lorabench list variants')")
+    parser.add_argument("--tasks", help="comma-separated task names (see 'lorabench list tasks')")
+    parser.add_argument("--budget", help="total spend of each study: steps=N, tokens=N, seconds=N or flops=N")
+    parser.add_argument("--trial-budget", dest="trial_budget", help="training budget of one trial (default steps=200)")
+    parser.add_argument("--config", type=Path, help="YAML file with any of the settings below and search-space overrides")
+    parser.add_argument("--model", help="model name or path (default: the packaged all-MiniLM-L6-v2)")
+    parser.add_argument("--data-dir", dest="data_dir", help="folder with the task data (e.g. GLUE TSVs)")
+    parser.add_argument("--sampler", choices=["tpe", "random", "grid"], help="default tpe (seeded)")
+    parser.add_argument("--pruner", choices=["hyperband", "sha", "median", "none"], help="default hyperband")
+    parser.add_argument(
+        "--multi-objective", dest="multi_objective", action="store_true", default=None,
+        help="maximise the score and minimise trainable parameters; report the Pareto front (no pruning)",
+    )
+    parser.add_argument("--seed", type=int, help="training seed of every trial and the sampler's seed (default 0)")
+    parser.add_argument("--confirm-seeds", dest="confirm_seeds", type=int, help="fresh seeds the best config is re-run on (default 3)")
+    parser.add_argument("--results", help=f"results database, path or URL (default {DEFAULT_RESULTS})")
+    parser.add_argument(
+        "--storage",
+        help="Optuna storage: a SQLite path, journal:PATH, or a database URL (default: the results database)",
+    )
+    parser.add_argument("--study", help="study name prefix; studies are named PREFIX/VARIANT/TASK (default lorabench)")
+    parser.add_argument(
+        "--heartbeat", dest="heartbeat_interval", type=int,
+        help="seconds between trial heartbeats (database storages); a worker silent for 3 beats has its trial failed (default 60)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="print only the final summary")
+
+
+def run(args: argparse.Namespace) -> int:
+    import optuna
+
+    from lorabench.benchmark.config import BenchmarkConfigError
+    from lorabench.benchmark.search import prepare_search, run_search
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        settings = _settings(args)
+        configs = _search_configs(settings)
+        # Every check (spaces, budgets, storage, study settings) before the first trial trains.
+        prepared = [prepare_search(cfg) for cfg in configs]
+    except (BenchmarkConfigError, KeyError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    outcomes = []
+    for p in prepared:
+        try:
+            outcomes.append(run_search(p, results=settings["results"], progress=not args.quiet))
+        except BenchmarkConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    _print_summary(outcomes, settings["results"])
+    return 0
+
+
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    """YAML settings overridden by command-line options."""
+    from lorabench.benchmark.config import BenchmarkConfigError
+
+    settings: dict[str, Any] = {}
+    if args.config is not None:
+        import yaml
+
+        if not args.config.is_file():
+            raise BenchmarkConfigError(f"--config {args.config}: no such file")
+        loaded = yaml.safe_load(args.config.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise BenchmarkConfigError(f"--config {args.config}: must be a mapping of settings")
+        unknown = sorted(set(loaded) - _YAML_KEYS)
+        if unknown:
+            raise BenchmarkConfigError(f"--config {args.config}: unknown key(s) {unknown}; valid: {sorted(_YAML_KEYS)}")
+        settings.update(loaded)
+    for key in (
+        "variants", "tasks", "budget", "trial_budget", "model", "data_dir", "sampler", "pruner",
+        "multi_objective", "seed", "confirm_seeds", "results", "storage", "study", "heartbeat_interval",
+    ):
+        value = getattr(args, key)
+        if value is not None:
+            settings[key] = value
+    for key in ("variants", "tasks"):
+        value = settings.get(key)
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not value:
+            raise BenchmarkConfigError(f"no {key} given: use --{key} a,b (or '{key}:' in the YAML config)")
+        settings[key] = list(value)
+    if settings.get("budget") is None:
+        raise BenchmarkConfigError("no search budget: give --budget seconds=1800 (or steps=, tokens=, flops=)")
+    # One file holds run records, summaries and (by default) the studies; a database URL given
+    # as storage also receives the records, so workers on several machines share everything.
+    storage = settings.get("storage")
+    if settings.get("results") is None:
+        is_database = storage is not None and "://" in str(storage) and not str(storage).startswith("sqlite")
+        settings["results"] = storage if is_database else DEFAULT_RESULTS
+    if storage is None:
+        settings["storage"] = settings["results"]
+    return settings
+
+
+def _search_configs(settings: dict[str, Any]) -> list:
+    from lorabench.benchmark.config import BenchmarkConfigError, Budget, TrainConfig
+    from lorabench.benchmark.search import SearchConfig
+
+    spaces = settings.get("space") or {}
+    fixed = settings.get("variant_config") or {}
+    for name, mapping in (("space", spaces), ("variant_config", fixed)):
+        if not isinstance(mapping, dict):
+            raise BenchmarkConfigError(f"{name} must map a variant name to its settings, got {mapping!r}")
+        stray = sorted(set(mapping) - set(settings["variants"]))
+        if stray:
+            raise BenchmarkConfigError(f"{name} names variant(s) {stray} not in --variants {settings['variants']}")
+    train = TrainConfig.from_dict(settings.get("train") or {})
+    optional = {
+        key: settings[key]
+        for key in ("model", "data_dir", "sampler", "pruner", "multi_objective", "seed", "confirm_seeds", "study", "heartbeat_interval", "grace_period")
+        if settings.get(key) is not None
+    }
+    configs = []
+    for variant in settings["variants"]:
+        for task in settings["tasks"]:
+            configs.append(
+                SearchConfig(
+                    variant=variant,
+                    task=task,
+                    budget=Budget.parse(settings["budget"]),
+                    trial_budget=Budget.parse(settings.get("trial_budget") or "steps=200"),
+                    train=TrainConfig.from_dict(train.to_dict()),
+                    variant_config=dict(fixed.get(variant) or {}),
+                    space=dict(spaces.get(variant) or {}),
+                    storage=str(settings["storage"]),
+                    **optional,
+                )
+            )
+    return configs
+
+
+def _print_summary(outcomes: list, results: str) -> None:
+    print(f"{'study':<32} {'trials':>6} {'spent':>12} {'best score':>10} {'rank':>5}  confirm (mean over seeds)")
+    for o in outcomes:
+        s = o.summary
+        best = s.get("best") or {}
+        score = best.get("score")
+        confirm = s.get("confirm") or {}
+        confirmed = "-"
+        if confirm.get("mean") is not None:
+            confirmed = f"{confirm['mean']:.4f} over {len(confirm['runs'])} seeds"
+        shown_score = "-" if score is None else f"{score:.4f}"
+        print(
+            f"{o.study:<32} {s['n_trials']:>6} {s['spent']:>8.4g} {s['budget']['kind']:<3} "
+            f"{shown_score:>10} {s.get('best_rank') or '-':>5}  {confirmed}"
+        )
+        if s.get("pareto_front"):
+            front = ", ".join(f"{row['trainable_params']}:{row['score']:.4f}" for row in s["pareto_front"])
+            print(f"  Pareto front (trainable params: score): {front}")
+    print(f"results and search summaries: {results}")

@@ -1,0 +1,1 @@
+"""Benchmark suites shipped with lorabench (``lorabench run --preset NAME``); YAML files."""

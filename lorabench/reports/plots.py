@@ -1,0 +1,382 @@
+"""The report's figures (matplotlib, Agg backend), each saved as PNG and SVG.
+
+Every ``plot_*`` function takes :class:`~lorabench.reports.data.ReportData` and returns a
+matplotlib Figure, or a string saying why there is nothing to draw (so the report can say what is
+missing instead of showing an empty axis).
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from lorabench.benchmark.records import RunRecord
+from lorabench.reports.data import (
+    VARIANT_ORDER,
+    ReportData,
+    aggregate,
+    config_label,
+    is_percent,
+    metric_value,
+    ordered_configs,
+    ordered_tasks,
+    short_matrix_labels,
+    split_module_name,
+    variant_name,
+)
+
+_PALETTE = plt.get_cmap("tab10").colors
+_MARKERS = "osD^vP*Xh<>"
+_LINESTYLES = ("-", "--", ":", "-.")
+MAX_HEATMAPS = 6  # (task, config) panels in the rank-allocation figure
+
+
+def variant_style(variant: str) -> dict[str, object]:
+    """A fixed colour and marker per variant, the same in every figure."""
+    position = VARIANT_ORDER.index(variant) if variant in VARIANT_ORDER else len(VARIANT_ORDER) + zlib.crc32(variant.encode()) % 5
+    return {"color": _PALETTE[position % len(_PALETTE)], "marker": _MARKERS[position % len(_MARKERS)]}
+
+
+def _score_label(metric: str, percent: bool) -> str:
+    name = metric.rsplit("/", 1)[-1]
+    return f"{name} (%)" if percent else name
+
+
+def _grid(n: int, ncols_max: int = 3, size: tuple[float, float] = (4.6, 3.6)) -> tuple[Figure, list[plt.Axes]]:
+    ncols = min(n, ncols_max)
+    nrows = (n + ncols - 1) // ncols
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows), squeeze=False)
+    flat = list(axes.ravel())
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    return fig, flat[:n]
+
+
+def pareto_front(params: np.ndarray, scores: np.ndarray, higher_is_better: bool = True) -> np.ndarray:
+    """Indices of the points no other point beats on both fewer parameters and a better score."""
+    sign = 1.0 if higher_is_better else -1.0
+    order = np.lexsort((-sign * scores, params))  # by params, then best score first
+    front, best = [], -np.inf
+    for i in order:
+        if sign * scores[i] > best:
+            front.append(i)
+            best = sign * scores[i]
+    return np.array(front, dtype=int)
+
+
+# -- score vs parameters ---------------------------------------------------------------------------
+def plot_score_vs_params(data: ReportData) -> Figure | str:
+    agg = aggregate(data.runs)
+    agg = agg[np.isfinite(agg["adapter_params"].astype(float))] if not agg.empty else agg
+    if agg.empty:
+        return "no finished run records its adapter parameter count"
+    tasks = ordered_tasks(agg["task"])
+    fig, axes = _grid(len(tasks))
+    for ax, task in zip(axes, tasks):
+        mine = agg[agg["task"] == task].reset_index(drop=True)
+        for variant, rows in mine.groupby("variant", sort=False):
+            style = variant_style(variant)
+            ax.errorbar(rows["adapter_params"], rows["mean"], yerr=rows["std"].fillna(0), linestyle="none",
+                        capsize=3, markersize=7, label=variant_name(variant), **style)  # fmt: skip
+            for _, row in rows.iterrows():
+                if pd.notna(row["rank"]):
+                    ax.annotate(f"r={row['rank']}", (row["adapter_params"], row["mean"]), fontsize=7,
+                                xytext=(4, 4), textcoords="offset points")  # fmt: skip
+        front = pareto_front(mine["adapter_params"].to_numpy(float), mine["mean"].to_numpy(float),
+                             bool(mine["higher_is_better"].iloc[0]))  # fmt: skip
+        points = mine.iloc[front]
+        ax.step(points["adapter_params"], points["mean"], where="post", color="0.4", linestyle="--", linewidth=1,
+                label="Pareto front", zorder=0)  # fmt: skip
+        ax.scatter(points["adapter_params"], points["mean"], s=160, facecolors="none", edgecolors="0.3", zorder=0)
+        ax.set_xscale("log")
+        ax.set_xlabel("adapter parameters (log scale)")
+        ax.set_ylabel(_score_label(mine["metric"].iloc[0], bool(mine["percent"].iloc[0])))
+        ax.set_title(task.upper())
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Score vs trainable adapter parameters (mean ± std over seeds; circled: Pareto front)")
+    return fig
+
+
+# -- score vs rank ---------------------------------------------------------------------------------
+def plot_score_vs_rank(data: ReportData) -> Figure | str:
+    curves = _dylora_curves(data.records)
+    # A config with a one-run curve is drawn as that curve, not again as a single point.
+    with_curves = {r.run_id for r in data.records if r.rank_scores}
+    runs = data.runs[~data.runs["run_id"].isin(with_curves)]
+    agg = aggregate(runs)
+    agg = agg[agg["rank"].notna()] if not agg.empty else agg
+    if agg.empty and not curves:
+        return "no finished run records its rank"
+    tasks = ordered_tasks(list(agg["task"]) + [task for task, _ in curves])
+    fig, axes = _grid(len(tasks))
+    for ax, task in zip(axes, tasks):
+        mine = agg[agg["task"] == task]
+        percent, metric = True, "score"
+        for variant, rows in mine.groupby("variant", sort=False):
+            rows = rows.sort_values("rank")
+            percent, metric = bool(rows["percent"].iloc[0]), str(rows["metric"].iloc[0])
+            label = f"{variant_name(variant)} (trained at each rank)"
+            ax.errorbar(rows["rank"].astype(float), rows["mean"], yerr=rows["std"].fillna(0), capsize=3,
+                        label=label, **variant_style(variant))  # fmt: skip
+        for (curve_task, label), points in curves.items():
+            if curve_task != task:
+                continue
+            ranks = sorted(points)
+            means = [np.mean(points[r][0]) for r in ranks]
+            percent, metric = points[ranks[0]][1], points[ranks[0]][2]
+            style = variant_style("dylora")
+            ax.plot(ranks, means, linestyle="--", label=label, color=style["color"], marker=".", markersize=5)
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _pos: f"{x:g}"))
+        ax.set_xlabel("rank r (log2 scale)")
+        ax.set_ylabel(_score_label(metric, percent))
+        ax.set_title(task.upper())
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Score vs rank: separate runs per rank, and DyLoRA's one-run curve over its eval ranks")
+    return fig
+
+
+def _dylora_curves(records: list[RunRecord]) -> dict[tuple[str, str], dict[int, tuple[list[float], bool, str]]]:
+    """(task, label) -> eval rank -> (display scores over seeds, percent, metric), from rank_scores."""
+    curves: dict[tuple[str, str], dict[int, tuple[list[float], bool, str]]] = defaultdict(dict)
+    for r in records:
+        if not r.rank_scores:
+            continue
+        label = f"{config_label(r.variant, r.rank)} (one run, every eval rank)"
+        percent = is_percent(r.primary_metric)
+        for rank, metrics in r.rank_scores.items():
+            value = metric_value(metrics, r.primary_metric)
+            if value is None:
+                continue
+            entry = curves[(r.task, label)].setdefault(int(rank), ([], percent, r.primary_metric))
+            entry[0].append(value * 100 if percent else value)
+    return dict(curves)
+
+
+# -- rank allocation heatmaps ----------------------------------------------------------------------
+def plot_rank_allocation(data: ReportData) -> Figure | str:
+    groups: dict[tuple[str, str], list[RunRecord]] = defaultdict(list)
+    for r in data.records:
+        if r.ranks and (r.variant == "adalora" or r.true_ranks):
+            groups[(r.task, config_label(r.variant, r.rank))].append(r)
+    if not groups:
+        return "no AdaLoRA run (or planted-rank run) recorded its final rank allocation"
+    keys = sorted(groups, key=lambda k: (ordered_tasks([t for t, _ in groups]).index(k[0]), k[1]))[:MAX_HEATMAPS]
+    panels: list[tuple[str, pd.DataFrame]] = []
+    for task, label in keys:
+        records = groups[(task, label)]
+        found = _rank_matrix([r.ranks for r in records])
+        panels.append((f"{task.upper()} — {label}: found (mean of {len(records)} seed(s))", found))
+        truths = [r.true_ranks for r in records if r.true_ranks]
+        if truths:
+            panels.append((f"{task.upper()} — planted ranks", _rank_matrix(truths).reindex_like(found)))
+    panels = [(title, m) for title, m in panels if not m.empty]
+    if not panels:
+        return "the recorded rank allocations name no layer index (.layer.N. / .layers.N. / .h.N.)"
+    vmax = max(float(np.nanmax(m.to_numpy(float))) for _, m in panels) or 1.0
+    fig, axes = _grid(len(panels), ncols_max=2, size=(5.6, 4.2))
+    for ax, (title, matrix) in zip(axes, panels):
+        image = ax.imshow(matrix.to_numpy(float), cmap="viridis", vmin=0, vmax=vmax, aspect="auto")
+        ax.set_xticks(range(matrix.shape[1]), matrix.columns, rotation=35, ha="right", fontsize=8)
+        ax.set_yticks(range(matrix.shape[0]), [str(i) for i in matrix.index], fontsize=8)
+        ax.set_xlabel("adapted matrix")
+        ax.set_ylabel("layer")
+        ax.set_title(title, fontsize=9)
+        if matrix.size <= 120:
+            for (i, j), value in np.ndenumerate(matrix.to_numpy(float)):
+                if np.isfinite(value):
+                    ax.text(j, i, f"{value:.3g}", ha="center", va="center", fontsize=7,
+                            color="white" if value < 0.6 * vmax else "black")  # fmt: skip
+        fig.colorbar(image, ax=ax, label="rank")
+    fig.suptitle("Final rank allocation per layer and matrix (AdaLoRA), beside planted ranks where known")
+    return fig
+
+
+def _rank_matrix(allocations: list[dict[str, int]]) -> pd.DataFrame:
+    """layers x matrices, the mean rank over the given allocations."""
+    cells: dict[tuple[int, str], list[float]] = defaultdict(list)
+    for ranks in allocations:
+        for name, rank in ranks.items():
+            split = split_module_name(name)
+            if split is not None:
+                cells[split].append(float(rank))
+    if not cells:
+        return pd.DataFrame()
+    labels = short_matrix_labels(m for _, m in cells)
+    frame = pd.Series({(layer, labels[m]): np.mean(v) for (layer, m), v in cells.items()}).unstack()
+    return frame.sort_index()
+
+
+# -- learning curves -------------------------------------------------------------------------------
+def plot_learning_curves(data: ReportData) -> Figure | str:
+    rows = []
+    for r in data.records:
+        label = data.runs.loc[data.runs["run_id"] == r.run_id, "config"]
+        config = label.iloc[0] if len(label) else config_label(r.variant, r.rank)
+        percent = is_percent(r.primary_metric)
+        for p in r.curve:
+            value = metric_value(p.metrics, r.primary_metric)
+            rows.append({"task": r.task, "config": config, "variant": r.variant, "seed": r.seed, "step": p.step,
+                         "loss": p.loss, "eval": None if value is None else (value * 100 if percent else value),
+                         "metric": _score_label(r.primary_metric, percent)})  # fmt: skip
+    if not rows:
+        return "no finished run recorded a learning curve"
+    frame = pd.DataFrame(rows)
+    frame[["loss", "eval"]] = frame[["loss", "eval"]].astype(float)
+    tasks = ordered_tasks(frame["task"])
+    has_eval = frame["eval"].notna().any()
+    nrows = 2 if has_eval else 1
+    fig, axes = plt.subplots(nrows, len(tasks), figsize=(4.6 * len(tasks), 3.4 * nrows), squeeze=False)
+    order = {c: i for i, c in enumerate(ordered_configs(data.runs))}
+    for col, task in enumerate(tasks):
+        mine = frame[frame["task"] == task]
+        seen: dict[str, int] = defaultdict(int)
+        for config, curve in sorted(mine.groupby("config"), key=lambda kv: order.get(kv[0], len(order))):
+            style = variant_style(curve["variant"].iloc[0])
+            # Configs of one variant share its colour; the line style tells their ranks apart.
+            dash = _LINESTYLES[seen[curve["variant"].iloc[0]] % len(_LINESTYLES)]
+            seen[curve["variant"].iloc[0]] += 1
+            loss = curve.dropna(subset=["loss"]).groupby("step")["loss"].mean()
+            axes[0][col].plot(loss.index, loss.values, label=config, color=style["color"], linestyle=dash, linewidth=1.4)
+            if has_eval:
+                ev = curve.dropna(subset=["eval"]).groupby("step")["eval"].mean()
+                axes[1][col].plot(ev.index, ev.values, label=config, marker=style["marker"], markersize=4,
+                                  color=style["color"], linestyle=dash, linewidth=1.4)  # fmt: skip
+        axes[0][col].set_title(task.upper())
+        axes[0][col].set_ylabel("training loss")
+        axes[-1][col].set_xlabel("optimiser step")
+        if has_eval:
+            axes[1][col].set_ylabel(f"eval {mine['metric'].iloc[0]}")
+        for row in range(nrows):
+            axes[row][col].grid(alpha=0.3)
+        axes[0][col].legend(fontsize=7)
+    fig.suptitle("Learning curves (mean over seeds)")
+    return fig
+
+
+# -- cost per variant ------------------------------------------------------------------------------
+def plot_costs(data: ReportData) -> Figure | str:
+    runs = data.runs
+    metrics = [("train_seconds", "training time (s)"), ("peak_memory_mb", "peak memory (MiB)"),
+               ("adapter_kb", "saved adapter size (KiB)")]  # fmt: skip
+    metrics = [(c, label) for c, label in metrics if not runs.empty and runs[c].notna().any()]
+    if not metrics:
+        return "no finished run recorded its training time, memory or adapter size"
+    configs = ordered_configs(runs)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.8 * len(metrics), 0.45 * len(configs) + 1.8), squeeze=False)
+    grouped = runs.groupby("config")
+    for ax, (column, label) in zip(axes[0], metrics):
+        means = grouped[column].mean().reindex(configs)
+        stds = grouped[column].std().reindex(configs).fillna(0)
+        colors = [variant_style(runs.loc[runs["config"] == c, "variant"].iloc[0])["color"] for c in configs]
+        ax.barh(range(len(configs)), means.fillna(0), xerr=stds, color=colors, capsize=3)
+        ax.set_yticks(range(len(configs)), configs, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlabel(label)
+        ax.grid(axis="x", alpha=0.3)
+    kinds = sorted(k for k in set(runs["memory_kind"]) if k)
+    note = f" (memory: {', '.join(kinds)})" if kinds else ""
+    fig.suptitle(f"Cost per variant config, mean ± std over all its runs{note}")
+    return fig
+
+
+# -- search history --------------------------------------------------------------------------------
+def plot_search_history(data: ReportData) -> Figure | str:
+    studies: dict[str, list[RunRecord]] = defaultdict(list)
+    for r in data.trials:
+        studies[str((r.search or {}).get("study", "?"))].append(r)
+    if not studies:
+        return "no search trials match (run 'lorabench search' to get a search history)"
+    names = sorted(studies)
+    fig, axes = plt.subplots(len(names), 2, figsize=(10, 3.4 * len(names)), squeeze=False)
+    for row, study in enumerate(names):
+        trials = sorted(studies[study], key=lambda r: int((r.search or {}).get("trial", 0)))
+        higher = trials[0].higher_is_better
+        percent = is_percent(trials[0].primary_metric)
+        scale = 100.0 if percent else 1.0
+        number = np.array([int((r.search or {}).get("trial", i)) for i, r in enumerate(trials)])
+        spend = np.cumsum([float(r.spent.get("steps") or 0) for r in trials])
+        score = np.array([np.nan if r.score is None or r.status != "finished" else r.score * scale for r in trials])
+        finished = np.isfinite(score)
+        best = _best_so_far(score, higher)
+        for ax, x, xlabel in ((axes[row][0], number, "trial number"), (axes[row][1], spend, "cumulative training steps")):
+            ax.scatter(x[finished], score[finished], s=22, color="tab:blue", label="finished trial")
+            for s in sorted({r.status for r in trials} - {"finished"}):
+                mask = np.array([r.status == s for r in trials])
+                ax.scatter(x[mask], np.full(mask.sum(), np.nanmin(score) if finished.any() else 0), marker="x",
+                           color="0.5", label=f"{s} (no final score)")  # fmt: skip
+            ax.step(x, best, where="post", color="tab:red", label="best so far")
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(_score_label(trials[0].primary_metric, percent))
+            ax.grid(alpha=0.3)
+        axes[row][0].xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        axes[row][0].set_title(f"study {study}: {len(trials)} trials", fontsize=9)
+        axes[row][1].set_title("the same against spend", fontsize=9)
+        axes[row][0].legend(fontsize=7)
+    fig.suptitle("Search history: trial scores and best-so-far")
+    return fig
+
+
+def _best_so_far(score: np.ndarray, higher: bool) -> np.ndarray:
+    filled = np.where(np.isfinite(score), score, -np.inf if higher else np.inf)
+    best = np.maximum.accumulate(filled) if higher else np.minimum.accumulate(filled)
+    return np.where(np.isfinite(best), best, np.nan)
+
+
+@dataclass
+class FigureFile:
+    """A drawn figure: its name, title, and the PNG/SVG files."""
+
+    name: str
+    title: str
+    png: Path
+    svg: Path
+
+
+# name -> (title, drawing function); the HTML report shows them in this order.
+FIGURES: dict[str, tuple[str, Callable[[ReportData], Figure | str]]] = {
+    "score_vs_params": ("Score vs trainable parameters", plot_score_vs_params),
+    "score_vs_rank": ("Score vs rank", plot_score_vs_rank),
+    "rank_allocation": ("Rank allocation", plot_rank_allocation),
+    "learning_curves": ("Learning curves", plot_learning_curves),
+    "costs": ("Time and memory per variant", plot_costs),
+    "search_history": ("Search history", plot_search_history),
+}
+
+
+def write_figures(data: ReportData, out_dir: Path) -> tuple[list[FigureFile], dict[str, str]]:
+    """Draws every figure that has data into ``out_dir`` (PNG at 150 dpi and SVG).
+
+    Returns the files written and, for each figure not drawn, why.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[FigureFile] = []
+    skipped: dict[str, str] = {}
+    for name, (title, draw) in FIGURES.items():
+        result = draw(data)
+        if isinstance(result, str):
+            skipped[name] = result
+            continue
+        try:
+            result.tight_layout()
+            png, svg = out_dir / f"{name}.png", out_dir / f"{name}.svg"
+            result.savefig(png, dpi=150)
+            result.savefig(svg)
+        finally:
+            plt.close(result)
+        written.append(FigureFile(name, title, png, svg))
+    return written, skipped

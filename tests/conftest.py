@@ -1,0 +1,100 @@
+"""Shared fixtures: a tiny saved model with a tiny tokenizer, and a tiny in-memory task.
+
+``tiny_model_dir`` is a folder ``load_model_and_tokenizer`` reads like any real checkpoint: a
+word-level BERT tokenizer over ~60 words and a random-initialised 2-layer BERT (hidden 32), so a
+training step takes milliseconds and nothing is downloaded.
+
+``toy_task`` registers ``toy-sentiment``: short word sequences labelled 1 when they contain a
+"positive" word, served from memory through a source registered for the test session.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+POSITIVE = ["good", "great", "fine", "nice", "happy"]
+NEUTRAL = [
+    "the", "a", "cat", "dog", "house", "tree", "car", "road", "sky", "sun", "moon", "river", "stone",
+    "table", "chair", "book", "paper", "green", "blue", "red", "small", "big", "old", "new", "runs",
+    "sits", "walks", "sees", "has", "is", "was", "on", "in", "under", "over", "near", "far", "and",
+    "or", "but", "with", "without", "every", "some", "many", "few", "day", "night", "city", "field",
+]
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+TOY_TASK = "toy-sentiment"
+TOY_SOURCE = "toy-memory"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A saved tiny BERT sequence classifier and its word-level tokenizer."""
+    import torch
+    import transformers
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    vocab = folder / "vocab.txt"
+    vocab.write_text("\n".join(SPECIAL + POSITIVE + NEUTRAL) + "\n")
+    tokenizer = transformers.BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True)
+    tokenizer.save_pretrained(folder)
+    config = transformers.BertConfig(
+        vocab_size=len(SPECIAL) + len(POSITIVE) + len(NEUTRAL), hidden_size=32, num_hidden_layers=2,
+        num_attention_heads=4, intermediate_size=64, max_position_embeddings=64, num_labels=2,
+        hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.0,
+    )
+    torch.manual_seed(0)
+    transformers.BertForSequenceClassification(config).save_pretrained(folder)
+    return folder
+
+
+def toy_rows(n: int, seed: int) -> pd.DataFrame:
+    """``n`` sentences of 3-12 words; label 1 when one of the words is positive."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        words = rng.choices(NEUTRAL, k=rng.randint(3, 12))
+        label = rng.random() < 0.5
+        if label:
+            words[rng.randrange(len(words))] = rng.choice(POSITIVE)
+        rows.append({"sentence": " ".join(words), "label": int(label)})
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="session")
+def toy_task() -> Iterator[str]:
+    """Registers the in-memory task ``toy-sentiment`` (200 train, 64 validation examples)."""
+    from lorabench.tasks import TASKS, TaskData, TaskSpec, register_source
+    from lorabench.tasks.data import SOURCES
+
+    def load(spec: TaskSpec, request) -> TaskData:
+        train = toy_rows(200, 1)
+        validation = toy_rows(64, 2)
+        if request.max_train_examples:
+            train = train.head(request.max_train_examples)
+        if request.max_eval_examples:
+            validation = validation.head(request.max_eval_examples)
+        return TaskData(spec, {"train": train, "validation": validation}, source=TOY_SOURCE)
+
+    register_source(TOY_SOURCE)(load)
+    spec = TaskSpec(
+        name=TOY_TASK, version="1", source=TOY_SOURCE, text_columns=("sentence",),
+        label_names=("negative", "positive"), description="toy sentiment (tests)",
+    )
+    TASKS.add(spec, overwrite=True)
+    yield TOY_TASK
+    TASKS.unregister(TOY_TASK)
+    SOURCES.pop(TOY_SOURCE, None)
+
+
+@pytest.fixture
+def single_thread() -> Iterator[None]:
+    """One torch thread: tiny models gain nothing from more, and a shared CPU loses a lot."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

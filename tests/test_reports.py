@@ -1,0 +1,261 @@
+"""Reports from synthetic run records: table values against hand-computed means/stds, bold best,
+LaTeX/Markdown/CSV/HTML output, every figure, a self-contained HTML page, filters, and reports on
+empty or partial databases. A headless-Chromium screenshot runs when Chromium is installed."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import statistics
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lorabench.benchmark.records import CurvePoint, RunRecord
+from lorabench.benchmark.store import ResultStore
+from lorabench.cli import report_cmd
+from lorabench.reports import generate_report
+from lorabench.reports.data import (
+    load_report_data,
+    runs_frame,
+    short_matrix_labels,
+    split_module_name,
+)
+from lorabench.reports.plots import pareto_front
+from lorabench.reports.tables import build_results_table, to_latex, to_markdown
+
+CHROMIUM = Path("/usr/bin/chromium")
+SEEDS = (0, 1, 2)
+# (variant, rank) -> base accuracy; a seed adds seed * 0.01 (RTE) or seed * 0.02 (MRPC).
+BASE = {("lora", 4): 0.60, ("lora", 8): 0.66, ("dora", 8): 0.64, ("vera", 256): 0.58, ("adalora", 8): 0.65,
+        ("dylora", 8): 0.62}  # fmt: skip
+PARAMS = {("lora", 4): 36_864, ("lora", 8): 73_728, ("dora", 8): 76_032, ("vera", 256): 9_984,
+          ("adalora", 8): 110_592, ("dylora", 8): 73_728}  # fmt: skip
+TOTAL = 22_713_216
+TASK_STEP = {"rte": 0.01, "mrpc": 0.02}
+BERT = "bert.encoder.layer.{}.{}"
+MATRICES = ("attention.self.query", "attention.self.value", "attention.output.dense", "output.dense")
+
+
+def score_of(variant: str, rank: int, task: str, seed: int) -> float:
+    return BASE[(variant, rank)] + TASK_STEP[task] * seed + (0.05 if task == "mrpc" else 0.0)
+
+
+def make(variant: str, rank: int, task: str, seed: int, **extra) -> RunRecord:
+    score = extra.pop("score", score_of(variant, rank, task, seed) if task in TASK_STEP else 0.7)
+    fields = dict(
+        run_id=f"{variant}-{rank}-{task}-{seed}", status="finished", variant=variant, task=task,
+        model="all-MiniLM-L6-v2", seed=seed, config={"variant_config": {"r": rank}},
+        metrics={} if score is None else {"accuracy": score, "f1": score - 0.01}, primary_metric="accuracy", score=score, rank=rank,
+        budget={"kind": "steps", "limit": 40},
+        spent={"steps": 40, "train_seconds": 10.0 + rank + seed, "peak_memory_bytes": (300 + rank) * 2**20,
+               "memory_kind": "cpu_rss_peak"},
+        trainable_params=PARAMS[(variant, rank)] + 770, adapter_params=PARAMS[(variant, rank)],
+        total_params=TOTAL, adapter_bytes=PARAMS[(variant, rank)] * 4,
+        curve=[CurvePoint(step=s, loss=1.0 / s, metrics={"accuracy": score - 0.1 / s} if s % 20 == 0 and score else None)
+               for s in (10, 20, 30, 40)],
+        environment={"git_commit": "abc123def456", "git_dirty": False, "device": {"name": "cpu"},
+                     "packages": {"torch": "2.13.0"}, "python": "3.11"},
+        started_at=f"2026-01-01T00:00:{seed:02d}", finished_at=f"2026-01-01T00:01:{seed:02d}",
+    )  # fmt: skip
+    fields.update(extra)
+    return RunRecord(**fields)
+
+
+def cli_main(argv: list[str]) -> int:
+    """``lorabench report ARGS`` through the command module (the other commands may not exist yet)."""
+    parser = argparse.ArgumentParser(prog="lorabench report")
+    report_cmd.add_arguments(parser)
+    assert argv[0] == "report"
+    return report_cmd.run(parser.parse_args(argv[1:]))
+
+
+def fill_store(path: Path) -> ResultStore:
+    store = ResultStore(path)
+    for task in ("rte", "mrpc"):
+        for variant, rank in (("lora", 4), ("lora", 8), ("dora", 8), ("vera", 256)):
+            for seed in SEEDS:
+                store.add(make(variant, rank, task, seed))
+        for seed in SEEDS:
+            store.add(make("dylora", 8, task, seed, rank_scores={
+                r: {"accuracy": 0.5 + 0.015 * r + 0.01 * seed, "f1": 0.5} for r in range(1, 9)}))  # fmt: skip
+    # AdaLoRA on a planted-rank task: found ranks beside the planted ones.
+    for seed in SEEDS:
+        ranks = {BERT.format(layer, m): (layer + i + seed) % 9 for layer in range(2) for i, m in enumerate(MATRICES)}
+        true = {BERT.format(layer, m): 4 if i < 2 else 2 for layer in range(2) for i, m in enumerate(MATRICES)}
+        store.add(make("adalora", 8, "planted-r4", seed, ranks=ranks, true_ranks=true, score=0.7 + 0.01 * seed))
+    # A failed run, and a search study with trials (one pruned) and a confirmation run.
+    store.add(make("dora", 8, "planted-r4", 0, status="failed", score=None, error="RuntimeError: out of memory\nmore"))
+    for trial in range(5):
+        status = "pruned" if trial == 2 else "finished"
+        store.add(make("lora", 8, "rte", 100 + trial, run_id=f"trial-{trial}", status=status,
+                       score=0.55 + 0.02 * trial, search={"study": "lora-rte", "trial": trial, "role": "trial"}))  # fmt: skip
+    return store
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("reports") / "results.db"
+    fill_store(path).close()
+    return path
+
+
+@pytest.fixture(scope="module")
+def report(db, tmp_path_factory):
+    return generate_report(db, tmp_path_factory.mktemp("out") / "full")
+
+
+def hand_mean_std(variant: str, rank: int, task: str) -> tuple[float, float]:
+    values = [100 * score_of(variant, rank, task, s) for s in SEEDS]
+    return statistics.mean(values), statistics.stdev(values)  # sample std, as the table promises
+
+
+def test_table_values_are_mean_and_std_over_seeds(db):
+    data = load_report_data(db)
+    assert len(data.records) == 5 * 2 * 3 + 3  # trials and the failed run stay out of the table
+    table = build_results_table(data.runs)
+    cells = table.cells
+    assert list(cells.index[:3]) == ["LoRA r=4", "LoRA r=8", "DoRA r=8"]  # papers' order, rank ascending
+    for variant, rank, label in (("lora", 8, "LoRA r=8"), ("vera", 256, "VeRA r=256")):
+        mean, std = hand_mean_std(variant, rank, "rte")
+        assert cells.loc[label, "RTE (Acc)"] == f"{mean:.1f} ± {std:.1f}"
+        mean, std = hand_mean_std(variant, rank, "mrpc")
+        assert cells.loc[label, "MRPC (Acc)"] == f"{mean:.1f} ± {std:.1f}"
+    # Best per task in bold: LoRA r=8 on both GLUE tasks, AdaLoRA alone on the planted task is not "best of one".
+    assert table.bold.loc["LoRA r=8", "RTE (Acc)"] and table.bold.loc["LoRA r=8", "MRPC (Acc)"]
+    assert table.bold["RTE (Acc)"].sum() == 1
+    # No config ran every task (AdaLoRA only the planted one): no average column, missing cells dashed.
+    assert "Avg." not in cells.columns
+    assert cells.loc["LoRA r=8", "PLANTED-R4 (Acc)"] == "–"
+    glue_only = build_results_table(data.runs[data.runs["task"] != "planted-r4"]).cells
+    means = [statistics.mean([hand_mean_std("lora", 8, t)[0] for t in ("rte", "mrpc")])]
+    assert glue_only.loc["LoRA r=8", "Avg."] == f"{means[0]:.1f}"
+    # # Params: count and share of the model.
+    assert cells.loc["LoRA r=8", "# Params"] == f"73.7K ({100 * 73_728 / TOTAL:.2f}%)"
+    assert cells.loc["LoRA r=8", "Time (s)"] == "19.0"  # mean of 10 + 8 + seed over seeds 0..2
+    assert cells.loc["LoRA r=8", "Peak mem (MiB)"] == "308"
+    numbers = table.numbers.set_index(["config", "task"])
+    assert numbers.loc[("LoRA r=8", "rte"), "n"] == 3
+    assert numbers.loc[("LoRA r=8", "rte"), "std"] == pytest.approx(hand_mean_std("lora", 8, "rte")[1])
+
+
+def test_markdown_latex_csv_html_files(report):
+    md = report.tables["md"].read_text()
+    mean, std = hand_mean_std("lora", 8, "rte")
+    assert f"**{mean:.1f} ± {std:.1f}**" in md
+    assert md.splitlines()[0].startswith("| Method | MRPC (Acc) | RTE (Acc) |")  # GLUE column order
+    tex = report.tables["tex"].read_text()
+    for needle in (r"\toprule", r"\midrule", r"\bottomrule", r"\textbf{" + f"{mean:.1f}" + "}", r"\# Params", r"\%"):
+        assert needle in tex
+    assert "±" not in tex  # LaTeX gets $_{\pm s}$, not a raw unicode sign
+    csv = pd.read_csv(report.tables["csv"])
+    row = csv[(csv["config"] == "LoRA r=8") & (csv["task"] == "rte")].iloc[0]
+    assert row["mean"] == pytest.approx(mean) and bool(row["best"])
+    assert "<b>" in report.tables["html"].read_text()
+
+
+def test_every_figure_is_drawn(report):
+    expected = {"score_vs_params", "score_vs_rank", "rank_allocation", "learning_curves", "costs", "search_history"}
+    assert set(report.figures) == expected and not report.skipped_figures
+    for png in report.figures.values():
+        svg = png.with_suffix(".svg")
+        assert png.stat().st_size > 5_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert svg.stat().st_size > 5_000 and "<svg" in svg.read_text()[:2000]
+    svg = (report.out_dir / "figures" / "rank_allocation.svg").read_text()
+    assert "planted ranks" in svg and "layer" in svg
+    assert "one run, every eval rank" in (report.out_dir / "figures" / "score_vs_rank.svg").read_text()
+
+
+def test_html_is_self_contained(report):
+    page = report.html.read_text()
+    assert page.startswith("<!DOCTYPE html>")
+    assert page.count("data:image/png;base64,") == len(report.figures)
+    references = re.findall(r"""(?:src|href)\s*=\s*['"]([^'"]*)""", page)
+    assert references and all(ref.startswith("data:") for ref in references)
+    assert "<link" not in page and "<script" not in page and "url(" not in page
+    assert "out of memory" in page  # the failed run is listed, not silently dropped
+    assert "What is missing" in page
+
+
+def test_filters(db, tmp_path):
+    rep = generate_report(db, tmp_path / "f", tasks=["rte"], variants=["lora", "dora"], seeds=[0, 1])
+    cells = rep.table.cells
+    assert list(cells.index) == ["LoRA r=4", "LoRA r=8", "DoRA r=8"]
+    assert list(rep.table.task_columns) == ["RTE (Acc)"]
+    values = [100 * score_of("lora", 8, "rte", s) for s in (0, 1)]
+    assert cells.loc["LoRA r=8", "RTE (Acc)"] == f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+    assert "Avg." not in cells.columns  # one task: no average
+    assert "rank_allocation" in rep.skipped_figures  # no AdaLoRA among the filtered runs
+
+
+def test_empty_database_says_what_is_missing(tmp_path, capsys):
+    ResultStore(tmp_path / "empty.db").close()
+    rc = cli_main(["report", "--results", str(tmp_path / "empty.db"), "--out", str(tmp_path / "r")])
+    out = capsys.readouterr().out
+    assert rc == 0 and "holds no runs yet" in out
+    page = (tmp_path / "r" / "report.html").read_text()
+    assert "holds no runs yet" in page and "No finished runs match" in page
+    assert (tmp_path / "r" / "results.md").exists()
+
+    rc = cli_main(["report", "--results", str(tmp_path / "missing.db"), "--out", str(tmp_path / "r2")])
+    assert rc == 2 and "no results database at" in capsys.readouterr().err
+
+
+def test_partial_database_and_unknown_filters(db, tmp_path):
+    store = ResultStore(tmp_path / "partial.db")
+    for seed in SEEDS:
+        store.add(make("lora", 8, "rte", seed))
+        store.add(make("lora", 8, "mrpc", seed))
+    store.add(make("dora", 8, "rte", 0))
+    rep = generate_report(store, tmp_path / "p")
+    notes = "\n".join(rep.notes)
+    assert "DoRA r=8: no finished run on mrpc" in notes
+    assert "DoRA r=8 on rte: 1 of 3 seeds (missing seed 1, 2)" in notes
+    assert rep.table.cells.loc["DoRA r=8", "MRPC (Acc)"] == "–"
+    assert rep.table.cells.loc["DoRA r=8", "RTE (Acc)"] == f"{100 * score_of('dora', 8, 'rte', 0):.1f}"  # one seed: no ±
+    assert "search_history" in rep.skipped_figures
+
+    rep = generate_report(db, tmp_path / "u", tasks=["cola"], tag="nope")
+    notes = "\n".join(rep.notes)
+    assert "No runs at all for tasks cola" in notes and "No runs have tag 'nope'" in notes
+    assert rep.empty and rep.html.exists()
+
+
+def test_module_name_parsing_and_pareto():
+    assert split_module_name("bert.encoder.layer.3.attention.self.query") == (3, "attention.self.query")
+    assert split_module_name("model.layers.11.self_attn.q_proj") == (11, "self_attn.q_proj")
+    assert split_module_name("transformer.h.0.attn.c_attn") == (0, "attn.c_attn")
+    assert split_module_name("classifier") is None
+    labels = short_matrix_labels(["attention.self.query", "attention.output.dense", "output.dense"])
+    assert labels == {"attention.self.query": "query", "attention.output.dense": "attention.output.dense",
+                      "output.dense": "output.dense"}  # fmt: skip
+    front = pareto_front(np.array([10, 20, 30, 40]), np.array([0.5, 0.4, 0.7, 0.6]))
+    assert sorted(front.tolist()) == [0, 2]
+
+
+def test_empty_table_renders_a_message():
+    empty = build_results_table(runs_frame([]))
+    assert "No finished runs" in to_markdown(empty) and to_latex(empty).startswith("%")
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="headless Chromium not installed (apt-get install chromium)")
+def test_html_renders_in_headless_chromium(report, tmp_path):
+    shot = tmp_path / "report.png"
+    cmd = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1280,2000",
+           report.html.resolve().as_uri()]  # fmt: skip
+    subprocess.run(cmd, capture_output=True, timeout=120, check=False)
+    assert shot.exists() and shot.stat().st_size > 20_000
+    from matplotlib.image import imread
+
+    pixels = imread(shot)
+    assert pixels.shape[0] == 2000 and pixels.shape[1] == 1280
+    assert pixels[..., :3].std() > 0.05  # not a blank page: text, table and figures drawn
+    if os.environ.get("LORABENCH_KEEP_SCREENSHOT"):  # for a human to look at
+        shutil.copy(shot, os.environ["LORABENCH_KEEP_SCREENSHOT"])

@@ -1,0 +1,133 @@
+"""Suites: resume without duplicates, failed runs do not stop a suite, Ctrl-C keeps what finished."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+
+import lorabench.benchmark.runner as runner
+from lorabench.benchmark.config import Budget, TrainConfig
+from lorabench.benchmark.runner import format_summary, run_suite, summary_table
+from lorabench.benchmark.store import ResultStore
+from lorabench.benchmark.suite import SuiteConfig, VariantEntry
+from lorabench.variants import VARIANTS
+from lorabench.variants.lora import LoRA
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+class Saboteur(LoRA):
+    """LoRA that misbehaves at step 1 of the seed named in ``plan``: NaN loss or Ctrl-C."""
+
+    name = "saboteur"
+    plan: dict[str, str] = {}  # "seed" -> "nan" | "interrupt", keyed by the config's dropout
+
+    def before_step(self, step: int) -> None:
+        if step == 1 and self.plan.get("mode") == "interrupt" and self.config.r == self.plan.get("r"):
+            raise KeyboardInterrupt
+
+    def regularization_loss(self):
+        if self.plan.get("mode") == "nan" and self.config.r == self.plan.get("r"):
+            return torch.tensor(float("inf"))
+        return None
+
+
+@pytest.fixture
+def saboteur():
+    VARIANTS.add(Saboteur, name="saboteur", overwrite=True)
+    yield Saboteur
+    Saboteur.plan = {}
+    VARIANTS.unregister("saboteur")
+
+
+def make_suite(model_dir, task, out, variants, seeds=(0, 1)) -> SuiteConfig:
+    suite = SuiteConfig(
+        variants=variants,
+        tasks=[task],
+        seeds=list(seeds),
+        budget=Budget.parse("steps=4"),
+        train=TrainConfig(batch_size=16, learning_rate=5e-3, max_eval_examples=32),
+        model=str(model_dir),
+        out=str(out),
+        name="test",
+    )
+    suite.validate()
+    return suite
+
+
+def test_resume_skips_finished_runs_and_never_duplicates(tiny_model_dir, toy_task, tmp_path, monkeypatch):
+    suite = make_suite(tiny_model_dir, toy_task, tmp_path, [VariantEntry("lora", {"r": 2}), VariantEntry("dylora", {"r": 2})])
+    store = ResultStore(tmp_path / "results.db")
+    out = io.StringIO()
+    records = run_suite(suite, store, progress=False, stream=out)
+    assert [r.status for r in records] == ["finished"] * 4
+    assert len(store.records(status=None)) == 4
+    assert (tmp_path / "adapters" / records[0].run_id / "adapter_model.safetensors").is_file()
+    text = out.getvalue()
+    assert "lora(r=2)" in text and "dylora(r=2)" in text and "±" in text
+
+    calls = []
+    monkeypatch.setattr(runner, "execute_run", lambda cfg, **kw: calls.append(cfg) or pytest.fail("re-ran a finished run"))
+    again = run_suite(suite, ResultStore(tmp_path / "results.db"), progress=False, stream=io.StringIO())
+    assert calls == []
+    assert [r.run_id for r in again] == [r.run_id for r in records]
+    assert len(ResultStore(tmp_path / "results.db").records(status=None)) == 4
+
+
+def test_failed_run_is_stored_and_suite_goes_on(tiny_model_dir, toy_task, tmp_path, saboteur):
+    saboteur.plan = {"mode": "nan", "r": 3}
+    suite = make_suite(tiny_model_dir, toy_task, tmp_path, [VariantEntry("saboteur", {"r": 3}), VariantEntry("lora", {"r": 2})], seeds=[0])
+    store = ResultStore(tmp_path / "results.db")
+    out = io.StringIO()
+    records = run_suite(suite, store, progress=False, stream=out)
+    assert [r.status for r in records] == ["failed", "finished"]
+    assert "NonFiniteLoss" in store.get(records[0].run_id).error
+    assert store.finished_ids() == {records[1].run_id}
+    assert "failed" in out.getvalue()
+    # The failed run is retried on resume (it is not finished); the finished one is not.
+    saboteur.plan = {}
+    again = run_suite(suite, store, progress=False, stream=io.StringIO())
+    assert [r.status for r in again] == ["finished", "finished"]
+    assert len(store.records(status=None)) == 2
+
+
+def test_ctrl_c_keeps_finished_records(tiny_model_dir, toy_task, tmp_path, saboteur):
+    saboteur.plan = {"mode": "interrupt", "r": 3}
+    suite = make_suite(tiny_model_dir, toy_task, tmp_path, [VariantEntry("lora", {"r": 2}), VariantEntry("saboteur", {"r": 3})], seeds=[0])
+    store = ResultStore(tmp_path / "results.db")
+    with pytest.raises(KeyboardInterrupt):
+        run_suite(suite, store, progress=False, stream=io.StringIO())
+    stored = store.records(status=None)
+    assert [(r.variant, r.status) for r in stored] == [("lora", "finished")]
+
+
+def test_cli_ctrl_c_exits_cleanly_with_130(tiny_model_dir, toy_task, tmp_path, saboteur, capsys):
+    from lorabench.cli.main import main
+
+    saboteur.plan = {"mode": "interrupt", "r": 3}
+    code = main([
+        "run", "--variants", "lora,saboteur", "--variant-config", "saboteur.r=3", "--tasks", toy_task,
+        "--model", str(tiny_model_dir), "--budget", "steps=3", "--out", str(tmp_path), "--quiet",
+        "--max-eval-examples", "16",
+    ])
+    assert code == 130
+    assert "finished runs are saved" in capsys.readouterr().err
+    assert [r.variant for r in ResultStore(tmp_path / "results.db").records()] == ["lora"]
+
+
+def test_summary_table_mean_and_std_over_seeds():
+    from lorabench.benchmark.records import RunRecord
+
+    def rec(seed, score, status="finished"):
+        return RunRecord(run_id=f"id{seed}{status}", status=status, variant="lora", task="rte", model="m", seed=seed,
+                         config={"variant_config": {}}, score=score, primary_metric="accuracy", trainable_params=100,
+                         spent={"train_seconds": 2.0})
+
+    table = summary_table([rec(0, 0.5), rec(1, 0.7), rec(2, None, "failed")])
+    row = table.iloc[0]
+    assert row.seeds == 2 and row.failed == 1
+    assert row.score_mean == pytest.approx(0.6) and row.score_std == pytest.approx(0.1414, abs=1e-3)
+    text = format_summary([rec(0, 0.5), rec(1, 0.7)])
+    assert "0.6000 ± 0.1414" in text and "lora" in text

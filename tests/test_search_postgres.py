@@ -1,0 +1,117 @@
+"""Several workers, one study, one budget, on a real PostgreSQL server.
+
+Needs ``LORABENCH_TEST_POSTGRES_URL`` (``source scripts/ci_postgres.sh`` starts a throwaway server
+on loopback and exports it); skipped otherwise. Two worker processes search one study with a
+shared steps budget; the test checks that every trial ended exactly once, that each was run by
+exactly one worker, and that the budget held (overshoot at most one trial per worker).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+pytestmark = pytest.mark.postgres
+
+URL = os.environ.get("LORABENCH_TEST_POSTGRES_URL")
+if not URL:
+    pytest.skip("LORABENCH_TEST_POSTGRES_URL is not set (source scripts/ci_postgres.sh)", allow_module_level=True)
+
+TRIAL_STEPS = 100
+# A worker: the real search loop and storage, with a harness that "trains" by sleeping, so the
+# two processes overlap for certain and the spend of every trial is known to the step.
+WORKER = r"""
+import json, sys, time
+import optuna
+from lorabench.benchmark.config import Budget, TrainConfig
+from lorabench.benchmark.records import RunRecord
+from lorabench.benchmark.search import SearchConfig, prepare_search, run_search
+
+url, study, budget, trial_steps, tag = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+mine = []
+
+def execute(cfg, *, on_eval=None, progress=True):
+    r = cfg.variant_config["r"]
+    for step in range(25, trial_steps + 1, 25):
+        time.sleep(0.05)
+        if on_eval is not None:
+            on_eval(step, {}, 0.5 + 0.01 * r)
+    mine.append(cfg.run_id)
+    return RunRecord(run_id=cfg.run_id, status="finished", variant=cfg.variant, task=cfg.task, model="fake",
+                     seed=cfg.seed, config=cfg.to_dict(), score=0.5 + 0.01 * r + 1e-4 * cfg.train.learning_rate,
+                     rank=r, trainable_params=100 * r,
+                     spent={"steps": trial_steps, "tokens": 0, "train_seconds": 0.2, "eval_seconds": 0.0, "flops": 0})
+
+class Store:
+    def add(self, record):
+        print("TRIAL " + json.dumps({"worker": tag, "trial": record.search["trial"]}), flush=True)
+    def get(self, run_id):
+        return None
+
+cfg = SearchConfig(variant="lora", task="rte", budget=Budget.parse(budget), trial_budget=Budget("steps", trial_steps),
+                   train=TrainConfig(eval_every=25), storage=url, study=study, pruner="none", confirm_seeds=0,
+                   heartbeat_interval=2)
+outcome = run_search(prepare_search(cfg), store=Store(), execute=execute, progress=False)
+print("DONE " + json.dumps({"worker": tag, "committed": outcome.spend.committed}), flush=True)
+"""
+
+
+def _worker(study: str, budget: str, tag: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", WORKER, URL, study, budget, str(TRIAL_STEPS), tag],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+
+
+def test_two_workers_share_one_study_and_its_budget():
+    import optuna
+    from optuna.trial import TrialState
+
+    study_prefix = f"pg-{uuid.uuid4().hex[:8]}"
+    budget = 2000  # 20 full trials of 100 steps between the two workers
+    workers = [_worker(study_prefix, f"steps={budget}", tag) for tag in ("a", "b")]
+    outputs = [w.communicate(timeout=180) for w in workers]
+    for w, (_, err) in zip(workers, outputs):
+        assert w.returncode == 0, err[-3000:]
+
+    ran: dict[int, str] = {}
+    for out, _ in outputs:
+        for line in out.splitlines():
+            if line.startswith("TRIAL "):
+                event = json.loads(line[len("TRIAL ") :])
+                assert event["trial"] not in ran, f"trial {event['trial']} ran twice"
+                ran[event["trial"]] = event["worker"]
+    assert set(ran.values()) == {"a", "b"}, "both workers must have run trials"
+
+    from lorabench.benchmark.search_storage import open_storage
+
+    storage = open_storage(URL, heartbeat_interval=None)
+    study = optuna.load_study(study_name=f"{study_prefix}/lora/rte", storage=storage)
+    trials = study.get_trials(deepcopy=False)
+    assert sorted(t.number for t in trials) == list(range(len(trials)))
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    # No trial lost: every trial in the study was run (and recorded) by exactly one worker.
+    assert sorted(ran) == [t.number for t in trials if "duplicate_of" not in t.user_attrs]
+    spent = sum(t.user_attrs["spend"]["steps"] for t in trials)
+    assert budget <= spent <= budget + 2 * TRIAL_STEPS  # at most one trial over per worker
+
+
+def test_worker_with_another_budget_is_refused_before_training():
+    study_prefix = f"pg-{uuid.uuid4().hex[:8]}"
+    first = _worker(study_prefix, "steps=200", "a")
+    out, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err[-3000:]
+    second = _worker(study_prefix, "steps=400", "b")
+    out, err = second.communicate(timeout=120)
+    assert second.returncode != 0
+    assert "created with search budget steps=200, but this worker has steps=400" in err
+    assert "TRIAL" not in out

@@ -80,7 +80,9 @@ def load_model_and_tokenizer(
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "newly initialised head" warnings are expected here
     try:
-        kwargs = {"config": config}
+        # A checkpoint that already has a head of another size (num_labels 2 vs 1 for a regression
+        # task) gets a fresh head: the head is task-specific and re-initialised anyway.
+        kwargs = {"config": config, "ignore_mismatched_sizes": True}
         if dtype is not None:
             kwargs["dtype"] = dtype
         model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)

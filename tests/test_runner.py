@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from typing import Any, ClassVar
 
 import pytest
 import torch
@@ -19,10 +20,10 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 class Saboteur(LoRA):
-    """LoRA that misbehaves at step 1 of the seed named in ``plan``: NaN loss or Ctrl-C."""
+    """LoRA that misbehaves in the run whose rank ``plan["r"]`` names: an infinite loss or Ctrl-C."""
 
     name = "saboteur"
-    plan: dict[str, str] = {}  # "seed" -> "nan" | "interrupt", keyed by the config's dropout
+    plan: ClassVar[dict[str, Any]] = {}  # {"mode": "nan" | "interrupt", "r": rank of the run to hit}
 
     def before_step(self, step: int) -> None:
         if step == 1 and self.plan.get("mode") == "interrupt" and self.config.r == self.plan.get("r"):
@@ -103,11 +104,9 @@ def test_ctrl_c_keeps_finished_records(tiny_model_dir, toy_task, tmp_path, sabot
     assert [(r.variant, r.status) for r in stored] == [("lora", "finished")]
 
 
-def test_cli_ctrl_c_exits_cleanly_with_130(tiny_model_dir, toy_task, tmp_path, saboteur, capsys):
-    from lorabench.cli.main import main
-
+def test_cli_ctrl_c_exits_cleanly_with_130(tiny_model_dir, toy_task, tmp_path, saboteur, capsys, cli_main):
     saboteur.plan = {"mode": "interrupt", "r": 3}
-    code = main([
+    code = cli_main([
         "run", "--variants", "lora,saboteur", "--variant-config", "saboteur.r=3", "--tasks", toy_task,
         "--model", str(tiny_model_dir), "--budget", "steps=3", "--out", str(tmp_path), "--quiet",
         "--max-eval-examples", "16",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import math
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -11,7 +13,7 @@ import torch
 
 from lorabench.benchmark.config import Budget, RunConfig, TrainConfig
 from lorabench.benchmark.data import BatchPlan, TokenizedSplit, epoch_batches
-from lorabench.benchmark.runner import RunCache, execute_run
+from lorabench.benchmark.runner import RunCache, execute_run, run_config_of
 from lorabench.benchmark.trainer import RunPruned, build_optimizer, linear_schedule
 from lorabench.variants import VARIANTS
 from lorabench.variants.lora import LoRA
@@ -25,7 +27,7 @@ class Recording(LoRA):
     """LoRA that records every hook call and checks what the loop has done at that point."""
 
     name = "recording"
-    fail_at: dict[str, int] = {}  # hook -> step at which to misbehave (set by tests)
+    fail_at: ClassVar[dict[str, int]] = {}  # hook -> step at which to misbehave (set by tests)
 
     def on_train_begin(self, total_steps: int) -> None:
         super().on_train_begin(total_steps)
@@ -97,6 +99,8 @@ def test_record_is_complete(tiny_model_dir, toy_task, cache, tmp_path):
     record = execute_run(cfg, progress=False, cache=cache, adapter_root=tmp_path)
     assert record.run_id == cfg.run_id and record.status == "finished"
     assert record.config["resolved_variant_config"]["r"] == 4
+    assert record.config["resolved_variant_config"]["target_modules"] == ["query", "value"]
+    assert run_config_of(record).run_id == record.run_id
     assert record.variant_version and record.task_version == "1" and record.rank == 4
     assert record.adapter_params == 4 * 4 * (32 + 32)  # 2 layers x (query, value), A and B
     assert record.trainable_params == record.adapter_params + 32 * 2 + 2  # + classifier head
@@ -166,9 +170,11 @@ def test_seconds_budget_stops_on_time(tiny_model_dir, toy_task, cache):
     assert record.status == "finished"
     assert spent["steps"] >= 1 and spent["planned_steps"] >= 1
     assert spent["stop_reason"] in ("seconds", "planned_steps")
-    per_step = spent["train_seconds"] / (spent["steps"] + 4)  # 4 timing-probe steps count too
-    assert spent["train_seconds"] <= limit + 3 * per_step + 0.5
     assert spent["steps"] <= spent["planned_steps"]
+    # The clock is checked before every step: the budget is overshot by less than one step.
+    assert spent["train_seconds"] < limit + spent["max_step_seconds"]
+    if spent["stop_reason"] == "seconds":
+        assert spent["train_seconds"] >= limit
 
 
 def test_nan_loss_gives_failed_record_with_spend(tiny_model_dir, toy_task, cache, recording):
@@ -222,7 +228,7 @@ def test_dylora_scores_every_rank(tiny_model_dir, toy_task, cache):
     assert record.rank_scores[4]["accuracy"] == record.score  # r_max is the default evaluation rank
 
 
-def test_task_head_state_is_loaded_and_frozen(tiny_model_dir, cache):
+def test_task_head_state_is_loaded_and_frozen(tiny_model_dir, cache, tmp_path):
     from lorabench.tasks import TASKS, TaskData, TaskSpec, register_source
     from lorabench.tasks.data import SOURCES
 
@@ -236,13 +242,37 @@ def test_task_head_state_is_loaded_and_frozen(tiny_model_dir, cache):
     register_source("head-test")(load)
     TASKS.add(TaskSpec(name="head-test", version="1", source="head-test", text_columns=("sentence",), label_names=("n", "p")), overwrite=True)
     try:
-        record = execute_run(run_cfg(tiny_model_dir, "head-test", budget="steps=4"), progress=False, cache=cache, adapter_root=None)
+        record = execute_run(run_cfg(tiny_model_dir, "head-test", budget="steps=4"), progress=False, cache=cache, adapter_root=tmp_path)
     finally:
         TASKS.unregister("head-test")
         SOURCES.pop("head-test", None)
     assert record.status == "finished", record.error
     assert record.trainable_params == record.adapter_params
     assert record.true_ranks == {"x": 2}
+    assert not (tmp_path / record.run_id / "head.safetensors").exists()  # a frozen head is not saved
+
+
+def test_several_eval_splits_prefix_metrics_and_score_the_first(tiny_model_dir, cache):
+    from conftest import toy_rows
+
+    from lorabench.tasks import TASKS, TaskData, TaskSpec, register_source
+    from lorabench.tasks.data import SOURCES
+
+    def load(spec, request):
+        return TaskData(spec, {"train": toy_rows(64, 1), "matched": toy_rows(20, 2), "mismatched": toy_rows(30, 3)}, source="two-splits")
+
+    register_source("two-splits")(load)
+    spec = TaskSpec(name="two-splits", version="1", source="two-splits", text_columns=("sentence",),
+                    label_names=("n", "p"), eval_splits=("matched", "mismatched"))
+    TASKS.add(spec, overwrite=True)
+    try:
+        record = execute_run(run_cfg(tiny_model_dir, "two-splits", budget="steps=2"), progress=False, cache=cache)
+    finally:
+        TASKS.unregister("two-splits")
+        SOURCES.pop("two-splits", None)
+    assert record.status == "finished", record.error
+    assert set(record.metrics) == {"matched/accuracy", "mismatched/accuracy"}
+    assert record.score == record.metrics["matched/accuracy"]
 
 
 # -- pieces ---------------------------------------------------------------------------------------
@@ -279,7 +309,7 @@ def test_linear_schedule_warms_up_then_decays_to_zero():
     factor = linear_schedule(warmup_steps=4, total_steps=20)
     values = [factor(s) for s in range(21)]
     assert values[0] < values[1] < values[3] < values[4] == 1.0
-    assert values[20] == 0.0 and all(a >= b for a, b in zip(values[4:], values[5:]))
+    assert values[20] == 0.0 and all(a >= b for a, b in itertools.pairwise(values[4:]))
 
 
 def test_optimizer_groups_decay_matrices_only_and_head_lr():
@@ -288,3 +318,24 @@ def test_optimizer_groups_decay_matrices_only_and_head_lr():
     opt = build_optimizer([matrix, vector], [head_w, head_b], TrainConfig(learning_rate=1e-3, head_learning_rate=1e-2, weight_decay=0.1))
     groups = {(g["lr"], g["weight_decay"]): [tuple(p.shape) for p in g["params"]] for g in opt.param_groups}
     assert groups == {(1e-3, 0.1): [(3, 3)], (1e-3, 0.0): [(3,)], (1e-2, 0.1): [(2, 3)], (1e-2, 0.0): [(2,)]}
+
+
+def test_head_state_for_another_model_fails_clearly(tiny_model_dir):
+    from lorabench.benchmark.runner import _load_head_state
+    from lorabench.models import load_model_and_tokenizer
+
+    model, _ = load_model_and_tokenizer(str(tiny_model_dir), num_labels=2)
+    _load_head_state(model, {"classifier.bias": torch.tensor([0.25, -0.25])}, "t")
+    assert model.classifier.bias.tolist() == [0.25, -0.25]
+    with pytest.raises(KeyError, match=r"score\.weight.*generate the task for this model"):
+        _load_head_state(model, {"score.weight": torch.zeros(2, 32)}, "t")
+
+
+def test_regression_task_trains_and_scores_pearson(tiny_model_dir, cache):
+    from pathlib import Path
+
+    spec_path = Path(__file__).parent / "fixtures" / "custom" / "similarity.yaml"
+    record = execute_run(run_cfg(tiny_model_dir, str(spec_path), budget="steps=3"), progress=False, cache=cache)
+    assert record.status == "finished", record.error
+    assert record.primary_metric == "pearson" and record.score == record.metrics["pearson"]
+    assert record.trainable_params == record.adapter_params + 32 + 1  # a one-output head

@@ -8,7 +8,8 @@ What is counted (``RunRecord.spent``):
 * ``train_seconds``: wall-clock seconds of training steps (forward, backward, optimiser, hooks),
   plus the timing probe of a seconds budget; ``eval_seconds``: evaluation, counted separately.
   ``probe_seconds``: the FLOP-counting sample step (not training; reported for completeness).
-* ``flops``: training FLOPs. One sample step (forward + backward on the first batch) runs under
+* ``flops``: training FLOPs. One sample step (forward + backward on the first batch, without the
+  adapter's regulariser: no variant hook runs before ``on_train_begin``) runs under
   :class:`torch.utils.flop_counter.FlopCounterMode`; FLOPs per padded token from it are scaled by
   each step's padded tokens. Padded, not non-padding, tokens: the model computes on the padding.
   Attention's quadratic term makes this an approximation for batches much longer than the sample.
@@ -55,6 +56,7 @@ class Spend:
     tokens: int = 0
     padded_tokens: int = 0
     train_seconds: float = 0.0
+    max_step_seconds: float = 0.0  # the slowest optimiser step (a seconds budget overshoots by less)
     eval_seconds: float = 0.0
     probe_seconds: float = 0.0
     flops: float = 0.0
@@ -67,6 +69,7 @@ class Spend:
         self.tokens += tokens
         self.padded_tokens += padded_tokens
         self.train_seconds += seconds
+        self.max_step_seconds = max(self.max_step_seconds, seconds)
         self.flops += padded_tokens * self.flops_per_padded_token
 
     def to_dict(self) -> dict[str, Any]:

@@ -45,11 +45,21 @@ from lorabench.tasks.spec import TaskSpec
 if TYPE_CHECKING:
     from lorabench.benchmark.suite import SuiteConfig
 
-__all__ = ["RunCache", "RunPruned", "execute_run", "format_summary", "run_suite", "summary_table"]
+__all__ = [
+    "RunCache",
+    "RunPruned",
+    "execute_run",
+    "format_summary",
+    "run_config_of",
+    "run_suite",
+    "summary_table",
+]
 
 # Sources whose rows never depend on the seed: their loaded data is shared by every seed.
 SEED_INDEPENDENT_SOURCES = frozenset({"glue", "custom"})
 HEAD_FILE = "head.safetensors"
+# What a record's ``config`` holds beyond ``RunConfig.to_dict()`` (resolved at run time).
+RECORD_EXTRA_CONFIG_KEYS = ("device", "resolved_variant_config", "data_source")
 
 
 class RecordStore(Protocol):
@@ -276,6 +286,13 @@ def execute_run(
         record.error = error_text(exc)
     record.finished_at = _now()
     return record
+
+
+def run_config_of(record: RunRecord) -> RunConfig:
+    """The :class:`RunConfig` that produced ``record`` (to re-run or vary it); its ``run_id``
+    equals the record's."""
+    data = {k: v for k, v in record.config.items() if k not in RECORD_EXTRA_CONFIG_KEYS}
+    return RunConfig.from_dict(data)
 
 
 def _environment() -> dict[str, Any]:

@@ -53,7 +53,7 @@ TRACEBACK_TAIL = 3000
 OnEval = Callable[[int, Mapping[str, float], "float | None"], None]
 
 
-class RunPruned(Exception):  # noqa: N818  (the public name the search API uses)
+class RunPruned(Exception):
     """Raised by an ``on_eval`` callback to stop a run early; the record gets status "pruned"."""
 
 

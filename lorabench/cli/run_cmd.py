@@ -25,7 +25,9 @@ examples:
 budgets (shared by every run): steps=N (optimiser steps), tokens=N (non-padding training
 tokens), seconds=N (training wall-clock), flops=N (training FLOPs, e.g. flops=2e15).
 seeds: a count (--seeds 3 means 0,1,2) or a list (--seeds 0,5,7; only seed 7: --seeds 7,).
-presets: quick (planted-rank task, packaged model, all five variants)."""
+presets: quick (planted-rank task, packaged model, all five variants).
+threads: on a machine shared with other jobs, --threads 1 is often several times faster than
+torch's default of one thread per core (its threads spin while waiting for each other)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,6 +61,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     output.add_argument("--no-adapters", action="store_true", help="do not keep trained adapters under OUT/adapters/")
     output.add_argument("--dry-run", action="store_true", help="print the runs the suite would do (and which are finished), then stop")
     output.add_argument("--quiet", action="store_true", help="no progress bars; print only the summary table")
+    output.add_argument(
+        "--threads", type=int, metavar="N",
+        help="CPU threads for torch (default: torch's choice; on a shared machine fewer threads than cores avoids oversubscription)",
+    )
 
 
 _TRAIN_FLAGS = {
@@ -121,6 +127,9 @@ def run(args: argparse.Namespace) -> int:
     except SuiteConfigError as exc:
         print(f"lorabench run: {exc}", file=sys.stderr)
         return 2
+    if args.threads is not None and args.threads < 1:
+        print(f"lorabench run: --threads {args.threads} must be >= 1 (e.g. --threads 1)", file=sys.stderr)
+        return 2
 
     from lorabench.benchmark.runner import run_suite
     from lorabench.benchmark.store import ResultStore, ResultStoreError
@@ -139,9 +148,13 @@ def run(args: argparse.Namespace) -> int:
             overrides = ",".join(f"{k}={v}" for k, v in sorted(cfg.variant_config.items()))
             print(f"  {cfg.run_id}  {cfg.variant}{f'({overrides})' if overrides else ''}  {cfg.task}  seed {cfg.seed}  [{state}]")
         return 0
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
     progress = not args.quiet
     records = run_suite(suite, store, progress=progress, keep_adapters=not args.no_adapters, stream=sys.stdout)
-    print(f"results: {store.name}  (lorabench report --results {suite.results_location})")
+    print(f"results: {store.name}")
     failed = [r for r in records if r.status == "failed"]
     if failed:
         print(f"{len(failed)} run(s) failed; their errors are in the results database", file=sys.stderr)

@@ -27,7 +27,8 @@ by construction.
 Everything is a pure function of (recipe, model, seed): the deltas, the head and each split's
 inputs come from their own ``torch.Generator`` streams (derived from the seed by hashing), so the
 same seed gives identical rows, labels and ranks, another seed gives others, and changing the
-split sizes does not change the teacher. Generated tasks are cached on disk (``LORABENCH_CACHE``
+split sizes changes neither the planted deltas, the head's weights nor the other split's inputs
+(only the balancing bias, fitted on all drawn inputs, moves a little). Generated tasks are cached on disk (``LORABENCH_CACHE``
 or ``~/.cache/lorabench``, sub-folder ``planted``), keyed by task, version, recipe, model and seed.
 
 Recipe keys (``TaskSpec.options``):
@@ -416,7 +417,7 @@ def generate_planted(spec: TaskSpec, request: LoadRequest) -> dict[str, Any]:
     base.load_state_dict(teacher.head_state, strict=False)
 
     # Draw extra inputs so that dropping the most ambiguous ones leaves the requested sizes.
-    wanted = {spec.train_split: recipe.num_train, spec.eval_splits[0]: recipe.num_validation}
+    wanted = {spec.train_split: recipe.num_train, **dict.fromkeys(spec.eval_splits, recipe.num_validation)}
     drawn = {
         split: generate_texts(
             teacher.words, int(n / (1 - recipe.drop_ambiguous)) + 1, recipe.min_words, recipe.max_words,
@@ -530,6 +531,13 @@ PLANTED_TASKS: tuple[TaskSpec, ...] = (
         "planted-tiny",
         "planted rank 2 on query/value of every layer; short inputs, 1.5k examples (tests, quick preset)",
         ranks={"query": 2, "value": 2}, scale=1.0, num_train=1024, num_validation=512,
+        min_words=4, max_words=10,
+    ),
+    planted_spec(
+        "planted-ci",
+        "planted rank 2 on query/value, twice planted-tiny's strength (the base model is near chance); "
+        "768 short examples (the CI regression suite)",
+        ranks={"query": 2, "value": 2}, scale=2.0, num_train=512, num_validation=256,
         min_words=4, max_words=10,
     ),
     planted_spec(

@@ -134,6 +134,20 @@ def is_adaptable(module: nn.Module) -> bool:
     return isinstance(module, nn.Linear) or is_conv1d(module)
 
 
+def add_low_rank(base_out: torch.Tensor, h: torch.Tensor, b_t: torch.Tensor, scale: float) -> torch.Tensor:
+    """``base_out + scale * (h @ b_t)`` for ``h`` (..., r) and ``b_t`` (r, out).
+
+    One fused GEMM (``addmm``: the scale and the add ride along with the matrix product) instead of
+    a product, a scaling and an addition, each a full (tokens, out) pass in forward and backward:
+    that is most of the time a rank-8 adapter adds to a step.
+    """
+    if h.dtype != base_out.dtype:
+        h = h.to(base_out.dtype)
+        b_t = b_t.to(base_out.dtype)
+    out = torch.addmm(base_out.reshape(-1, base_out.shape[-1]), h.reshape(-1, h.shape[-1]), b_t, alpha=scale)
+    return out.view(base_out.shape)
+
+
 class AdapterLayer(nn.Module):
     """Wraps a frozen base layer; subclasses add the low-rank path.
 

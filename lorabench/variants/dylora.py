@@ -44,6 +44,7 @@ from lorabench.variants.base import (
     ConfigError,
     Variant,
     VariantConfig,
+    add_low_rank,
     check_non_negative_int,
     check_positive_float,
     check_positive_int,
@@ -111,7 +112,7 @@ class DyLoRALayer(AdapterLayer):
         a, b_mat = self.truncated_factors(b, freeze_lower=self.training and cfg.frozen)
         # (..., in) -> (..., b) -> (..., out)
         h = self.dropout(x).to(a.dtype) @ a.T
-        return base_out + (h @ b_mat.T).to(base_out.dtype) * (cfg.alpha / b)
+        return add_low_rank(base_out, h, b_mat.T, cfg.alpha / b)
 
     def delta_weight(self) -> torch.Tensor:
         b = self.variant.eval_rank

@@ -16,7 +16,13 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from lorabench.variants.base import AdapterLayer, Variant, VariantConfig, check_positive_float
+from lorabench.variants.base import (
+    AdapterLayer,
+    Variant,
+    VariantConfig,
+    add_low_rank,
+    check_positive_float,
+)
 from lorabench.variants.registry import VARIANTS
 
 
@@ -53,7 +59,7 @@ class LoRALayer(AdapterLayer):
     def adapter_forward(self, x: torch.Tensor, base_out: torch.Tensor) -> torch.Tensor:
         # (..., in) -> (..., r) -> (..., out); two thin matmuls, never the full (out, in) product.
         h = self.dropout(x).to(self.lora_A.dtype) @ self.lora_A.T
-        return base_out + (h @ self.lora_B.T).to(base_out.dtype) * self.scaling
+        return add_low_rank(base_out, h, self.lora_B.T, self.scaling)
 
     def delta_weight(self) -> torch.Tensor:
         return (self.lora_B @ self.lora_A) * self.scaling

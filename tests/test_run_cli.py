@@ -1,0 +1,159 @@
+"""``lorabench run``: flags, YAML suites and their validation errors, presets, an end-to-end run."""
+
+from __future__ import annotations
+
+import argparse
+import textwrap
+
+import pytest
+
+from lorabench.benchmark.store import ResultStore
+from lorabench.benchmark.suite import SuiteConfig, SuiteConfigError, list_presets, parse_seeds
+from lorabench.cli import run_cmd
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    run_cmd.add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def suite_from(*argv: str) -> SuiteConfig:
+    return run_cmd.build_suite(parse(*argv))
+
+
+def write_yaml(tmp_path, text: str):
+    path = tmp_path / "suite.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_flags_build_the_suite():
+    suite = suite_from(
+        "--variants", "lora,dora", "--tasks", "rte,mrpc", "--seeds", "3", "--budget", "tokens=1e6",
+        "--lr", "1e-3", "--batch-size", "8", "--max-length", "64", "--eval-every", "50",
+        "--max-train-examples", "100", "--max-eval-examples", "20", "--tag", "t", "--out", "somewhere",
+        "--variant-config", "lora.r=16", "--variant-config", "*.dropout=0.1", "--data-dir", "/data",
+    )
+    assert [e.variant for e in suite.variants] == ["lora", "dora"]
+    assert suite.variants[0].config == {"r": 16, "dropout": 0.1}
+    assert suite.variants[1].config == {"dropout": 0.1}
+    assert suite.tasks == ["rte", "mrpc"] and suite.seeds == [0, 1, 2]
+    assert str(suite.budget) == "tokens=1000000"
+    assert (suite.train.learning_rate, suite.train.batch_size, suite.train.max_length) == (1e-3, 8, 64)
+    assert (suite.train.eval_every, suite.train.max_train_examples, suite.train.max_eval_examples) == (50, 100, 20)
+    assert suite.results_location.endswith("somewhere/results.db") and suite.tag == "t"
+    configs = suite.run_configs()
+    assert len(configs) == 2 * 2 * 3 and len({c.run_id for c in configs}) == 12
+
+
+@pytest.mark.parametrize(("text", "seeds"), [("3", [0, 1, 2]), ("0,5,7", [0, 5, 7]), ("7,", [7]), (2, [0, 1]), ([4, 9], [4, 9])])
+def test_seeds_count_or_list(text, seeds):
+    assert parse_seeds(text) == seeds
+
+
+@pytest.mark.parametrize("bad", ["0", "x", "1,a", -1, True, [1, -2]])
+def test_bad_seeds_name_the_value(bad):
+    with pytest.raises(SuiteConfigError, match="seeds"):
+        parse_seeds(bad)
+
+
+def test_yaml_suite_loads(tmp_path):
+    path = write_yaml(tmp_path, """
+        name: mine
+        tasks: [rte]
+        variants:
+          - lora
+          - adalora: {init_r: 6, target_r: 2}
+        seeds: [0, 5]
+        budget: {seconds: 60}
+        train: {learning_rate: 5e-4, eval_every: 10}
+    """)
+    suite = SuiteConfig.from_yaml(path)
+    assert suite.variants[1].config == {"init_r": 6, "target_r": 2}
+    assert suite.train.learning_rate == 5e-4 and suite.budget.kind == "seconds"
+    # Flags override the file.
+    suite = suite_from("--config", str(path), "--seeds", "1", "--budget", "steps=7")
+    assert suite.seeds == [0] and str(suite.budget) == "steps=7" and suite.name == "mine"
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("tasks: [rte]\nvariants: [lora]\nbugdet: steps=5\n", r"unknown key 'bugdet'.*Did you mean 'budget'"),
+        ("tasks: [rte]\nvariants: [lroa]\n", r"variants\[0\].*unknown variant 'lroa'.*Did you mean 'lora'"),
+        ("tasks: [rtee]\nvariants: [lora]\n", r"tasks\[0\].*unknown task 'rtee'.*Did you mean 'rte'"),
+        ("tasks: [rte]\nvariants: [{lora: {r: -1}}]\n", r"variants\[0\] \(lora\).*r=-1"),
+        ("tasks: [rte]\nvariants: [{lora: {rank: 4}}]\n", r"variants\[0\] \(lora\).*rank"),
+        ("tasks: [rte]\nvariants: [lora]\nseeds: many\n", r"seeds='many'"),
+        ("tasks: [rte]\nvariants: [lora]\nbudget: steps=abc\n", r"budget steps='abc'"),
+        ("tasks: [rte]\nvariants: [lora]\nbudget: minutes=5\n", r"minutes.*unknown"),
+        ("tasks: [rte]\nvariants: [lora]\ntrain: {learning_rat: 0.1}\n", r"train\.learning_rat.*Did you mean 'learning_rate'"),
+        ("tasks: [rte]\nvariants: [lora]\ntrain: {batch_size: big}\n", r"train\.batch_size='big'"),
+        ("tasks: [rte]\nvariants: [lora]\ntrain: {batch_size: 0}\n", r"batch_size=0"),
+        ("tasks: [rte]\nvariants: [lora]\nmodel: 5\n", r"model=5 must be a string"),
+        ("variants: [lora]\n", r"'tasks' is missing"),
+        ("- lora\n", r"must be a mapping"),
+    ],
+)
+def test_yaml_errors_name_key_and_value(tmp_path, body, message):
+    path = tmp_path / "suite.yaml"
+    path.write_text(body)
+    with pytest.raises(SuiteConfigError, match=message) as info:
+        SuiteConfig.from_yaml(path)
+    assert str(path) in str(info.value)  # says which file
+
+
+def test_cli_reports_config_errors_with_exit_code_2(tmp_path, capsys, cli_main):
+    path = tmp_path / "suite.yaml"
+    path.write_text("tasks: [rte]\nvariants: [dorra]\n")
+    assert cli_main(["run", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "dorra" in err and "Did you mean 'dora'" in err
+    assert cli_main(["run"]) == 2
+    assert "--preset quick" in capsys.readouterr().err
+    assert cli_main(["run", "--preset", "quik"]) == 2
+    assert "Did you mean 'quick'" in capsys.readouterr().err
+    assert cli_main(["run", "--variants", "lora", "--tasks", "rte", "--variant-config", "lora-r=4"]) == 2
+    assert "VARIANT.FIELD=VALUE" in capsys.readouterr().err
+    assert cli_main(["run", "--variants", "lora", "--tasks", "rte", "--variant-config", "dora.r=4"]) == 2
+    assert "no variant 'dora'" in capsys.readouterr().err
+    assert cli_main(["run", "--variants", "lora", "--tasks", "rte", "--threads", "0", "--out", str(tmp_path)]) == 2
+    assert "--threads 0 must be >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "results.db").exists()  # nothing created for a rejected command
+
+
+def test_quick_preset_is_valid_and_offline():
+    assert "quick" in list_presets()
+    suite = SuiteConfig.preset("quick")
+    assert sorted(e.variant for e in suite.variants) == ["adalora", "dora", "dylora", "lora", "vera"]
+    assert suite.model is None and suite.data_dir is None  # packaged model, generated task
+    from lorabench.tasks import get_task
+
+    assert all(get_task(t).source == "planted" for t in suite.tasks)
+
+
+def test_help_has_examples(capsys, cli_main):
+    with pytest.raises(SystemExit):
+        cli_main(["run", "--help"])
+    out = capsys.readouterr().out
+    assert "--preset quick" in out and "--seeds 0,5,7" in out and "steps=500" in out
+
+
+def test_end_to_end_run_then_resume(tiny_model_dir, toy_task, tmp_path, capsys, cli_main, single_thread):
+    argv = [
+        "run", "--variants", "lora,vera", "--variant-config", "lora.r=2", "--variant-config", "vera.r=8",
+        "--tasks", toy_task, "--model", str(tiny_model_dir), "--budget", "steps=3", "--seeds", "2",
+        "--out", str(tmp_path), "--quiet", "--max-eval-examples", "16", "--tag", "cli-test",
+    ]
+    assert cli_main(argv) == 0
+    out = capsys.readouterr().out
+    assert "lora(r=2)" in out and "vera(r=8)" in out and "results.db" in out
+    store = ResultStore(tmp_path / "results.db")
+    records = store.records(status=None)
+    assert len(records) == 4 and {r.tag for r in records} == {"cli-test"}
+    assert cli_main([*argv, "--dry-run"]) == 0
+    assert capsys.readouterr().out.count("[finished]") == 4
+    assert cli_main(argv) == 0
+    assert "4 already finished, skipped" in capsys.readouterr().out
+    assert len(store.records(status=None)) == 4

@@ -72,18 +72,25 @@ def git_state(source_root: Path) -> dict[str, Any] | None:
         return None
 
 
-def _git(cwd: Path, *args: str) -> str | None:
+def git_output(cwd: Path, *args: str, timeout: float = GIT_TIMEOUT_S) -> str | None:
+    """``git -C cwd ARGS``'s stdout, unstripped (porcelain output starts with spaces), or None
+    when git is missing, fails or times out."""
     try:
         done = subprocess.run(
             ["git", "-C", str(cwd), *args],
             capture_output=True,
             text=True,
-            timeout=GIT_TIMEOUT_S,
+            timeout=timeout,
             check=False,
         )
     except (OSError, subprocess.SubprocessError):
         return None
-    return done.stdout.strip() if done.returncode == 0 else None
+    return done.stdout if done.returncode == 0 else None
+
+
+def _git(cwd: Path, *args: str) -> str | None:
+    out = git_output(cwd, *args)
+    return None if out is None else out.strip()
 
 
 def _device() -> dict[str, Any]:

@@ -119,7 +119,7 @@ class SearchConfig:
     multi_objective: bool = False
     seed: int = 0
     confirm_seeds: int = 3
-    storage: str = "lorabench-results.db"
+    storage: str = "runs/results.db"
     study: str | None = None
     heartbeat_interval: int | None = 60
     grace_period: int | None = None

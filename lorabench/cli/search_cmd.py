@@ -39,7 +39,7 @@ YAML config (keys as the long options, plus per-variant search spaces and fixed 
       alpha: 16                     # fixed
       train.learning_rate: {type: float, low: 1.0e-4, high: 3.0e-3, log: true}"""
 
-DEFAULT_RESULTS = "lorabench-results.db"
+DEFAULT_RESULTS = "runs/results.db"
 _YAML_KEYS = {
     "variants", "tasks", "budget", "trial_budget", "train", "model", "data_dir", "variant_config",
     "space", "sampler", "pruner", "multi_objective", "seed", "confirm_seeds", "storage", "study",
@@ -73,6 +73,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--heartbeat", dest="heartbeat_interval", type=int,
         help="seconds between trial heartbeats (database storages); a worker silent for 3 beats has its trial failed (default 60)",
     )
+    parser.add_argument(
+        "--threads", type=int, metavar="N",
+        help="CPU threads for torch (default: torch's choice; on a shared machine fewer threads than cores avoids oversubscription)",
+    )
     parser.add_argument("--quiet", action="store_true", help="print only the final summary")
 
 
@@ -83,6 +87,9 @@ def run(args: argparse.Namespace) -> int:
     from lorabench.benchmark.search import prepare_search, run_search
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if args.threads is not None and args.threads < 1:
+        print(f"error: --threads {args.threads} must be >= 1 (e.g. --threads 1)", file=sys.stderr)
+        return 2
     try:
         settings = _settings(args)
         configs = _search_configs(settings)
@@ -91,6 +98,10 @@ def run(args: argparse.Namespace) -> int:
     except (BenchmarkConfigError, KeyError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
     outcomes = []
     for p in prepared:
         try:

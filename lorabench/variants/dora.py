@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lorabench.variants.base import AdapterLayer, Variant
@@ -86,7 +87,7 @@ class DoRALayer(AdapterLayer):
         g = self.magnitude / self.weight_norm().to(self.magnitude.dtype)  # (out,), grad to m only
         use_dropout = self.training and not isinstance(self.dropout, nn.Identity)
         xd = self.dropout(x) if use_dropout else x
-        h = xd.to(self.lora_A.dtype).reshape(-1, self.in_features) @ self.lora_A.T  # (N, r)
+        h = F.linear(xd.to(self.lora_A.dtype).reshape(-1, self.in_features), self.lora_A)  # (N, r)
         lead = base_out.shape[:-1]
         if not use_dropout:
             # z = W x + bias + s * B h in one gemm-accumulate into the base output: (N, out)

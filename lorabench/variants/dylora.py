@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lorabench.variants.base import (
@@ -111,7 +112,7 @@ class DyLoRALayer(AdapterLayer):
         b = self.variant.train_rank if self.training else self.variant.eval_rank
         a, b_mat = self.truncated_factors(b, freeze_lower=self.training and cfg.frozen)
         # (..., in) -> (..., b) -> (..., out)
-        h = self.dropout(x).to(a.dtype) @ a.T
+        h = F.linear(self.dropout(x).to(a.dtype), a)  # see LoRALayer.adapter_forward
         return add_low_rank(base_out, h, b_mat.T, cfg.alpha / b)
 
     def delta_weight(self) -> torch.Tensor:

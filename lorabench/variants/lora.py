@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lorabench.variants.base import (
@@ -58,7 +59,9 @@ class LoRALayer(AdapterLayer):
 
     def adapter_forward(self, x: torch.Tensor, base_out: torch.Tensor) -> torch.Tensor:
         # (..., in) -> (..., r) -> (..., out); two thin matmuls, never the full (out, in) product.
-        h = self.dropout(x).to(self.lora_A.dtype) @ self.lora_A.T
+        # F.linear, not x @ A.T: its backward forms A's gradient as (r, tokens) @ (tokens, in),
+        # the fast layout for a thin matrix (the same numbers).
+        h = F.linear(self.dropout(x).to(self.lora_A.dtype), self.lora_A)
         return add_low_rank(base_out, h, self.lora_B.T, self.scaling)
 
     def delta_weight(self) -> torch.Tensor:

@@ -51,6 +51,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lorabench.variants.base import (
@@ -59,6 +60,7 @@ from lorabench.variants.base import (
     ConfigError,
     Variant,
     VariantConfig,
+    add_low_rank,
     check_non_negative_int,
     check_positive_float,
     check_positive_int,
@@ -183,10 +185,12 @@ class AdaLoRALayer(AdapterLayer):
         self.register_buffer("rank_mask", torch.ones(r, dtype=torch.bool, device=w.device), persistent=False)
 
     def adapter_forward(self, x: torch.Tensor, base_out: torch.Tensor) -> torch.Tensor:
-        # (..., in) @ (in, r) -> (..., r) @ (r, out) -> (..., out); (A * E) scales row i of Q by lambda_i.
-        x = self.dropout(x).to(self.lora_A.dtype)
-        h = x @ (self.lora_A * self.lora_E).T @ self.lora_B.T
-        return base_out + (h * self.scaling / (self.ranknum + _RANKNUM_EPS)).to(base_out.dtype)
+        # (..., in) -> (..., r) -> (..., out); (A * E) scales row i of Q by lambda_i, an (r, in)
+        # product, far smaller than scaling the (..., r) activations. The scale and the addition
+        # ride along with the second product (one fused addmm, see add_low_rank): PEFT's
+        # ``result + (x @ (A*E).T @ B.T) * scale / ranknum`` makes two more (..., out) passes.
+        h = F.linear(self.dropout(x).to(self.lora_A.dtype), self.lora_A * self.lora_E)
+        return add_low_rank(base_out, h, self.lora_B.T, self.scaling / (self.ranknum + _RANKNUM_EPS))
 
     def delta_weight(self) -> torch.Tensor:
         # (out, r) @ (r, in) -> (out, in)

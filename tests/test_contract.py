@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import math
 from typing import Any
 
@@ -20,12 +21,15 @@ from tiny_models import FAMILIES, build_model, logits, make_batch
 
 from lorabench.variants import (
     Adapter,
+    AdapterLayer,
+    AdapterShapeError,
     ConfigError,
     attach,
     get_variant,
     list_variants,
     load_adapter,
 )
+from lorabench.variants.adapter import CONFIG_FILE
 
 GENERIC_CONFIG: dict[str, Any] = {"r": 4}
 CONFIG_OVERRIDES: dict[str, dict[str, Any]] = {
@@ -119,11 +123,12 @@ def test_only_declared_parameters_get_gradients(variant: str, family: str) -> No
     reg = adapter.regularization_loss()
     (loss if reg is None else loss + reg).backward()
 
-    with_grad = {name for name, p in model.named_parameters() if p.grad is not None}
     undeclared = sorted(n for n, p in model.named_parameters() if p.grad is not None and id(p) not in declared)
     assert not undeclared, f"base-model parameters received gradients: {undeclared[:5]}"
-    assert with_grad, "no parameter received a gradient"
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in adapter.trainable_parameters())
+    # And the declaration is no wider than what the forward uses: every declared tensor is reached.
+    unreached = sorted(n for n, p in adapter.named_trainable_parameters().items() if p.grad is None)
+    assert not unreached, f"declared trainable parameters the forward never used: {unreached[:5]}"
+    assert any(p.grad.abs().sum() > 0 for p in adapter.trainable_parameters())
 
 
 @MATRIX
@@ -198,10 +203,25 @@ def test_attach_keeps_the_model_training_mode(variant: str, family: str, trainin
 
 
 @MATRIX
-def test_attaching_twice_fails(variant: str, family: str) -> None:
-    model, _ = attached(variant, family)
-    with pytest.raises(ConfigError, match="already has an adapter"):
+def test_attaching_twice_fails_naming_the_adapted_modules(variant: str, family: str) -> None:
+    model, adapter = attached(variant, family)
+    with pytest.raises(ConfigError, match=rf"already has a '{variant}' adapter attached") as info:
         attach(model, variant, variant_config(variant, family))
+    assert repr(next(iter(adapter.layers))) in str(info.value)
+    assert "adapter.detach()" in str(info.value)
+    # Also through a submodule of the adapted model (the adapter's layers are inside it).
+    with pytest.raises(ConfigError, match="already has an adapter attached"):
+        attach(model.base_model, variant, variant_config(variant, family))
+
+
+@MATRIX
+def test_loading_into_a_model_of_another_shape_fails(variant: str, family: str, tmp_path) -> None:
+    _, adapter = attached(variant, family)
+    adapter.save(tmp_path / "adapter")
+    wider = build_model(family, hidden=48)
+    with pytest.raises(AdapterShapeError, match=r"saved for another model shape .*: saved \(\d+, 32\) vs model \(\d+, 48\)"):
+        load_adapter(wider, tmp_path / "adapter")
+    assert not any(isinstance(m, AdapterLayer) for m in wider.modules()), "left half-attached"
 
 
 @MATRIX
@@ -258,3 +278,85 @@ def test_training_hooks_run_in_a_mini_loop(variant: str, family: str) -> None:
     assert any(not torch.equal(p.detach(), s) for p, s in zip(params, start)), "nothing trained"
     model.eval()
     assert torch.isfinite(logits(model, make_batch())).all()
+
+
+# -- loading into the wrong model, or with another version ------------------------------------------
+def test_loading_into_another_architecture_names_the_saved_layers(tmp_path) -> None:
+    attach(build_model("gpt2"), "lora", r=4, target_modules=["c_attn"]).save(tmp_path / "gpt2")
+    bert = build_model("bert")
+    with pytest.raises(AdapterShapeError, match=r"saved for another model: its layers \['transformer\.h\.0\.attn\.c_attn'") as info:
+        load_adapter(bert, tmp_path / "gpt2")
+    assert "'c_attn' matches no module" in str(info.value)
+    assert "Load it into the model it was trained on" in str(info.value)
+
+
+def test_loading_an_adapter_of_another_variant_version_warns(tmp_path) -> None:
+    model, adapter = attached("lora", "bert")
+    perturb(adapter)
+    expected = logits(model, make_batch())
+    adapter.save(tmp_path / "a")
+    meta_path = tmp_path / "a" / CONFIG_FILE
+    meta = json.loads(meta_path.read_text())
+    meta["variant_version"] = "0-old"
+    meta_path.write_text(json.dumps(meta))
+    fresh = build_model("bert")
+    with pytest.warns(UserWarning, match=r"saved by 'lora' version 0-old, this is version 1"):
+        load_adapter(fresh, tmp_path / "a")
+    torch.testing.assert_close(logits(fresh, make_batch()), expected, rtol=0, atol=0)
+
+
+# -- target-module patterns -------------------------------------------------------------------------
+BERT_QV = [f"bert.encoder.layer.{i}.attention.self.{m}" for i in (0, 1) for m in ("query", "value")]
+
+
+@pytest.mark.parametrize(
+    ("patterns", "expected"),
+    [
+        (["query", "value"], BERT_QV),  # suffixes of whole name components (PEFT's convention)
+        (["self.query", "self.value"], BERT_QV),
+        (["*.attention.*.value"], BERT_QV[1::2]),  # the README's glob
+        (["bert.encoder.layer.?.attention.self.query"], BERT_QV[0::2]),
+        ([r"re:.*layer\.[0-5]\..*dense"], [  # the README's regex: every dense of both layers
+            f"bert.encoder.layer.{i}.{m}.dense" for i in (0, 1) for m in ("attention.output", "intermediate", "output")
+        ]),
+        ([r"re:.*layer\.0\..*(query|value)"], BERT_QV[:2]),
+        ("value", BERT_QV[1::2]),  # a single string is one pattern
+        (["query", "*.self.query"], BERT_QV[0::2]),  # overlapping patterns adapt a module once
+    ],
+)
+def test_patterns_select_linear_modules_by_suffix_glob_or_regex(patterns, expected: list[str]) -> None:
+    adapter = attach(build_model("bert"), "lora", r=2, target_modules=patterns)
+    assert sorted(adapter.layers) == sorted(expected)
+
+
+@pytest.mark.parametrize(
+    ("patterns", "expected"),
+    [
+        (["c_attn"], ["transformer.h.0.attn.c_attn", "transformer.h.1.attn.c_attn"]),
+        (["transformer.h.1.*.c_*"], ["transformer.h.1.attn.c_attn", "transformer.h.1.attn.c_proj",
+                                     "transformer.h.1.mlp.c_fc", "transformer.h.1.mlp.c_proj"]),
+        ([r"re:transformer\.h\.0\.mlp\.c_(fc|proj)"], ["transformer.h.0.mlp.c_fc", "transformer.h.0.mlp.c_proj"]),
+    ],
+)
+def test_patterns_select_gpt2_conv1d_modules(patterns, expected: list[str]) -> None:
+    model = build_model("gpt2")
+    adapter = attach(model, "lora", r=2, target_modules=patterns)
+    assert sorted(adapter.layers) == sorted(expected)
+    for name, layer in adapter.layers.items():
+        assert type(layer.base_layer).__name__ == "Conv1D" and layer.fan_in_fan_out, name
+        assert (layer.out_features, layer.in_features) == tuple(reversed(layer.base_layer.weight.shape))
+
+
+@pytest.mark.parametrize(
+    ("pattern", "message"),
+    [
+        ("uery", r"'uery' matches no module.*Did you mean 'query'"),  # a suffix is whole components
+        ("*.attention.*.vlaue", r"matches no module.*Did you mean 'value'"),
+        (r"re:.*qurey", r"matches no module.*'query'"),
+        ("re:(query", r"'re:\(query' is not a valid regex"),
+        ("re:.*LayerNorm", r"matches only modules of type \['LayerNorm'\].*only nn\.Linear and GPT-2 Conv1D"),
+    ],
+)
+def test_bad_patterns_fail_with_the_module_names(pattern: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        attach(build_model("bert"), "lora", r=2, target_modules=[pattern])

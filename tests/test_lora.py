@@ -116,6 +116,15 @@ def test_initialisation_follows_peft() -> None:
     assert peft_layer.lora_A["default"].weight.shape == (4, IN)
 
 
+@pytest.mark.peft
+def test_defaults_are_pefts() -> None:
+    peft = pytest.importorskip("peft")
+    theirs, ours = peft.LoraConfig(), LoRAConfig()
+    assert (ours.r, ours.alpha, ours.dropout, ours.use_rslora) == (
+        theirs.r, theirs.lora_alpha, theirs.lora_dropout, theirs.use_rslora
+    )
+
+
 @pytest.mark.parametrize("rslora", [False, True])
 def test_forward_is_the_papers_formula(rslora: bool) -> None:
     torch.manual_seed(0)
@@ -157,6 +166,8 @@ def test_rank_larger_than_the_layer_names_the_value_and_the_fix() -> None:
         ("alpha", float("nan"), "alpha=nan must be a finite number > 0"),
         ("dropout", 1.0, r"dropout=1.0 must be in \[0, 1\)"),
         ("r", 2.5, "r=2.5 must be an integer"),
+        ("dropout", "0.1", r"dropout='0.1' must be in \[0, 1\): use a number"),
+        ("use_rslora", "false", "use_rslora='false' must be True or False"),  # a truthy string
         ("target_modules", [], "must be a non-empty list"),
     ],
 )

@@ -11,7 +11,15 @@ import torch
 from tiny_models import build_model, logits, make_batch
 
 from lorabench.registry import Registry, UnknownNameError
-from lorabench.variants import VARIANTS, Variant, attach, get_variant, list_variants
+from lorabench.variants import (
+    VARIANTS,
+    ConfigError,
+    Variant,
+    attach,
+    get_variant,
+    list_variants,
+    load_adapter,
+)
 from lorabench.variants.lora import LoRA
 
 
@@ -65,6 +73,44 @@ def test_variant_decorator_registers_into_the_variant_registry() -> None:
     finally:
         VARIANTS.unregister("test-dummy")
     assert "test-dummy" not in list_variants()
+
+
+def test_a_variant_without_its_own_name_takes_the_registered_one(tmp_path) -> None:
+    """As in the README's example: a subclass registered without setting ``name`` must not save
+    adapters under its parent's name ("lora"), which would reload as plain LoRA."""
+
+    @VARIANTS.register("test-unnamed")
+    class Unnamed(LoRA):
+        description = "LoRA under a name only the decorator gives"
+
+    try:
+        assert Unnamed.name == "test-unnamed" and LoRA.name == "lora"
+        model = build_model("bert")
+        adapter = attach(model, "test-unnamed", r=2)
+        assert adapter.name == "test-unnamed"
+        adapter.save(tmp_path / "a")
+        loaded = load_adapter(build_model("bert"), tmp_path / "a")
+        assert type(loaded.variant) is Unnamed
+    finally:
+        VARIANTS.unregister("test-unnamed")
+
+
+def test_a_variant_whose_name_differs_from_its_registration_is_refused() -> None:
+    class Named(LoRA):
+        name = "one-name"
+
+    with pytest.raises(ValueError, match=r"has name='one-name' but is registered as 'other-name'"):
+        VARIANTS.register("other-name")(Named)
+    assert "other-name" not in VARIANTS
+
+
+def test_a_registered_non_variant_fails_at_attach_with_the_fix() -> None:
+    VARIANTS.add(object, name="test-not-a-variant")
+    try:
+        with pytest.raises(ConfigError, match=r"'test-not-a-variant' is <class 'object'>, not a lorabench Variant subclass"):
+            attach(build_model("bert"), "test-not-a-variant")
+    finally:
+        VARIANTS.unregister("test-not-a-variant")
 
 
 def test_list_takes_wildcards() -> None:
@@ -151,13 +197,15 @@ def plugin_installed(tmp_path, monkeypatch):
             [lorabench.variants]
             lb-test-plugin = lb_test_plugin:PluginVariant
             lb-test-broken = lb_test_missing_module:Nothing
+            lb-test-misnamed = lb_test_plugin:PluginVariant
         """,
         source=PLUGIN_SOURCE,
     )
     VARIANTS.load_entry_points(force=True)
     yield
     VARIANTS.unregister("lb-test-plugin")
-    VARIANTS._entry_point_errors.pop("lb-test-broken", None)
+    for broken in ("lb-test-broken", "lb-test-misnamed"):
+        VARIANTS._entry_point_errors.pop(broken, None)
     sys.modules.pop("lb_test_plugin", None)
 
 
@@ -171,16 +219,24 @@ def test_third_party_variant_arrives_through_an_entry_point(plugin_installed, tm
     base = logits(model, batch)
     adapter = attach(model, "lb-test-plugin", r=2, b_init=0.05)
     assert adapter.ranks() and all(r == 2 for r in adapter.ranks().values())
-    assert not torch.allclose(logits(model, batch), base)  # its own init took effect
+    adapted = logits(model, batch)
+    assert not torch.allclose(adapted, base)  # its own init took effect
     adapter.save(tmp_path / "saved")
     restored = adapter.detach()
     torch.testing.assert_close(logits(restored, batch), base, rtol=0, atol=0)
+    # The saved adapter names the plugin; loading finds it through the registry again.
+    loaded = load_adapter(build_model("bert"), tmp_path / "saved")
+    assert type(loaded.variant) is cls
+    torch.testing.assert_close(logits(loaded.model, batch), adapted, rtol=0, atol=0)
 
 
 def test_a_broken_plugin_is_reported_by_name_without_hiding_the_others(plugin_installed) -> None:
     assert "lora" in list_variants()
     with pytest.raises(UnknownNameError, match="failed to load: ModuleNotFoundError"):
         get_variant("lb-test-broken")
+    # A class declared under a name other than its own: refused, and reported by name.
+    with pytest.raises(UnknownNameError, match="has name='lb-test-plugin' but is registered as 'lb-test-misnamed'"):
+        get_variant("lb-test-misnamed")
 
 
 def test_cli_lists_every_variant_with_a_one_line_description(capsys) -> None:

@@ -353,6 +353,28 @@ def test_results_database_that_does_not_exist_is_a_usage_error(tmp_path, capsys)
     assert "no results database" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("content", [b"not a database\n", b"SQLite format 3\x00" + b"\x00" * 200])
+def test_corrupt_results_database_is_a_usage_error(tmp_path, capsys, content):
+    path = baseline_of(make_suite(variants=("lora",)), {"lora": [0.8, 0.8, 0.8]}).save(
+        tmp_path / "b.json"
+    )
+    results = tmp_path / "results.db"
+    results.write_bytes(content)
+    argv = ["regress", "--baseline", str(path), "--results", str(results), "--out", str(tmp_path / "o")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert str(results) in err and "corrupt" in err
+    assert not (tmp_path / "o" / "junit.xml").exists()  # no verdict from a database it cannot read
+
+
+def test_summary_states_how_long_the_check_took():
+    suite = make_suite(variants=("lora",))
+    base = baseline_of(suite, {"lora": [0.8, 0.8, 0.8]})
+    current = {"git": {"commit": "abc"}, "date": "2026-01-01", "wall_seconds": 123.4}
+    report = compare(base, records(suite, {"lora": [0.8, 0.8, 0.8]}), current=current)
+    assert "123.4 s wall" in report.to_markdown()
+
+
 def test_help_states_the_rule_and_its_defaults(capsys):
     with pytest.raises(SystemExit):
         main(["regress", "--help"])

@@ -12,6 +12,7 @@ import statistics
 import subprocess
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
@@ -179,6 +180,7 @@ def test_html_is_self_contained(report):
     assert references and all(ref.startswith("data:") for ref in references)
     assert "<link" not in page and "<script" not in page and "url(" not in page
     assert "out of memory" in page  # the failed run is listed, not silently dropped
+    assert "<code>figures/costs.svg</code>" in page  # where the files are, relative to the page
     assert "What is missing" in page
 
 
@@ -259,3 +261,151 @@ def test_html_renders_in_headless_chromium(report, tmp_path):
     assert pixels[..., :3].std() > 0.05  # not a blank page: text, table and figures drawn
     if os.environ.get("LORABENCH_KEEP_SCREENSHOT"):  # for a human to look at
         shutil.copy(shot, os.environ["LORABENCH_KEEP_SCREENSHOT"])
+
+
+def test_runs_of_different_recipes_are_separate_rows(tmp_path):
+    """A search's confirmation run (other lr and alpha) beside a plain run of the same variant and
+    rank is another experiment: its own row, never averaged in as if it were one more seed."""
+
+    def config(lr: float, alpha: int, eval_batch_size: int) -> dict:
+        return {"variant_config": {"r": 8}, "resolved_variant_config": {"r": 8, "alpha": alpha, "dropout": 0.0},
+                "train": {"learning_rate": lr, "batch_size": 16, "eval_batch_size": eval_batch_size}}  # fmt: skip
+
+    store = ResultStore(tmp_path / "r.db")
+    for seed in (0, 1):
+        store.add(make("lora", 8, "rte", seed, config=config(1e-3, 16, 128)))
+        store.add(make("dora", 8, "rte", seed, config=config(1e-3, 16, 128)))
+    store.add(make("lora", 8, "rte", 1, run_id="confirm-1", score=0.9, config=config(4e-4, 32, 64)))
+    table = build_results_table(load_report_data(store).runs)
+    plain, confirm = "LoRA r=8 (lr=0.001, alpha=16)", "LoRA r=8 (lr=0.0004, alpha=32)"
+    assert list(table.cells.index) == [confirm, plain, "DoRA r=8"]  # eval batch size does not split rows
+    values = [100 * score_of("lora", 8, "rte", s) for s in (0, 1)]
+    assert table.cells.loc[plain, "RTE (Acc)"] == f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+    assert table.cells.loc[confirm, "RTE (Acc)"] == "90.0" and table.bold.loc[confirm, "RTE (Acc)"]
+    numbers = table.numbers.set_index("config")
+    assert numbers.loc[plain, "n"] == 2 and numbers.loc[confirm, "n"] == 1
+
+
+def test_rank_allocation_shows_adaptive_variants_beside_the_planted_ranks(tmp_path):
+    from lorabench.reports.plots import plot_rank_allocation
+
+    store = ResultStore(tmp_path / "r.db")
+    true = {BERT.format(layer, m): 2 for layer in range(3) for m in MATRICES[:2]}
+    for seed in (0, 1):
+        found = {name: 1 + (seed + i) % 4 for i, name in enumerate(true)}
+        store.add(make("adalora", 8, "planted-r4", seed, ranks=found, true_ranks=true))
+        # A fixed-rank variant's allocation is its rank everywhere: nothing to show.
+        store.add(make("lora", 8, "planted-r4", seed, ranks=dict.fromkeys(true, 8), true_ranks=true))
+    fig = plot_rank_allocation(load_report_data(store))
+    try:
+        panels = [ax for ax in fig.axes if ax.get_visible() and ax.get_images()]
+        titles = [ax.get_title().replace("\n", " ") for ax in panels]
+        assert titles == ["PLANTED-R4: planted (true) ranks", "PLANTED-R4: AdaLoRA r=8, found (mean of 2 seed(s))"]
+        planted, adalora = (ax.get_images()[0].get_array() for ax in panels)
+        assert planted.shape == adalora.shape == (3, 2) and float(planted.max()) == 2.0
+        assert [t.get_text() for t in panels[0].get_xticklabels()] == ["query", "value"]
+        assert panels[0].get_xlabel() == "adapted matrix" and panels[0].get_ylabel() == "layer"
+    finally:
+        plt.close(fig)
+
+    lora_only = ResultStore(tmp_path / "lora.db")
+    lora_only.add(make("lora", 8, "planted-r4", 0, ranks=dict.fromkeys(true, 8), true_ranks=true))
+    assert "adaptive-rank" in plot_rank_allocation(load_report_data(lora_only))
+
+
+@pytest.mark.parametrize("tasks", [None, ["rte"]])
+def test_figure_text_stays_on_the_canvas_and_point_labels_do_not_overlap(db, tasks):
+    """Titles, labels and legends inside the saved image (a one-panel figure is narrower than a
+    long title), and the "r=N" labels of nearby points apart."""
+    from lorabench.reports.plots import FIGURES
+
+    data = load_report_data(db, tasks=tasks)
+    for name, (_, draw) in FIGURES.items():
+        fig = draw(data)
+        if isinstance(fig, str):
+            continue
+        try:
+            if fig.get_layout_engine() is None:  # as write_figures saves it
+                fig.tight_layout()
+            fig.canvas.draw()
+            renderer = fig.canvas.get_renderer()
+            canvas = fig.bbox.expanded(1.01, 1.01)
+            for text in fig.findobj(plt.Text):
+                if text.get_visible() and text.get_text().strip() and id(text) not in _unshown_tick_labels(fig):
+                    box = text.get_window_extent(renderer)
+                    assert canvas.contains(box.x0, box.y0) and canvas.contains(box.x1, box.y1), (name, text.get_text())
+            if name == "score_vs_params":
+                assert sum(len(ax.texts) for ax in fig.axes) >= 5
+                for ax in fig.axes:
+                    boxes = [t.get_window_extent(renderer) for t in ax.texts]
+                    for i, a in enumerate(boxes):
+                        assert not any(a.overlaps(b) for b in boxes[i + 1 :]), (name, ax.get_title())
+        finally:
+            plt.close(fig)
+
+
+def _unshown_tick_labels(fig) -> set[int]:
+    """Tick labels matplotlib keeps for ticks outside the axis limits (never drawn)."""
+    hidden = set()
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            low, high = sorted(axis.get_view_interval())
+            for tick in axis.get_major_ticks() + axis.get_minor_ticks():
+                if not low - 1e-9 <= tick.get_loc() <= high + 1e-9:
+                    hidden |= {id(tick.label1), id(tick.label2)}
+    return hidden
+
+
+def test_search_history_spend_is_in_the_unit_of_the_study_budget(db, tmp_path):
+    from lorabench.benchmark.search_summary import save_search_summary
+    from lorabench.reports.plots import plot_search_history
+
+    copy = tmp_path / "results.db"
+    shutil.copy(db, copy)
+    save_search_summary(copy, {"study": "lora-rte", "variant": "lora", "task": "rte",
+                               "budget": {"kind": "seconds", "limit": 600}})  # fmt: skip
+    data = load_report_data(copy)
+    assert data.search_budgets == {"lora-rte": "seconds"}
+    fig = plot_search_history(data)
+    try:
+        assert [ax.get_xlabel() for ax in fig.axes] == ["trial number", "cumulative training time (s)"]
+        # Trial seconds are 10 + 8 + seed for seeds 100..104: the axis sums them.
+        (points, *_) = [c for c in fig.axes[1].collections if len(c.get_offsets())]
+        assert points.get_offsets()[0][0] == pytest.approx(118.0)
+    finally:
+        plt.close(fig)
+    fig = plot_search_history(load_report_data(db))  # no summary: the trials' steps
+    try:
+        assert fig.axes[1].get_xlabel() == "cumulative training steps"
+    finally:
+        plt.close(fig)
+
+
+@pytest.mark.parametrize("content", [b"not a database at all\n", b"SQLite format 3\x00" + b"\x00" * 200])
+def test_corrupt_results_file_is_a_clear_error(tmp_path, capsys, content):
+    path = tmp_path / "results.db"
+    path.write_bytes(content)
+    assert cli_main(["report", "--results", str(path), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and "corrupt" in err and "--results" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_labels_of_coinciding_points_are_moved_apart(tmp_path):
+    from lorabench.reports.plots import plot_score_vs_params
+
+    store = ResultStore(tmp_path / "r.db")
+    for variant in ("lora", "dora", "dylora"):  # the same score and (almost) the same size
+        store.add(make(variant, 8, "rte", 0, score=0.7, adapter_params=73_728))
+    fig = plot_score_vs_params(load_report_data(store))
+    try:
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        (ax,) = [ax for ax in fig.axes if ax.get_visible()]
+        boxes = [t.get_window_extent(renderer) for t in ax.texts]
+        assert len(boxes) == 3 and [t.get_text() for t in ax.texts] == ["r=8"] * 3
+        assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
+        # Each in its variant's colour, so the reader can tell whose r=8 is whose.
+        assert len({t.get_color() for t in ax.texts}) == 3
+    finally:
+        plt.close(fig)

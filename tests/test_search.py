@@ -7,6 +7,7 @@ runs the real harness on a tiny random BERT.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import math
 import sys
@@ -41,6 +42,7 @@ from lorabench.benchmark.search import (
 from lorabench.benchmark.search_budget import estimate_trial_spend, study_spend
 from lorabench.benchmark.search_space import SearchSpaceError, build_search_space
 from lorabench.benchmark.search_storage import StorageError, open_storage
+from lorabench.variants import get_variant, list_variants
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -108,6 +110,9 @@ class FakeHarness:
             config=cfg.to_dict(),
             score=self.score(cfg, step, total),
             rank=r,
+            ranks={"layer.0.query": r, "layer.0.value": max(1, r // 2)},  # as if a matrix was pruned
+            rank_scores={r: {"accuracy": self.score(cfg, step, total)}, 32: {"accuracy": 0.5}},
+            primary_metric="accuracy",
             trainable_params=1000 * r,
             budget=cfg.budget.to_dict(),
             spent={"steps": step, "tokens": 64 * step, "train_seconds": per_step * step, "eval_seconds": 0.0, "flops": 1e6 * step},
@@ -168,6 +173,30 @@ def test_invalid_spaces_fail_with_the_parameter_named(overrides, message):
     declared = {"r": {"type": "categorical", "choices": [2, 4]}, "train.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-3}}
     with pytest.raises(SearchSpaceError, match=message):
         build_search_space("lora", declared, overrides, config_fields=LORA_FIELDS)
+
+
+# Each built-in declares what issue 4 lists for it (rank, learning rate, dropout; alpha where the
+# variant has one; AdaLoRA both ranks, VeRA d_initial).
+BUILT_IN_SPACES = {
+    "lora": {"r", "alpha", "dropout", "train.learning_rate"},
+    "dora": {"r", "alpha", "dropout", "train.learning_rate"},
+    "adalora": {"init_r", "target_r", "alpha", "dropout", "train.learning_rate"},
+    "vera": {"r", "d_initial", "dropout", "train.learning_rate"},
+    "dylora": {"r", "alpha", "dropout", "train.learning_rate"},
+}
+
+
+@pytest.mark.parametrize("name", list_variants())
+def test_every_registered_variant_declares_a_valid_space(name: str) -> None:
+    variant = get_variant(name)
+    fields = {f.name for f in dataclasses.fields(variant.config_class)}
+    space = build_search_space(name, variant.search_space(), config_fields=fields)
+    assert space.names, f"{name} declares an empty search space"
+    assert set(space.names) >= BUILT_IN_SPACES.get(name, set())
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(10):  # every sampled point is a valid config of the variant
+        params = space.suggest(study.ask())
+        variant.config_class.from_dict({k: v for k, v in params.items() if not k.startswith("train.")})
 
 
 def test_conditional_parameters_and_bounds_naming_earlier_parameters():
@@ -269,6 +298,10 @@ def test_search_stops_at_budget_counting_pruned_trials_and_confirms(tmp_path):
     assert summary["best_rank"] == summary["best"]["params"].get("r", 8)
     assert len(summary["score_vs_rank"]) == len(study.trials)
     assert {row["state"] for row in summary["score_vs_rank"]} >= {"COMPLETE", "PRUNED"}
+    for row in summary["score_vs_rank"]:  # the final (pruned) ranks and DyLoRA-style rank scores
+        r = row["rank"]
+        assert row["final_rank"] == pytest.approx((r + max(1, r // 2)) / 2)
+        assert set(row["rank_scores"]) == {str(r), "32"} and row["rank_scores"]["32"] == 0.5
     assert set(summary["importances"]["values"]) <= set(prepared.space.names)
     assert summary["confirm"]["mean"] == pytest.approx(sum(r.score for r in confirm) / 2)
 
@@ -289,7 +322,7 @@ def test_seconds_budget_gives_a_slower_variant_fewer_trials(tmp_path):
     counts = {}
     for name, per_step in (("fast", 0.1), ("slow", 0.4)):
         cfg = search_config(tmp_path, budget=Budget("seconds", 100), study=name, pruner="none", confirm_seeds=0)
-        prepared = prepare_search(cfg)
+        prepared = prepare_search(cfg, probe=False)  # the fake harness has no model to probe
         run_search(prepared, store=FakeStore(), execute=FakeHarness(seconds_per_step=per_step), progress=False)
         counts[name] = len(prepared.study.trials)
         assert 100 <= prepared.spend().committed < 100 + 100 * per_step + 1e-9
@@ -354,6 +387,33 @@ def test_seeded_sampler_is_reproducible_and_differs_per_trial():
     assert len(set(params(3))) == 4
 
 
+def test_tpe_is_the_default_sampler_and_is_seeded():
+    from lorabench.benchmark.search import _make_sampler
+
+    space = build_search_space(
+        "lora",
+        {"r": {"type": "categorical", "choices": [1, 2, 4, 8, 16]}, "train.learning_rate": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True}},
+        config_fields=LORA_FIELDS,
+    )
+
+    def proposals(seed):
+        cfg = SearchConfig(variant="lora", task="rte", budget=Budget("steps", 1000), seed=seed)
+        sampler = _make_sampler(cfg, space)
+        assert isinstance(sampler._for(0), optuna.samplers.TPESampler)
+        study = optuna.create_study(sampler=sampler, direction="maximize")
+        out = []
+        for _ in range(13):  # past TPE's 10 random start-up trials, so the model proposes too
+            trial = study.ask()
+            params = space.suggest(trial)
+            study.tell(trial, 0.01 * params["r"] - abs(math.log10(params["train.learning_rate"]) + 3))
+            out.append(params)
+        return out
+
+    assert SearchConfig(variant="lora", task="rte", budget=Budget("steps", 1)).sampler == "tpe"
+    assert proposals(0) == proposals(0)
+    assert proposals(0) != proposals(1)
+
+
 # ------------------------------------------------------------------------------------------------
 # bad input: clear errors before any training
 
@@ -369,6 +429,65 @@ def test_worker_with_a_different_budget_is_refused(tmp_path):
 def test_budget_smaller_than_one_trial_is_refused(tmp_path):
     with pytest.raises(SearchError, match="smaller than one trial"):
         prepare_search(search_config(tmp_path, budget=Budget("steps", 50)))
+
+
+def _tiny_search(tmp_path, model_dir, budget, **overrides) -> SearchConfig:
+    from pathlib import Path
+
+    values = dict(
+        variant="lora",
+        task="rte",
+        budget=Budget.parse(budget),
+        trial_budget=Budget("steps", 4),
+        train=TrainConfig(batch_size=2, eval_batch_size=4, max_length=32, eval_every=2),
+        model=str(model_dir),
+        data_dir=str(Path(__file__).parent / "fixtures" / "glue"),
+        storage=str(tmp_path / "search.db"),
+        study="probe",
+        confirm_seeds=0,
+        heartbeat_interval=None,
+    )
+    values.update(overrides)
+    return SearchConfig(**values)
+
+
+def test_budget_below_one_trial_in_another_unit_is_refused_before_training(tmp_path, tiny_bert_dir):
+    # steps=4 trials under tokens/FLOPs/seconds budgets: the units differ, so one trial's spend
+    # is estimated from the task's batches and one forward-backward pass, before any training.
+    from lorabench.benchmark.search import STUDY_ATTR
+
+    for budget in ("tokens=10", "flops=1000", "seconds=0.000001"):
+        kind = budget.split("=")[0]
+        with pytest.raises(SearchError, match=rf"search budget {kind}=\S+ is smaller than one trial \(estimated before training: {kind}[=~]"):
+            prepare_search(_tiny_search(tmp_path, tiny_bert_dir, budget))
+    # Refusals leave no settings in the study, so the fix (a larger budget) is accepted.
+    study = optuna.load_study(study_name="probe/lora/rte", storage=f"sqlite:///{tmp_path / 'search.db'}")
+    assert study.trials == [] and STUDY_ATTR not in study.user_attrs
+    prepared = prepare_search(_tiny_search(tmp_path, tiny_bert_dir, "tokens=100000"))
+    assert prepared.study.trials == [] and prepared.cache is not None  # loaded once, for the trials too
+    with pytest.raises(SearchError, match="cannot load what a trial needs"):
+        prepare_search(_tiny_search(tmp_path, tiny_bert_dir, "seconds=60", data_dir=str(tmp_path / "no-glue"), study="nodata"))
+
+
+@pytest.mark.skipif(not hasattr(runner, "execute_run"), reason="lorabench.benchmark.runner is not available")
+def test_trial_estimate_matches_what_the_harness_spends(tiny_bert_dir):
+    from pathlib import Path
+
+    from lorabench.benchmark.search_probe import estimate_trial
+
+    run_cfg = RunConfig(
+        variant="lora", task="rte", seed=0, model=str(tiny_bert_dir), budget=Budget("tokens", 300),
+        train=TrainConfig(batch_size=2, eval_batch_size=4, max_length=32),
+        data_dir=str(Path(__file__).parent / "fixtures" / "glue"),
+    )
+    cache = runner.RunCache()
+    steps, tokens, flops = (estimate_trial(run_cfg, unit, cache) for unit in ("steps", "tokens", "flops"))
+    record = runner.execute_run(run_cfg, progress=False, cache=cache)
+    assert record.status == "finished", record.error
+    assert steps.exact and steps.amount == record.spent["steps"]
+    assert tokens.exact and tokens.amount == record.spent["tokens"]
+    assert not flops.exact and flops.amount == pytest.approx(record.spent["flops"], rel=0.1)
+    assert estimate_trial(RunConfig(**{**run_cfg.__dict__, "budget": Budget("seconds", 5)}), "steps", cache) is None
 
 
 def test_unreachable_storage_fails_fast_with_the_url():
@@ -417,6 +536,9 @@ def test_cli_rejects_bad_input_before_training(tmp_path, capsys):
     assert code == 2 and "smaller than one trial" in err
     code, err = _cli([*base, "--budget", "steps=500", "--storage", "postgresql://u:pw@127.0.0.1:1/db"], capsys)
     assert code == 2 and "cannot reach search storage" in err and "pw" not in err
+    results_down = ["--variants", "lora", "--tasks", "rte", "--storage", str(tmp_path / "s.db"), "--budget", "steps=500"]
+    code, err = _cli([*results_down, "--results", "postgresql://u:pw@127.0.0.1:1/db"], capsys)
+    assert code == 2 and "cannot use results database" in err and "pw" not in err
     code, err = _cli([*base, "--budget", "hours=3"], capsys)
     assert code == 2 and "budget kind 'hours' is unknown" in err
     config = tmp_path / "search.yaml"
@@ -430,6 +552,26 @@ def test_cli_rejects_bad_input_before_training(tmp_path, capsys):
     assert code == 2 and "no variants given" in err
     if (tmp_path / "r.db").exists():  # no study was created by any of the refused commands
         assert optuna.get_all_study_names(f"sqlite:///{tmp_path / 'r.db'}") == []
+
+
+def test_cli_show_space_prints_the_merged_spaces_without_a_budget(tmp_path, capsys):
+    import yaml
+
+    config = tmp_path / "search.yaml"
+    config.write_text("space:\n  lora: {dropout: null, alpha: 16, r: {type: categorical, choices: [2, 4]}}\n")
+    import argparse
+
+    from lorabench.cli import search_cmd
+
+    parser = argparse.ArgumentParser(prog="lorabench search")
+    search_cmd.add_arguments(parser)
+    code = search_cmd.run(parser.parse_args(["--variants", "lora,adalora", "--config", str(config), "--show-space"]))
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    shown = yaml.safe_load(captured.out)
+    assert shown["lora"]["params"]["r"] == {"type": "categorical", "choices": [2, 4]}
+    assert "dropout" not in shown["lora"]["params"] and shown["lora"]["fixed"] == {"alpha": 16}
+    assert shown["adalora"]["params"]["target_r"]["high"] == "init_r"  # conditional bound, declared by AdaLoRA
 
 
 def test_journal_storage_runs_and_resumes(tmp_path):

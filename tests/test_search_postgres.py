@@ -1,9 +1,12 @@
-"""Several workers, one study, one budget, on a real PostgreSQL server.
+"""Several workers, one study, one budget: real processes on a real PostgreSQL server.
 
-Needs ``LORABENCH_TEST_POSTGRES_URL`` (``source scripts/ci_postgres.sh`` starts a throwaway server
-on loopback and exports it); skipped otherwise. Two worker processes search one study with a
-shared steps budget; the test checks that every trial ended exactly once, that each was run by
-exactly one worker, and that the budget held (overshoot at most one trial per worker).
+The PostgreSQL tests need ``LORABENCH_TEST_POSTGRES_URL`` (``source scripts/ci_postgres.sh``
+starts a throwaway server on loopback and exports it) and are skipped otherwise; the same check
+runs on Optuna's journal file (several processes on one machine) without a server. Two worker
+processes search one study with a shared steps budget; the test checks that every trial ended
+exactly once, that each was run by exactly one worker, that both workers saw the same total, and
+that the budget held (overshoot at most one trial per worker). A worker killed mid-trial leaves a
+trial that the next worker marks failed (heartbeat), its reported spend counted.
 """
 
 from __future__ import annotations
@@ -16,11 +19,8 @@ import uuid
 
 import pytest
 
-pytestmark = pytest.mark.postgres
-
 URL = os.environ.get("LORABENCH_TEST_POSTGRES_URL")
-if not URL:
-    pytest.skip("LORABENCH_TEST_POSTGRES_URL is not set (source scripts/ci_postgres.sh)", allow_module_level=True)
+postgres = pytest.mark.skipif(not URL, reason="LORABENCH_TEST_POSTGRES_URL is not set (source scripts/ci_postgres.sh)")
 
 TRIAL_STEPS = 100
 # A worker: the real search loop and storage, with a harness that "trains" by sleeping, so the
@@ -33,6 +33,7 @@ from lorabench.benchmark.records import RunRecord
 from lorabench.benchmark.search import SearchConfig, prepare_search, run_search
 
 url, study, budget, trial_steps, tag = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
+heartbeat, hang_at = int(sys.argv[6]), int(sys.argv[7])  # hang_at > 0: freeze after that eval
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 mine = []
 
@@ -42,6 +43,9 @@ def execute(cfg, *, on_eval=None, progress=True):
         time.sleep(0.05)
         if on_eval is not None:
             on_eval(step, {}, 0.5 + 0.01 * r)
+        if step == hang_at:
+            print("HUNG", flush=True)
+            time.sleep(3600)  # the test kills this worker here, mid-trial
     mine.append(cfg.run_id)
     return RunRecord(run_id=cfg.run_id, status="finished", variant=cfg.variant, task=cfg.task, model="fake",
                      seed=cfg.seed, config=cfg.to_dict(), score=0.5 + 0.01 * r + 1e-4 * cfg.train.learning_rate,
@@ -56,15 +60,17 @@ class Store:
 
 cfg = SearchConfig(variant="lora", task="rte", budget=Budget.parse(budget), trial_budget=Budget("steps", trial_steps),
                    train=TrainConfig(eval_every=25), storage=url, study=study, pruner="none", confirm_seeds=0,
-                   heartbeat_interval=2)
+                   heartbeat_interval=heartbeat)
 outcome = run_search(prepare_search(cfg), store=Store(), execute=execute, progress=False)
 print("DONE " + json.dumps({"worker": tag, "committed": outcome.spend.committed}), flush=True)
 """
 
 
-def _worker(study: str, budget: str, tag: str) -> subprocess.Popen:
+def _worker(
+    study: str, budget: str, tag: str, *, storage: str | None = None, heartbeat: int = 2, hang_at: int = 0
+) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-c", WORKER, URL, study, budget, str(TRIAL_STEPS), tag],
+        [sys.executable, "-c", WORKER, storage or URL, study, budget, str(TRIAL_STEPS), tag, str(heartbeat), str(hang_at)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -72,13 +78,22 @@ def _worker(study: str, budget: str, tag: str) -> subprocess.Popen:
     )
 
 
+@pytest.mark.postgres
+@postgres
 def test_two_workers_share_one_study_and_its_budget():
+    _two_workers_share_one_study(URL, budget=2000)  # 20 full trials of 100 steps between them
+
+
+def test_two_processes_share_one_study_through_a_journal_file(tmp_path):
+    _two_workers_share_one_study(f"journal:{tmp_path / 'search.journal'}", budget=2000)
+
+
+def _two_workers_share_one_study(storage_url: str, budget: int) -> None:
     import optuna
     from optuna.trial import TrialState
 
-    study_prefix = f"pg-{uuid.uuid4().hex[:8]}"
-    budget = 2000  # 20 full trials of 100 steps between the two workers
-    workers = [_worker(study_prefix, f"steps={budget}", tag) for tag in ("a", "b")]
+    study_prefix = f"w2-{uuid.uuid4().hex[:8]}"
+    workers = [_worker(study_prefix, f"steps={budget}", tag, storage=storage_url) for tag in ("a", "b")]
     outputs = [w.communicate(timeout=180) for w in workers]
     for w, (_, err) in zip(workers, outputs):
         assert w.returncode == 0, err[-3000:]
@@ -94,7 +109,7 @@ def test_two_workers_share_one_study_and_its_budget():
 
     from lorabench.benchmark.search_storage import open_storage
 
-    storage = open_storage(URL, heartbeat_interval=None)
+    storage = open_storage(storage_url, heartbeat_interval=None)
     study = optuna.load_study(study_name=f"{study_prefix}/lora/rte", storage=storage)
     trials = study.get_trials(deepcopy=False)
     assert sorted(t.number for t in trials) == list(range(len(trials)))
@@ -103,8 +118,52 @@ def test_two_workers_share_one_study_and_its_budget():
     assert sorted(ran) == [t.number for t in trials if "duplicate_of" not in t.user_attrs]
     spent = sum(t.user_attrs["spend"]["steps"] for t in trials)
     assert budget <= spent <= budget + 2 * TRIAL_STEPS  # at most one trial over per worker
+    # Both workers saw the same total: no trial's spend counted twice or missed by either.
+    done = [json.loads(line[len("DONE ") :]) for out, _ in outputs for line in out.splitlines() if line.startswith("DONE ")]
+    assert [d["committed"] for d in done] == [spent, spent]
 
 
+@pytest.mark.postgres
+@postgres
+def test_killed_worker_trial_is_failed_by_heartbeat_and_its_spend_counted():
+    import signal
+    import time
+
+    import optuna
+    from optuna.trial import TrialState
+
+    from lorabench.benchmark.search_storage import open_storage
+
+    study_prefix = f"pg-{uuid.uuid4().hex[:8]}"
+    budget, heartbeat = 500, 1
+    doomed = _worker(study_prefix, f"steps={budget}", "doomed", heartbeat=heartbeat, hang_at=50)
+    assert doomed.stdout is not None
+    for line in doomed.stdout:  # wait until it reported 50 steps of its first trial, then kill it
+        if line.startswith("HUNG"):
+            break
+    else:
+        raise AssertionError(f"the worker ended before hanging: {doomed.communicate()[1][-3000:]}")
+    doomed.send_signal(signal.SIGKILL)
+    doomed.communicate(timeout=30)
+    time.sleep(3 * heartbeat + 0.5)  # past the grace period (3 beats), so the survivor fails it at once
+
+    survivor = _worker(study_prefix, f"steps={budget}", "survivor", heartbeat=heartbeat)
+    out, err = survivor.communicate(timeout=180)
+    assert survivor.returncode == 0, err[-3000:]
+    study = optuna.load_study(study_name=f"{study_prefix}/lora/rte", storage=open_storage(URL, heartbeat_interval=None))
+    trials = study.get_trials(deepcopy=False)
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(failed) == 1 and failed[0].number == 0, [t.state for t in trials]
+    assert failed[0].user_attrs["partial_spend"]["steps"] == 50  # what it reported before dying
+    assert all(t.state == TrialState.COMPLETE for t in trials[1:])
+    spent = 50 + sum(t.user_attrs["spend"]["steps"] for t in trials[1:])
+    assert budget <= spent < budget + TRIAL_STEPS  # the killed trial's 50 steps count
+    (done,) = [json.loads(line[len("DONE ") :]) for line in out.splitlines() if line.startswith("DONE ")]
+    assert done["committed"] == spent
+
+
+@pytest.mark.postgres
+@postgres
 def test_worker_with_another_budget_is_refused_before_training():
     study_prefix = f"pg-{uuid.uuid4().hex[:8]}"
     first = _worker(study_prefix, "steps=200", "a")

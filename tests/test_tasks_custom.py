@@ -145,3 +145,10 @@ def test_a_custom_task_cannot_silently_replace_a_glue_task(workdir):
     assert get_task("rte").source == "glue"
     register_custom_task(write_spec(workdir, name="tmp-again"))
     register_custom_task(workdir / "task.yaml")  # the same file again: fine
+
+
+def test_spec_that_is_not_valid_yaml_names_the_file(workdir):
+    path = workdir / "broken.yaml"
+    path.write_text("name: x\ntext_columns: [text\n", encoding="utf-8")
+    with pytest.raises(TaskDataError, match=r"broken\.yaml: not valid YAML"):
+        register_custom_task(path)

@@ -339,3 +339,14 @@ def test_regression_task_trains_and_scores_pearson(tiny_model_dir, cache):
     assert record.status == "finished", record.error
     assert record.primary_metric == "pearson" and record.score == record.metrics["pearson"]
     assert record.trainable_params == record.adapter_params + 32 + 1  # a one-output head
+
+
+def test_adalora_records_the_final_rank_of_every_matrix(tiny_model_dir, toy_task, cache):
+    cfg = run_cfg(tiny_model_dir, toy_task, budget="steps=10")
+    cfg.variant, cfg.variant_config = "adalora", {"init_r": 4, "target_r": 2, "tinit": 1, "tfinal": 2, "deltaT": 1}
+    record = execute_run(cfg, progress=False, cache=cache)
+    assert record.status == "finished", record.error
+    # 2 layers x (query, value); the allocator pruned from 4 each down to the budget 2 x 4 = 8.
+    assert len(record.ranks) == 4 and all(0 <= r <= 4 for r in record.ranks.values())
+    assert sum(record.ranks.values()) == 2 * 4
+    assert record.rank == 4 and record.rank_scores is None

@@ -1,8 +1,8 @@
 """Tiny random-initialised transformers for tests: no downloads, milliseconds to build.
 
-Each family is built from its transformers config class with hidden size 32 and 2 layers, and
-comes with the module patterns an adapter should target on it (GPT-2's ``c_attn`` is a
-``Conv1D``, which stores its weight transposed). Dropout is off so training-mode forwards are
+Each family is built from its transformers config class with hidden size 32 (by default) and 2
+layers, and comes with the module patterns an adapter should target on it (GPT-2's ``c_attn`` is
+a ``Conv1D``, which stores its weight transposed). Dropout is off so training-mode forwards are
 deterministic; the same ``seed`` always gives the same weights (a "fresh copy" of the model).
 """
 
@@ -25,41 +25,41 @@ class TinyFamily:
     """A model family: how to build it and which modules to adapt on it."""
 
     name: str
-    build: Callable[[], nn.Module]
+    build: Callable[[int], nn.Module]  # hidden size -> model
     target_modules: tuple[str, ...]
 
 
-def _bert() -> nn.Module:
+def _bert(hidden: int) -> nn.Module:
     cfg = transformers.BertConfig(
-        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=64, max_position_embeddings=64, num_labels=NUM_LABELS,
+        vocab_size=VOCAB, hidden_size=hidden, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=2 * hidden, max_position_embeddings=64, num_labels=NUM_LABELS,
         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
     )
     return transformers.BertForSequenceClassification(cfg)
 
 
-def _roberta() -> nn.Module:
+def _roberta(hidden: int) -> nn.Module:
     cfg = transformers.RobertaConfig(
-        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=64, max_position_embeddings=SEQ_LEN + 8, num_labels=NUM_LABELS,
+        vocab_size=VOCAB, hidden_size=hidden, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=2 * hidden, max_position_embeddings=SEQ_LEN + 8, num_labels=NUM_LABELS,
         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, pad_token_id=1,
         bos_token_id=0, eos_token_id=2,
     )
     return transformers.RobertaForSequenceClassification(cfg)
 
 
-def _gpt2() -> nn.Module:
+def _gpt2(hidden: int) -> nn.Module:
     cfg = transformers.GPT2Config(
-        vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64, num_labels=NUM_LABELS,
+        vocab_size=VOCAB, n_embd=hidden, n_layer=2, n_head=4, n_positions=64, num_labels=NUM_LABELS,
         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, pad_token_id=0, bos_token_id=1,
         eos_token_id=2,
     )
     return transformers.GPT2ForSequenceClassification(cfg)
 
 
-def _llama() -> nn.Module:
+def _llama(hidden: int) -> nn.Module:
     cfg = transformers.LlamaConfig(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        vocab_size=VOCAB, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
         num_labels=NUM_LABELS, pad_token_id=0, bos_token_id=1, eos_token_id=2,
     )
@@ -74,10 +74,15 @@ FAMILIES: dict[str, TinyFamily] = {
 }
 
 
-def build_model(family: str, *, seed: int = 0, dtype: torch.dtype = torch.float64) -> nn.Module:
-    """The tiny model of ``family`` in eval mode; equal seeds give bit-identical weights."""
+def build_model(
+    family: str, *, seed: int = 0, dtype: torch.dtype = torch.float64, hidden: int = 32
+) -> nn.Module:
+    """The tiny model of ``family`` in eval mode; equal seeds give bit-identical weights.
+
+    ``hidden`` (a multiple of 4) changes every layer's shape: a model of "another shape" for the
+    tests that load an adapter into the wrong model."""
     torch.manual_seed(seed)
-    model = FAMILIES[family].build().to(dtype)
+    model = FAMILIES[family].build(hidden).to(dtype)
     return model.eval()
 
 

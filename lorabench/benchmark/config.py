@@ -62,6 +62,15 @@ class Budget:
         return {"kind": self.kind, "limit": self.limit}
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    # bool is an int subclass, but "learning_rate: true" is a mistake, not 1.0.
+    return isinstance(value, int | float) and not isinstance(value, bool) and value == value  # not NaN
+
+
 def _number(value: Any, what: str) -> float:
     try:
         number = float(value)
@@ -92,20 +101,29 @@ class TrainConfig:
     train_head: bool = True  # the classification head trains alongside the adapter (as PEFT's modules_to_save)
 
     def validate(self) -> None:
+        """Checks every setting; the error names the setting, its value and what it must be."""
         for name in ("batch_size", "eval_batch_size", "max_length"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if not _is_int(value) or value < 1:
                 raise BenchmarkConfigError(f"train.{name}={value!r} must be a positive integer")
         for name in ("eval_every", "max_train_examples", "max_eval_examples"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
+            if value is not None and (not _is_int(value) or value < 1):
                 raise BenchmarkConfigError(f"train.{name}={value!r} must be a positive integer or null")
-        if not (isinstance(self.learning_rate, int | float) and self.learning_rate > 0):
-            raise BenchmarkConfigError(f"train.learning_rate={self.learning_rate!r} must be > 0, e.g. 5e-4")
-        if not 0 <= self.warmup_ratio < 1:
-            raise BenchmarkConfigError(f"train.warmup_ratio={self.warmup_ratio!r} must be in [0, 1)")
-        if self.weight_decay < 0 or self.max_grad_norm <= 0:
-            raise BenchmarkConfigError("train.weight_decay must be >= 0 and train.max_grad_norm > 0")
+        if not _is_number(self.learning_rate) or self.learning_rate <= 0:
+            raise BenchmarkConfigError(f"train.learning_rate={self.learning_rate!r} must be a number > 0, e.g. 5e-4")
+        if self.head_learning_rate is not None and (not _is_number(self.head_learning_rate) or self.head_learning_rate <= 0):
+            raise BenchmarkConfigError(
+                f"train.head_learning_rate={self.head_learning_rate!r} must be a number > 0 or null (null: learning_rate)"
+            )
+        if not _is_number(self.warmup_ratio) or not 0 <= self.warmup_ratio < 1:
+            raise BenchmarkConfigError(f"train.warmup_ratio={self.warmup_ratio!r} must be a number in [0, 1), e.g. 0.06")
+        if not _is_number(self.weight_decay) or self.weight_decay < 0:
+            raise BenchmarkConfigError(f"train.weight_decay={self.weight_decay!r} must be a number >= 0, e.g. 0.1")
+        if not _is_number(self.max_grad_norm) or self.max_grad_norm <= 0:
+            raise BenchmarkConfigError(f"train.max_grad_norm={self.max_grad_norm!r} must be a number > 0, e.g. 1.0")
+        if not isinstance(self.train_head, bool):
+            raise BenchmarkConfigError(f"train.train_head={self.train_head!r} must be true or false")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:

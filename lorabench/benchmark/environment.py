@@ -18,8 +18,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-# Distribution names whose versions decide results; absent ones are recorded as None.
-PACKAGES = ("lorabench", "torch", "transformers", "peft", "optuna", "numpy")
+# Distribution names whose versions decide results (training, tokenisation, metrics, data
+# loading); absent ones are recorded as None.
+PACKAGES = (
+    "lorabench", "torch", "transformers", "tokenizers", "peft", "optuna", "numpy", "scikit-learn",
+    "scipy", "pandas", "datasets",
+)
 GIT_TIMEOUT_S = 5
 
 

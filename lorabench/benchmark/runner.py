@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 __all__ = [
     "RunCache",
     "RunPruned",
+    "error_message",
     "execute_run",
     "format_summary",
     "run_config_of",
@@ -346,8 +347,7 @@ def run_suite(
             new[cfg.run_id] = record
             bar.update(1)
             if record.status == "failed" and out is not None:
-                first_line = (record.error or "").splitlines()[0] if record.error else ""
-                bar.write(f"run {cfg.run_id} ({cfg.variant}/{cfg.task}/seed {cfg.seed}) failed: {first_line}", file=out)
+                bar.write(f"run {cfg.run_id} ({cfg.variant}/{cfg.task}/seed {cfg.seed}) failed: {error_message(record.error)}", file=out)
     finally:
         bar.close()
     records: list[RunRecord] = []
@@ -358,6 +358,14 @@ def run_suite(
     if out is not None:
         print(format_summary(records), file=out)
     return records
+
+
+def error_message(error: str | None) -> str:
+    """A failed record's error without its traceback: every line of the message, since the fix
+    is often on a later line (the pip command of a missing model, the --data-dir advice)."""
+    if not error:
+        return ""
+    return error.split("\nTraceback (most recent call last", 1)[0].strip()
 
 
 def _variant_label(record: RunRecord) -> str:

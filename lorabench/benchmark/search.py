@@ -20,6 +20,7 @@ Typical use::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import statistics
 import sys
@@ -43,6 +44,7 @@ from lorabench.benchmark.search_budget import (
     spend_from_record_spent,
     study_spend,
 )
+from lorabench.benchmark.search_probe import estimate_trial
 from lorabench.benchmark.search_space import SearchSpace, build_search_space, split_params
 from lorabench.benchmark.search_storage import database_url, open_storage, redact
 from lorabench.benchmark.search_summary import (
@@ -59,6 +61,11 @@ DEFAULT_STUDY_PREFIX = "lorabench"
 # A search whose trials keep failing (a broken config, a crashing runner) stops instead of
 # burning its budget on nothing; a search that only re-proposes finished configs has converged.
 MAX_CONSECUTIVE_DUPLICATES = 25
+# A measured (not exact) estimate of one trial refuses a budget only below this share of it:
+# sampled ranks change a trial's FLOPs and seconds a little from the probed default config.
+MEASURED_ESTIMATE_SLACK = 0.8
+# Trial attributes a duplicate trial copies from its finished twin.
+RESULT_ATTRS = ("score", "rank", "final_rank", "rank_scores", "trainable_params")
 
 __all__ = [
     "PRUNERS",
@@ -160,6 +167,7 @@ class PreparedSearch:
     study: optuna.Study
     higher_is_better: bool
     base_values: dict[str, Any]  # fixed values conditions and bounds may refer to
+    cache: Any = None  # a runner RunCache: task data and base model, loaded once for all trials
 
     @property
     def unit(self) -> str:
@@ -188,12 +196,17 @@ class SearchOutcome:
 # preparation: every check that can fail runs here, before any training
 
 
-def prepare_search(cfg: SearchConfig) -> PreparedSearch:
+def prepare_search(cfg: SearchConfig, *, cache: Any = None, probe: bool = True) -> PreparedSearch:
     """Validates ``cfg``, builds its space, opens the storage and creates or joins the study.
 
     Raises :class:`SearchError` (or another :class:`BenchmarkConfigError`) for an empty or invalid
     space, a budget smaller than one trial, an unreachable storage, or a study created with other
     settings (a different budget, say) than this worker's.
+
+    When the search and trial budgets are in different units and no trial has finished yet,
+    ``probe`` estimates one trial's spend from the task's batches and a forward-backward pass
+    (:mod:`lorabench.benchmark.search_probe`, no training), loading the task and the model into
+    ``cache`` (a :class:`~lorabench.benchmark.runner.RunCache`, shared with the trials).
     """
     from lorabench.tasks import get_task
     from lorabench.variants import VARIANTS
@@ -236,9 +249,36 @@ def prepare_search(cfg: SearchConfig) -> PreparedSearch:
             directions=directions,
             load_if_exists=True,
         )
-    _claim_study_settings(study, _study_settings(cfg, space, directions))
-    _check_budget_fits_a_trial(cfg, study.get_trials(deepcopy=False))  # with observed trials
-    return PreparedSearch(cfg, space, study, higher_is_better, base_values)
+    settings = _study_settings(cfg, space, directions)
+    if STUDY_ATTR in study.user_attrs:
+        _claim_study_settings(study, settings)  # joining: a different budget is the first thing to say
+    trials = study.get_trials(deepcopy=False)
+    _check_budget_fits_a_trial(cfg, trials)  # with observed trials
+    if probe and estimate_trial_spend(cfg.trial_budget, cfg.budget.kind, trials) is None:
+        if cache is None:
+            from lorabench.benchmark.runner import RunCache
+
+            cache = RunCache()
+        _check_budget_fits_an_estimated_trial(cfg, _run_config(cfg, dict(space.fixed)), cache)
+    # Claimed only now, so that a refused budget leaves no settings behind to contradict the fix.
+    _claim_study_settings(study, settings)
+    return PreparedSearch(cfg, space, study, higher_is_better, base_values, cache)
+
+
+def _run_config(cfg: SearchConfig, params: Mapping[str, Any]) -> RunConfig:
+    """The harness run of one trial with sampled (or fixed) parameter values."""
+    variant_over, train_over = split_params(params)
+    return RunConfig(
+        variant=cfg.variant,
+        task=cfg.task,
+        seed=cfg.seed,
+        variant_config={**cfg.variant_config, **variant_over},
+        model=cfg.model,
+        budget=cfg.trial_budget,
+        train=TrainConfig.from_dict({**cfg.train.to_dict(), **train_over}),
+        data_dir=cfg.data_dir,
+        tag=f"search:{cfg.study_name}",
+    )
 
 
 def _study_settings(cfg: SearchConfig, space: SearchSpace, directions: list[str]) -> dict[str, Any]:
@@ -294,6 +334,25 @@ def _roundtrip(value: Any) -> Any:
     import json
 
     return json.loads(json.dumps(value, default=str))
+
+
+def _check_budget_fits_an_estimated_trial(cfg: SearchConfig, run_cfg: RunConfig, cache: Any) -> None:
+    try:
+        estimate = estimate_trial(run_cfg, cfg.budget.kind, cache)
+    except Exception as exc:  # loading the task or model: every trial would fail the same way
+        raise SearchError(
+            f"study {cfg.study_name!r}: cannot load what a trial needs ({type(exc).__name__}: "
+            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}); check --tasks, "
+            "--data-dir and --model"
+        ) from exc
+    if estimate is None:
+        return
+    threshold = estimate.amount if estimate.exact else estimate.amount * MEASURED_ESTIMATE_SLACK
+    if cfg.budget.limit < threshold:
+        raise SearchError(
+            f"search budget {cfg.budget} is smaller than one trial (estimated before training: "
+            f"{estimate.describe()}; trial budget {cfg.trial_budget}): raise --budget or lower --trial-budget"
+        )
 
 
 def _check_budget_fits_a_trial(cfg: SearchConfig, trials: list[FrozenTrial]) -> None:
@@ -405,7 +464,13 @@ def run_search(
             raise SearchError("run_search needs results= (a path or URL) or a store")
         store = ResultStore(database_url(results))
     if execute is None:
-        from lorabench.benchmark.runner import execute_run as execute
+        from lorabench.benchmark.runner import RunCache, execute_run
+
+        # One cache for every trial and confirmation run: the task is loaded and tokenised and
+        # the model read from disk once per process, not once per trial.
+        if prepared.cache is None:
+            prepared.cache = RunCache()
+        execute = functools.partial(execute_run, cache=prepared.cache)
     cfg, study = prepared.config, prepared.study
     loop = _SearchLoop(prepared, store, execute, progress)
 
@@ -463,18 +528,7 @@ class _SearchLoop:
         trial.set_user_attr(RESERVED_ATTR, float(estimate or 0.0))
         trial.set_user_attr("seed", cfg.seed)
         params = p.space.suggest(trial, p.base_values)
-        variant_over, train_over = split_params(params)
-        run_cfg = RunConfig(
-            variant=cfg.variant,
-            task=cfg.task,
-            seed=cfg.seed,
-            variant_config={**cfg.variant_config, **variant_over},
-            model=cfg.model,
-            budget=cfg.trial_budget,
-            train=TrainConfig.from_dict({**cfg.train.to_dict(), **train_over}),
-            data_dir=cfg.data_dir,
-            tag=f"search:{cfg.study_name}",
-        )
+        run_cfg = _run_config(cfg, params)
         trial.set_user_attr("run_id", run_cfg.run_id)
         trial.set_user_attr("run_config", run_cfg.to_dict())
         try:
@@ -489,7 +543,7 @@ class _SearchLoop:
             # nothing; tell the sampler the known value instead.
             self._end_without_run(trial, None)
             trial.set_user_attr("duplicate_of", duplicate.number)
-            for key in ("score", "rank", "trainable_params"):
+            for key in RESULT_ATTRS:
                 trial.set_user_attr(key, duplicate.user_attrs.get(key))
             return duplicate.values[0] if len(duplicate.values) == 1 else tuple(duplicate.values)  # type: ignore[return-value]
 
@@ -527,6 +581,8 @@ class _SearchLoop:
         trial.set_user_attr("status", record.status)
         trial.set_user_attr("rank", record.rank)
         trial.set_user_attr("trainable_params", record.trainable_params)
+        for key, value in _rank_results(record).items():
+            trial.set_user_attr(key, value)
         if record.status == "pruned":
             raise optuna.TrialPruned(f"pruned at step {record.spent.get('steps')}")
         if record.status != "finished" or record.score is None or not math.isfinite(record.score):
@@ -579,6 +635,23 @@ class _SearchLoop:
         elif self.consecutive_duplicates >= MAX_CONSECUTIVE_DUPLICATES:
             self.stop_reason = f"the sampler proposed {self.consecutive_duplicates} finished configs in a row (space exhausted)"
             study.stop()
+
+
+def _rank_results(record: RunRecord) -> dict[str, Any]:
+    """What a trial adds to the score-vs-rank data beyond its nominal rank and score.
+
+    ``final_rank``: the mean final rank over the adapted matrices (AdaLoRA prunes below its
+    initial rank). ``rank_scores``: the primary metric at every rank one training evaluated
+    (DyLoRA), keyed by rank as a string (the storage keeps JSON).
+    """
+    out: dict[str, Any] = {}
+    if record.ranks:
+        out["final_rank"] = statistics.fmean(float(r) for r in record.ranks.values())
+    if record.rank_scores and record.primary_metric:
+        out["rank_scores"] = {
+            str(rank): metrics.get(record.primary_metric) for rank, metrics in sorted(record.rank_scores.items(), key=lambda item: int(item[0]))
+        }
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

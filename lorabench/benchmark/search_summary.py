@@ -82,6 +82,8 @@ def trial_rows(trials: list[FrozenTrial]) -> list[dict[str, Any]]:
     """Score-vs-rank data: one row per trial with its state, rank, score and spend.
 
     A pruned trial's score is its last reported intermediate value (``final`` is False).
+    ``final_rank`` is the mean final rank over adapted matrices (below ``rank`` when AdaLoRA
+    pruned); ``rank_scores`` the score at every rank one training evaluated (DyLoRA).
     """
     rows = []
     for t in trials:
@@ -96,7 +98,9 @@ def trial_rows(trials: list[FrozenTrial]) -> list[dict[str, Any]]:
                 "state": t.state.name,
                 "final": final,
                 "rank": attrs.get("rank"),
+                "final_rank": attrs.get("final_rank"),
                 "score": score,
+                "rank_scores": attrs.get("rank_scores"),
                 "trainable_params": attrs.get("trainable_params"),
                 "params": dict(t.params),
                 "spend": attrs.get("spend") or attrs.get("partial_spend"),

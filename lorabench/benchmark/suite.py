@@ -148,11 +148,33 @@ class SuiteConfig:
         for i, task in enumerate(self.tasks):
             try:
                 get_task(task)
-            except UnknownNameError as exc:
+            except (UnknownNameError, ValueError, OSError) as exc:
+                # A custom task's YAML path: missing file, bad spec or columns (TaskDataError is a
+                # ValueError, DataNotFoundError an OSError); the message names file, key and value.
                 raise SuiteConfigError(f"{where}: tasks[{i}]: {exc}") from None
         if len(set(self.seeds)) != len(self.seeds):
             raise SuiteConfigError(f"{where}: seeds {self.seeds} repeat a seed; each seed once")
         self.train.validate()
+
+    def check_inputs(self) -> None:
+        """Checks what the suite reads from this machine before anything trains: the data folder
+        exists and the model resolves (for the default model: the packaged copy is installed).
+
+        Without this, every run of a suite would fail the same way, one by one, and be stored
+        as failed; with it, the command stops at once with the fix (e.g. the pip command).
+        """
+        from lorabench.models import ModelNotFoundError, resolve_model
+
+        if self.data_dir is not None and not Path(self.data_dir).expanduser().is_dir():
+            raise SuiteConfigError(
+                f"data_dir={self.data_dir!r} is not a folder; give the folder holding the task data "
+                "(GLUE TSV layout DIR/RTE/train.tsv, or local Hugging Face copies), or leave it unset "
+                "for the Hugging Face Hub"
+            )
+        try:
+            resolve_model(self.model)
+        except ModelNotFoundError as exc:
+            raise SuiteConfigError(f"model={self.model!r}: {exc}") from None
 
     # -- using ------------------------------------------------------------------------------
     def run_configs(self) -> list[RunConfig]:
@@ -201,6 +223,21 @@ def list_presets() -> list[str]:
     return sorted(
         p.name[: -len(".yaml")] for p in resources.files(PRESET_PACKAGE).iterdir() if p.name.endswith(".yaml")
     )
+
+
+def preset_descriptions() -> dict[str, str]:
+    """``{preset name: its one-line description}`` (for ``--help``); never raises, so a broken
+    preset file cannot break the help text (loading that preset reports the error)."""
+    import yaml
+
+    out: dict[str, str] = {}
+    for name in list_presets():
+        try:
+            data = yaml.safe_load(resources.files(PRESET_PACKAGE).joinpath(f"{name}.yaml").read_text())
+            out[name] = str(data.get("description") or "") if isinstance(data, dict) else ""
+        except (OSError, yaml.YAMLError):
+            out[name] = ""
+    return out
 
 
 # -- parsing helpers ------------------------------------------------------------------------------

@@ -142,7 +142,10 @@ class TrainResult:
 def error_text(exc: BaseException) -> str:
     """``Type: message`` plus the tail of the traceback (where it happened)."""
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    return f"{type(exc).__name__}: {exc}\n{tb[-TRACEBACK_TAIL:]}"
+    if len(tb) > TRACEBACK_TAIL:
+        # Keep the header, so the message part stays separable (runner.error_message).
+        tb = "Traceback (most recent call last; earlier frames cut):\n..." + tb[-TRACEBACK_TAIL:]
+    return f"{type(exc).__name__}: {exc}\n{tb}"
 
 
 class Trainer:

@@ -285,6 +285,8 @@ def _check(args: argparse.Namespace, baseline, baseline_path: Path) -> int:
     print(f"regression check against {baseline_path} (suite {baseline.suite.name or '(unnamed)'}):")
     print(report.format_table(moved_only=True))
     print(f"junit: {paths['junit']}  summary: {paths['summary']}")
+    # How long the check takes (a CI budget question): running or reading the suite, comparing.
+    print(f"wall: {time.perf_counter() - started:.1f} s")
     return report.exit_code
 
 

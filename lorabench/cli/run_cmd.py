@@ -6,7 +6,7 @@ import argparse
 import sys
 
 HELP = "run a benchmark suite: variants x tasks x seeds under one compute budget"
-DESCRIPTION = """Train and evaluate adapter variants on tasks, every run under the same compute
+_DESCRIPTION = """Train and evaluate adapter variants on tasks, every run under the same compute
 budget, and store one record per run in a results database (resumable: finished runs are
 skipped when the same command runs again). Ends with a comparison table.
 
@@ -25,14 +25,32 @@ examples:
 budgets (shared by every run): steps=N (optimiser steps), tokens=N (non-padding training
 tokens), seconds=N (training wall-clock), flops=N (training FLOPs, e.g. flops=2e15).
 seeds: a count (--seeds 3 means 0,1,2) or a list (--seeds 0,5,7; only seed 7: --seeds 7,).
-presets: quick (planted-rank task, packaged model, all five variants).
+presets:
+{presets}
 threads: on a machine shared with other jobs, --threads 1 is often several times faster than
 torch's default of one thread per core (its threads spin while waiting for each other)."""
 
 
+def _preset_lines() -> str:
+    """One help line per shipped preset, read from the preset files (so a new one is listed)."""
+    from lorabench.benchmark.suite import preset_descriptions
+
+    presets = preset_descriptions()
+    width = max((len(n) for n in presets), default=0)
+    return "\n".join(f"  {name:<{width}}  {text}".rstrip() for name, text in presets.items())
+
+
+DESCRIPTION = _DESCRIPTION.replace("{presets}", _preset_lines())
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from lorabench.benchmark.suite import list_presets
+
     source = parser.add_argument_group("what to run")
-    source.add_argument("--preset", metavar="NAME", help="a suite shipped with lorabench (quick)")
+    source.add_argument(
+        "--preset", metavar="NAME",
+        help=f"a suite shipped with lorabench: {', '.join(list_presets())} (described above)",
+    )
     source.add_argument("--config", metavar="YAML", help="a suite file (see docs: name, variants, tasks, seeds, budget, train, ...)")
     source.add_argument("--variants", metavar="LIST", help="comma-separated variant names, e.g. lora,dora,adalora,vera,dylora")
     source.add_argument("--tasks", metavar="LIST", help="comma-separated task names (lorabench list tasks) or custom task YAML paths")
@@ -130,6 +148,13 @@ def run(args: argparse.Namespace) -> int:
     if args.threads is not None and args.threads < 1:
         print(f"lorabench run: --threads {args.threads} must be >= 1 (e.g. --threads 1)", file=sys.stderr)
         return 2
+    if not args.dry_run:
+        # Before the store is created: a rejected command leaves nothing behind.
+        try:
+            suite.check_inputs()
+        except SuiteConfigError as exc:
+            print(f"lorabench run: {exc}", file=sys.stderr)
+            return 2
 
     from lorabench.benchmark.runner import run_suite
     from lorabench.benchmark.store import ResultStore, ResultStoreError

@@ -24,8 +24,17 @@ several workers, one study and one shared budget:
   lorabench search ... --storage postgresql://user@host/db --study rank-rte   # on every machine
   (then once, after the workers: the same command with --confirm-seeds 3 to confirm the best)
 
+Before any trial trains, every study is checked: its search space, a budget that covers at least
+one trial (estimated from the task's batches when --budget and --trial-budget differ in unit), the
+storage and the results database, and, when joining a study, the same settings (budget included).
+
 Re-running a command continues its studies. Ctrl-C stops cleanly; the interrupted trial is
 recorded as failed and its spend stays counted.
+
+Outputs, in the results database: the run record of every trial (role "trial", its study, trial
+number and seed) and confirmation run (role "confirm"); per study a summary with the best rank,
+score vs rank of every trial, parameter importances and the Pareto front, read with
+lorabench.benchmark.search.load_search_summaries(PATH). --show-space prints the spaces searched.
 
 YAML config (keys as the long options, plus per-variant search spaces and fixed settings):
   budget: seconds=1800
@@ -78,42 +87,58 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="CPU threads for torch (default: torch's choice; on a shared machine fewer threads than cores avoids oversubscription)",
     )
     parser.add_argument("--quiet", action="store_true", help="print only the final summary")
+    parser.add_argument(
+        "--show-space", dest="show_space", action="store_true",
+        help="print each variant's search space (declared by the variant, with the YAML overrides) and exit",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     import optuna
 
     from lorabench.benchmark.config import BenchmarkConfigError
+    from lorabench.benchmark.runner import RunCache
     from lorabench.benchmark.search import prepare_search, run_search
+    from lorabench.benchmark.store import ResultStore, ResultStoreError
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if args.threads is not None and args.threads < 1:
         print(f"error: --threads {args.threads} must be >= 1 (e.g. --threads 1)", file=sys.stderr)
         return 2
-    try:
-        settings = _settings(args)
-        configs = _search_configs(settings)
-        # Every check (spaces, budgets, storage, study settings) before the first trial trains.
-        prepared = [prepare_search(cfg) for cfg in configs]
-    except (BenchmarkConfigError, KeyError, ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     if args.threads is not None:
         import torch
 
+        # Before the budget probes, so their timings see the threads the trials will use.
         torch.set_num_threads(args.threads)
+    if args.show_space:
+        try:
+            print(_spaces_text(_settings(args, need_budget=False)))
+        except (BenchmarkConfigError, KeyError, ValueError, OSError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        return 0
+    cache = RunCache()  # task data and base models, loaded once for every study and trial
+    try:
+        settings = _settings(args)
+        configs = _search_configs(settings)
+        # Every check (spaces, budgets, storages, study settings) before the first trial trains.
+        store = ResultStore(settings["results"])
+        prepared = [prepare_search(cfg, cache=cache) for cfg in configs]
+    except (BenchmarkConfigError, ResultStoreError, KeyError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     outcomes = []
     for p in prepared:
         try:
-            outcomes.append(run_search(p, results=settings["results"], progress=not args.quiet))
-        except BenchmarkConfigError as exc:
+            outcomes.append(run_search(p, results=settings["results"], store=store, progress=not args.quiet))
+        except (BenchmarkConfigError, ResultStoreError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
     _print_summary(outcomes, settings["results"])
     return 0
 
 
-def _settings(args: argparse.Namespace) -> dict[str, Any]:
+def _settings(args: argparse.Namespace, *, need_budget: bool = True) -> dict[str, Any]:
     """YAML settings overridden by command-line options."""
     from lorabench.benchmark.config import BenchmarkConfigError
 
@@ -137,14 +162,14 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, key)
         if value is not None:
             settings[key] = value
-    for key in ("variants", "tasks"):
+    for key in ("variants", "tasks") if need_budget else ("variants",):
         value = settings.get(key)
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not value:
             raise BenchmarkConfigError(f"no {key} given: use --{key} a,b (or '{key}:' in the YAML config)")
         settings[key] = list(value)
-    if settings.get("budget") is None:
+    if settings.get("budget") is None and need_budget:
         raise BenchmarkConfigError("no search budget: give --budget seconds=1800 (or steps=, tokens=, flops=)")
     # One file holds run records, summaries and (by default) the studies; a database URL given
     # as storage also receives the records, so workers on several machines share everything.
@@ -192,6 +217,28 @@ def _search_configs(settings: dict[str, Any]) -> list:
                 )
             )
     return configs
+
+
+def _spaces_text(settings: dict[str, Any]) -> str:
+    """Each variant's merged, validated search space as YAML (what a search would sample)."""
+    import dataclasses
+
+    import yaml
+
+    from lorabench.benchmark.config import BenchmarkConfigError
+    from lorabench.benchmark.search_space import build_search_space
+    from lorabench.variants import VARIANTS
+
+    spaces = settings.get("space") or {}
+    if not isinstance(spaces, dict):
+        raise BenchmarkConfigError(f"space must map a variant name to its settings, got {spaces!r}")
+    out = {}
+    for variant in settings["variants"]:
+        cls = VARIANTS.get(variant)
+        fields = {f.name for f in dataclasses.fields(cls.config_class)}
+        space = build_search_space(variant, cls.search_space(), spaces.get(variant) or {}, config_fields=fields)
+        out[variant] = space.to_dict()
+    return yaml.safe_dump(out, sort_keys=False, default_flow_style=None).rstrip()
 
 
 def _print_summary(outcomes: list, results: str) -> None:

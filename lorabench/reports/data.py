@@ -1,7 +1,10 @@
 """Loading run records for a report and aggregating them over seeds.
 
 A report row is a *variant config*: the variant plus its nominal rank ("LoRA r=8"), as in the
-LoRA/AdaLoRA papers' tables. Search trials (``search.role == "trial"``) are excluded from the
+LoRA/AdaLoRA papers' tables. When runs of one variant differ in anything else that changes the score
+(another learning rate, alpha, AdaLoRA schedule: a search's confirmation runs beside a plain run),
+each row names what differs ("LoRA r=2 (alpha=32, lr=0.000416)") so that different experiments are
+never averaged together as if they were seeds of one. Search trials (``search.role == "trial"``) are excluded from the
 tables (they are many configs tried once) and kept apart for the search-history figure; the
 confirmation runs of a search's best config count as ordinary runs.
 """
@@ -18,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lorabench.benchmark.records import RunRecord
+from lorabench.benchmark.records import RunRecord, config_hash
 from lorabench.benchmark.store import ResultStore
 
 # How papers print variant names; unknown (plugin) variants keep their registry name.
@@ -53,10 +56,16 @@ class ReportData:
     source: str = ""
     filters: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    search_budgets: dict[str, str] = field(default_factory=dict)  # study -> its budget kind
 
     @property
     def empty(self) -> bool:
         return not self.records and not self.trials
+
+    def config_of(self, record: RunRecord) -> str:
+        """The table row label of one of :attr:`records` (the plain label for anything else)."""
+        match = self.runs.loc[self.runs["run_id"] == record.run_id, "config"]
+        return str(match.iloc[0]) if len(match) else config_label(record.variant, record.rank)
 
 
 def load_report_data(
@@ -78,19 +87,32 @@ def load_report_data(
     try:
         everything = store.records(**filters, status=None)
         summary = store.summary()
+        trials = [r for r in everything if (r.search or {}).get("role") == "trial"]
+        search_budgets = _search_budgets(store.url) if trials else {}
     finally:
         if store is not results:
             store.close()
-    trials = [r for r in everything if (r.search or {}).get("role") == "trial"]
     main = [r for r in everything if (r.search or {}).get("role") != "trial"]
     finished = [r for r in main if r.status == "finished" and r.score is not None and math.isfinite(r.score)]
     unfinished = [r for r in main if r.status != "finished"]
     data = ReportData(
         runs=runs_frame(finished), records=finished, trials=trials, unfinished=unfinished,
-        source=store.name, filters=filters,
+        source=store.name, filters=filters, search_budgets=search_budgets,
     )  # fmt: skip
     data.notes = missing_notes(data, summary)
     return data
+
+
+def _search_budgets(url: str) -> dict[str, str]:
+    """study -> the kind of its spend budget (steps, tokens, seconds, flops), from the search
+    summaries ``lorabench search`` leaves in the results database; empty when there are none."""
+    try:
+        from lorabench.benchmark.search_summary import load_search_summaries
+
+        summaries = load_search_summaries(url)
+    except Exception:  # no optuna, or an older database: the search history falls back to steps
+        return {}
+    return {str(s.get("study")): str((s.get("budget") or {}).get("kind") or "steps") for s in summaries}
 
 
 def _list(values: Iterable[Any] | None) -> list[Any] | None:
@@ -164,8 +186,72 @@ def runs_frame(records: list[RunRecord]) -> pd.DataFrame:
     for column in ("model", "budget"):
         if frame[column].nunique() > 1:
             frame["config"] = frame["config"] + " [" + frame[column].map(_short) + "]"
+    frame["config"] = frame["config"] + recipe_suffixes(records, frame["variant"].tolist())
     frame["config_order"] = [_config_sort_key(v, k) for v, k in zip(frame["variant"], frame["rank"])]
     return frame
+
+
+# Training settings that change when or how fast a run is evaluated, never its score.
+_NON_SCORING_TRAIN = frozenset({"eval_batch_size", "eval_every"})
+# Variant fields that hold the nominal rank (VariantConfig.nominal_rank): already in the label.
+_RANK_FIELDS = frozenset({"r", "init_r"})
+_SHORT_KEYS = {"train.learning_rate": "lr", "train.head_learning_rate": "head_lr"}
+MAX_SUFFIX_ITEMS = 3  # settings named in a row label; more get a short hash instead
+
+
+def recipe(record: RunRecord) -> dict[str, str]:
+    """What decides a run's score besides its variant, rank, task, seed, model and budget: the
+    variant's resolved settings and the training recipe, as ``{"alpha": "32", "train.lr": ...}``."""
+    config = record.config or {}
+    variant_config = config.get("resolved_variant_config") or config.get("variant_config") or {}
+    out = {str(k): _setting(v) for k, v in variant_config.items() if k not in _RANK_FIELDS and k != "seed"}
+    for key, value in (config.get("train") or {}).items():
+        if key not in _NON_SCORING_TRAIN:
+            out[f"train.{key}"] = _setting(value)
+    return out
+
+
+def _setting(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    if isinstance(value, list | tuple):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def recipe_suffixes(records: list[RunRecord], variants: list[str]) -> list[str]:
+    """Per record, "" or " (k=v, ...)" naming the settings in which its variant's runs differ.
+
+    Computed per variant (not per rank) so that one variant's rows across ranks share a suffix and
+    a score-vs-rank series stays one line.
+    """
+    recipes = [recipe(r) for r in records]
+    by_variant: dict[str, list[int]] = {}
+    for i, variant in enumerate(variants):
+        by_variant.setdefault(variant, []).append(i)
+    suffixes = [""] * len(records)
+    for indices in by_variant.values():
+        distinct = {tuple(sorted(recipes[i].items())) for i in indices}
+        if len(distinct) < 2:
+            continue
+        keys = sorted({k for i in indices for k in recipes[i]} - _same_everywhere(recipes, indices), key=_key_order)
+        for i in indices:
+            items = [f"{_SHORT_KEYS.get(k, k.removeprefix('train.'))}={recipes[i].get(k, '-')}" for k in keys]
+            text = ", ".join(items[:MAX_SUFFIX_ITEMS])
+            if len(items) > MAX_SUFFIX_ITEMS:  # the hash keeps rows apart that differ in hidden settings
+                text += f", … #{config_hash(recipes[i])[:4]}"
+            suffixes[i] = f" ({text})"
+    return suffixes
+
+
+def _same_everywhere(recipes: list[dict[str, str]], indices: list[int]) -> set[str]:
+    keys = {k for i in indices for k in recipes[i]}
+    return {k for k in keys if len({recipes[i].get(k) for i in indices}) == 1}
+
+
+def _key_order(key: str) -> tuple[int, str]:
+    """The learning rate first (what a search most often changes), then variant, then training."""
+    return (0 if key == "train.learning_rate" else 2 if key.startswith("train.") else 1, key)
 
 
 def _budget_label(budget: Mapping[str, Any]) -> str:

@@ -11,6 +11,7 @@ import datetime as _dt
 import html
 from collections import Counter
 from collections.abc import Mapping
+from pathlib import Path
 
 from lorabench.reports.data import ReportData, config_label
 from lorabench.reports.plots import FigureFile
@@ -67,8 +68,8 @@ def render_html(
         encoded = base64.b64encode(fig.png.read_bytes()).decode("ascii")
         parts.append(
             f"<figure id='fig-{fig.name}'><img alt='{esc(fig.title)}' src='data:image/png;base64,{encoded}'>"
-            f"<figcaption>{esc(fig.title)} (also <code>{esc(fig.svg.name)}</code> and "
-            f"<code>{esc(fig.png.name)}</code> beside this report)</figcaption></figure>"
+            f"<figcaption>{esc(fig.title)} (also <code>{esc(_beside(fig.svg))}</code> and "
+            f"<code>{esc(_beside(fig.png))}</code> beside this report)</figcaption></figure>"
         )
     if skipped:
         parts.append("<p>Not drawn:</p><ul class='notes'>")
@@ -77,6 +78,11 @@ def render_html(
     parts.append(_environment(data))
     parts.append("</body></html>\n")
     return "".join(parts)
+
+
+def _beside(path: Path) -> str:
+    """``figures/costs.svg``: where the file lies relative to report.html (figures are one folder down)."""
+    return f"{path.parent.name}/{path.name}"
 
 
 def _filters_text(filters: Mapping[str, object]) -> str:

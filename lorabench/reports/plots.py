@@ -7,6 +7,8 @@ missing instead of showing an empty axis).
 
 from __future__ import annotations
 
+import re
+import textwrap
 import zlib
 from collections import defaultdict
 from collections.abc import Callable
@@ -27,7 +29,6 @@ from lorabench.reports.data import (
     VARIANT_ORDER,
     ReportData,
     aggregate,
-    config_label,
     is_percent,
     metric_value,
     ordered_configs,
@@ -57,11 +58,57 @@ def _score_label(metric: str, percent: bool) -> str:
 def _grid(n: int, ncols_max: int = 3, size: tuple[float, float] = (4.6, 3.6)) -> tuple[Figure, list[plt.Axes]]:
     ncols = min(n, ncols_max)
     nrows = (n + ncols - 1) // ncols
-    fig, axes = plt.subplots(nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows), squeeze=False,
+                             layout="constrained")  # fmt: skip
     flat = list(axes.ravel())
     for ax in flat[n:]:
         ax.set_visible(False)
     return fig, flat[:n]
+
+
+def _suptitle(fig: Figure, text: str) -> None:
+    """A figure title wrapped to the figure's width: a one-panel figure is narrower than a long
+    title, and the constrained layout makes room for every line."""
+    chars = max(30, int(fig.get_figwidth() * 72 / (12 * 0.56)))  # 12 pt, ~0.56 em per character
+    lines = textwrap.wrap(text, chars)
+    fig.set_figheight(fig.get_figheight() + 0.22 * (len(lines) - 1))  # the panels keep their height
+    fig.suptitle("\n".join(lines))
+
+
+def _legend_below(fig: Figure, axes: list[plt.Axes], ncols_max: int = 3, order: list[str] | None = None) -> None:
+    """One legend for the whole figure, under the panels: long config labels ("LoRA r=2 (lr=...,
+    alpha=32)") would cover the data inside a panel. Entries of every panel, each label once."""
+    handles: dict[str, object] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    if order:  # the table's row order, whichever panel a config first appeared in
+        rank = {label: i for i, label in enumerate(order)}
+        handles = dict(sorted(handles.items(), key=lambda kv: rank.get(kv[0], len(rank))))
+    if handles:
+        longest = max(len(label) for label in handles)
+        per_row = max(1, min(ncols_max, len(handles), int(fig.get_figwidth() * 72 / (8 * 0.6) / (longest + 6))))
+        rows = -(-len(handles) // per_row)
+        fig.set_figheight(fig.get_figheight() + 0.2 * rows + 0.15)  # room for the legend, not taken from panels
+        fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=per_row, fontsize=8)
+
+
+def _spread_labels(fig: Figure, ax: plt.Axes, texts: list[plt.Text]) -> None:
+    """Moves point labels apart vertically until none overlaps another (points of similar
+    parameter count and score, e.g. LoRA r=8 and DoRA r=8, would print "r=8" on top of each other)."""
+    if len(texts) < 2:
+        return
+    renderer = fig.canvas.get_renderer()
+    placed: list[object] = []
+    # Top label first; a label that overlaps one above it moves down (offsets are in points).
+    for text in sorted(texts, key=lambda t: -t.get_window_extent(renderer).y0):
+        for _ in range(len(texts) + 1):
+            box = text.get_window_extent(renderer).expanded(1.0, 1.1)
+            if not any(box.overlaps(other) for other in placed):
+                break
+            x, y = text.get_position()
+            text.set_position((x, y - box.height * 72 / fig.dpi))
+        placed.append(text.get_window_extent(renderer))
 
 
 def pareto_front(params: np.ndarray, scores: np.ndarray, higher_is_better: bool = True) -> np.ndarray:
@@ -84,16 +131,20 @@ def plot_score_vs_params(data: ReportData) -> Figure | str:
         return "no finished run records its adapter parameter count"
     tasks = ordered_tasks(agg["task"])
     fig, axes = _grid(len(tasks))
+    point_labels: list[tuple[plt.Axes, list[plt.Text]]] = []
     for ax, task in zip(axes, tasks):
         mine = agg[agg["task"] == task].reset_index(drop=True)
-        for variant, rows in mine.groupby("variant", sort=False):
+        labels: list[plt.Text] = []
+        point_labels.append((ax, labels))
+        for variant in _variants_in_order(mine["variant"]):
+            rows = mine[mine["variant"] == variant]
             style = variant_style(variant)
             ax.errorbar(rows["adapter_params"], rows["mean"], yerr=rows["std"].fillna(0), linestyle="none",
                         capsize=3, markersize=7, label=variant_name(variant), **style)  # fmt: skip
             for _, row in rows.iterrows():
-                if pd.notna(row["rank"]):
-                    ax.annotate(f"r={row['rank']}", (row["adapter_params"], row["mean"]), fontsize=7,
-                                xytext=(4, 4), textcoords="offset points")  # fmt: skip
+                if pd.notna(row["rank"]):  # in the variant's colour, so "r=8" says whose r=8 it is
+                    labels.append(ax.annotate(f"r={row['rank']}", (row["adapter_params"], row["mean"]), fontsize=7,
+                                              xytext=(5, 3), textcoords="offset points", color=style["color"]))  # fmt: skip
         front = pareto_front(mine["adapter_params"].to_numpy(float), mine["mean"].to_numpy(float),
                              bool(mine["higher_is_better"].iloc[0]))  # fmt: skip
         points = mine.iloc[front]
@@ -101,18 +152,28 @@ def plot_score_vs_params(data: ReportData) -> Figure | str:
                 label="Pareto front", zorder=0)  # fmt: skip
         ax.scatter(points["adapter_params"], points["mean"], s=160, facecolors="none", edgecolors="0.3", zorder=0)
         ax.set_xscale("log")
-        ax.set_xlabel("adapter parameters (log scale)")
+        ax.set_xlabel("trainable adapter parameters (count, log scale)")
         ax.set_ylabel(_score_label(mine["metric"].iloc[0], bool(mine["percent"].iloc[0])))
         ax.set_title(task.upper())
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle("Score vs trainable adapter parameters (mean ± std over seeds; circled: Pareto front)")
+    _suptitle(fig, "Score vs trainable adapter parameters (mean ± std over seeds; circled: Pareto front)")
+    fig.draw_without_rendering()  # lay the panels out first: overlaps are judged where they print
+    for ax, labels in point_labels:
+        _spread_labels(fig, ax, labels)
     return fig
+
+
+def _variants_in_order(variants: pd.Series) -> list[str]:
+    """LoRA, DoRA, AdaLoRA, DyLoRA, VeRA, then plugins: the same legend order in every figure."""
+    present = set(variants)
+    known = [v for v in VARIANT_ORDER if v in present]
+    return known + sorted(present - set(known))
 
 
 # -- score vs rank ---------------------------------------------------------------------------------
 def plot_score_vs_rank(data: ReportData) -> Figure | str:
-    curves = _dylora_curves(data.records)
+    curves = _dylora_curves(data)
     # A config with a one-run curve is drawn as that curve, not again as a single point.
     with_curves = {r.run_id for r in data.records if r.rank_scores}
     runs = data.runs[~data.runs["run_id"].isin(with_curves)]
@@ -123,40 +184,60 @@ def plot_score_vs_rank(data: ReportData) -> Figure | str:
     tasks = ordered_tasks(list(agg["task"]) + [task for task, _ in curves])
     fig, axes = _grid(len(tasks))
     for ax, task in zip(axes, tasks):
-        mine = agg[agg["task"] == task]
+        mine = agg[agg["task"] == task].assign(series=lambda f: f["config"].map(_without_rank))
         percent, metric = True, "score"
-        for variant, rows in mine.groupby("variant", sort=False):
-            rows = rows.sort_values("rank")
+        seen: dict[str, int] = defaultdict(int)
+        # Within a variant, the series with most ranks first: it gets the solid line.
+        for series in sorted(set(mine["series"]), key=lambda s: (_variant_position(mine, s), -(mine["series"] == s).sum(), s)):
+            rows = mine[mine["series"] == series].sort_values("rank")
+            variant = str(rows["variant"].iloc[0])
             percent, metric = bool(rows["percent"].iloc[0]), str(rows["metric"].iloc[0])
-            label = f"{variant_name(variant)} (trained at each rank)"
+            # One line per variant and recipe: a variant's other recipes keep its colour, another dash.
+            dash = _LINESTYLES[seen[variant] % len(_LINESTYLES)]
+            seen[variant] += 1
             ax.errorbar(rows["rank"].astype(float), rows["mean"], yerr=rows["std"].fillna(0), capsize=3,
-                        label=label, **variant_style(variant))  # fmt: skip
+                        linestyle=dash, label=f"{series} (trained at each rank)", **variant_style(variant))  # fmt: skip
         for (curve_task, label), points in curves.items():
             if curve_task != task:
                 continue
             ranks = sorted(points)
-            means = [np.mean(points[r][0]) for r in ranks]
+            means = np.array([np.mean(points[r][0]) for r in ranks])
+            stds = np.array([np.std(points[r][0], ddof=1) if len(points[r][0]) > 1 else 0.0 for r in ranks])
             percent, metric = points[ranks[0]][1], points[ranks[0]][2]
             style = variant_style("dylora")
             ax.plot(ranks, means, linestyle="--", label=label, color=style["color"], marker=".", markersize=5)
+            if stds.any():  # the seed spread as a band, as the error bars of the separate runs
+                upper = np.minimum(means + stds, 100.0) if percent else means + stds  # no band above 100 %
+                ax.fill_between(ranks, means - stds, upper, color=style["color"], alpha=0.12, linewidth=0)
         ax.set_xscale("log", base=2)
         ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _pos: f"{x:g}"))
         ax.set_xlabel("rank r (log2 scale)")
         ax.set_ylabel(_score_label(metric, percent))
         ax.set_title(task.upper())
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle("Score vs rank: separate runs per rank, and DyLoRA's one-run curve over its eval ranks")
+    _legend_below(fig, axes)
+    _suptitle(fig, "Score vs rank (mean ± std over seeds): separate runs per rank, and DyLoRA's one-run curve "
+                   "over its eval ranks")  # fmt: skip
     return fig
 
 
-def _dylora_curves(records: list[RunRecord]) -> dict[tuple[str, str], dict[int, tuple[list[float], bool, str]]]:
+def _without_rank(config: str) -> str:
+    """ "LoRA r=8 (lr=0.001)" -> "LoRA (lr=0.001)": the series a config belongs to across ranks."""
+    return re.sub(r" r=\d+", "", config, count=1)
+
+
+def _variant_position(frame: pd.DataFrame, series: str) -> int:
+    variant = str(frame.loc[frame["series"] == series, "variant"].iloc[0])
+    return VARIANT_ORDER.index(variant) if variant in VARIANT_ORDER else len(VARIANT_ORDER)
+
+
+def _dylora_curves(data: ReportData) -> dict[tuple[str, str], dict[int, tuple[list[float], bool, str]]]:
     """(task, label) -> eval rank -> (display scores over seeds, percent, metric), from rank_scores."""
     curves: dict[tuple[str, str], dict[int, tuple[list[float], bool, str]]] = defaultdict(dict)
-    for r in records:
+    for r in data.records:
         if not r.rank_scores:
             continue
-        label = f"{config_label(r.variant, r.rank)} (one run, every eval rank)"
+        label = f"{data.config_of(r)} (one run, every eval rank)"
         percent = is_percent(r.primary_metric)
         for rank, metrics in r.rank_scores.items():
             value = metric_value(metrics, r.primary_metric)
@@ -168,41 +249,60 @@ def _dylora_curves(records: list[RunRecord]) -> dict[tuple[str, str], dict[int, 
 
 
 # -- rank allocation heatmaps ----------------------------------------------------------------------
+def is_adaptive(records: list[RunRecord]) -> bool:
+    """Whether a config's runs chose their own ranks (AdaLoRA, or a plugin whose final ranks are
+    not all its nominal rank): a fixed-rank variant's allocation is the same number everywhere."""
+    return any(r.variant == "adalora" or any(int(v) != r.rank for v in r.ranks.values()) for r in records if r.ranks)
+
+
 def plot_rank_allocation(data: ReportData) -> Figure | str:
     groups: dict[tuple[str, str], list[RunRecord]] = defaultdict(list)
     for r in data.records:
-        if r.ranks and (r.variant == "adalora" or r.true_ranks):
-            groups[(r.task, config_label(r.variant, r.rank))].append(r)
+        if r.ranks:
+            groups[(r.task, data.config_of(r))].append(r)
+    groups = {key: records for key, records in groups.items() if is_adaptive(records)}
     if not groups:
-        return "no AdaLoRA run (or planted-rank run) recorded its final rank allocation"
-    keys = sorted(groups, key=lambda k: (ordered_tasks([t for t, _ in groups]).index(k[0]), k[1]))[:MAX_HEATMAPS]
+        return "no AdaLoRA (or other adaptive-rank) run recorded its final rank allocation"
+    task_order = ordered_tasks(t for t, _ in groups)
+    config_order = {c: i for i, c in enumerate(ordered_configs(data.runs))}
+    keys = sorted(groups, key=lambda k: (task_order.index(k[0]), config_order.get(k[1], len(config_order)), k[1]))
+    keys = keys[:MAX_HEATMAPS]
+    # Per task: the planted (true) ranks once, then each adaptive config's found ranks beside them.
     panels: list[tuple[str, pd.DataFrame]] = []
-    for task, label in keys:
-        records = groups[(task, label)]
-        found = _rank_matrix([r.ranks for r in records])
-        panels.append((f"{task.upper()} — {label}: found (mean of {len(records)} seed(s))", found))
-        truths = [r.true_ranks for r in records if r.true_ranks]
-        if truths:
-            panels.append((f"{task.upper()} — planted ranks", _rank_matrix(truths).reindex_like(found)))
+    for task in ordered_tasks(t for t, _ in keys):
+        found = [(label, groups[(t, label)]) for t, label in keys if t == task]
+        matrices = [(label, records, _rank_matrix([r.ranks for r in records])) for label, records in found]
+        matrices = [(label, records, m) for label, records, m in matrices if not m.empty]
+        truths = [r.true_ranks for _, records in found for r in records if r.true_ranks]
+        if truths and matrices:
+            union = matrices[0][2]
+            for _, _, m in matrices[1:]:
+                union = union.combine_first(m)
+            panels.append((f"{task.upper()}: planted (true) ranks", _rank_matrix(truths).reindex_like(union)))
+        for label, records, matrix in matrices:
+            panels.append((f"{task.upper()}: {label}, found (mean of {len(records)} seed(s))", matrix))
     panels = [(title, m) for title, m in panels if not m.empty]
     if not panels:
         return "the recorded rank allocations name no layer index (.layer.N. / .layers.N. / .h.N.)"
     vmax = max(float(np.nanmax(m.to_numpy(float))) for _, m in panels) or 1.0
-    fig, axes = _grid(len(panels), ncols_max=2, size=(5.6, 4.2))
+    rows = max(m.shape[0] for _, m in panels)
+    fig, axes = _grid(len(panels), ncols_max=3, size=(4.2, 1.6 + 0.32 * rows))
+    image = None
     for ax, (title, matrix) in zip(axes, panels):
-        image = ax.imshow(matrix.to_numpy(float), cmap="viridis", vmin=0, vmax=vmax, aspect="auto")
-        ax.set_xticks(range(matrix.shape[1]), matrix.columns, rotation=35, ha="right", fontsize=8)
+        values = matrix.to_numpy(float)
+        image = ax.imshow(values, cmap="viridis", vmin=0, vmax=vmax, aspect="auto")
+        ax.set_xticks(range(matrix.shape[1]), matrix.columns, rotation=30, ha="right", fontsize=8)
         ax.set_yticks(range(matrix.shape[0]), [str(i) for i in matrix.index], fontsize=8)
         ax.set_xlabel("adapted matrix")
         ax.set_ylabel("layer")
-        ax.set_title(title, fontsize=9)
+        ax.set_title(textwrap.fill(title, 44), fontsize=9)
         if matrix.size <= 120:
-            for (i, j), value in np.ndenumerate(matrix.to_numpy(float)):
+            for (i, j), value in np.ndenumerate(values):
                 if np.isfinite(value):
                     ax.text(j, i, f"{value:.3g}", ha="center", va="center", fontsize=7,
                             color="white" if value < 0.6 * vmax else "black")  # fmt: skip
-        fig.colorbar(image, ax=ax, label="rank")
-    fig.suptitle("Final rank allocation per layer and matrix (AdaLoRA), beside planted ranks where known")
+    fig.colorbar(image, ax=axes, label="rank", shrink=0.9)
+    _suptitle(fig, "Final rank allocation per layer and adapted matrix (AdaLoRA), beside the planted ranks where known")
     return fig
 
 
@@ -225,8 +325,7 @@ def _rank_matrix(allocations: list[dict[str, int]]) -> pd.DataFrame:
 def plot_learning_curves(data: ReportData) -> Figure | str:
     rows = []
     for r in data.records:
-        label = data.runs.loc[data.runs["run_id"] == r.run_id, "config"]
-        config = label.iloc[0] if len(label) else config_label(r.variant, r.rank)
+        config = data.config_of(r)
         percent = is_percent(r.primary_metric)
         for p in r.curve:
             value = metric_value(p.metrics, r.primary_metric)
@@ -240,7 +339,8 @@ def plot_learning_curves(data: ReportData) -> Figure | str:
     tasks = ordered_tasks(frame["task"])
     has_eval = frame["eval"].notna().any()
     nrows = 2 if has_eval else 1
-    fig, axes = plt.subplots(nrows, len(tasks), figsize=(4.6 * len(tasks), 3.4 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, len(tasks), figsize=(max(6.0, 4.6 * len(tasks)), 3.2 * nrows + 0.6),
+                             squeeze=False, layout="constrained", sharex="col")  # fmt: skip
     order = {c: i for i, c in enumerate(ordered_configs(data.runs))}
     for col, task in enumerate(tasks):
         mine = frame[frame["task"] == task]
@@ -263,8 +363,9 @@ def plot_learning_curves(data: ReportData) -> Figure | str:
             axes[1][col].set_ylabel(f"eval {mine['metric'].iloc[0]}")
         for row in range(nrows):
             axes[row][col].grid(alpha=0.3)
-        axes[0][col].legend(fontsize=7)
-    fig.suptitle("Learning curves (mean over seeds)")
+    _legend_below(fig, [ax for row in axes for ax in row], order=list(order))
+    _suptitle(fig, "Learning curves (mean over seeds): training loss (the variant's regulariser included) and the "
+                   "eval score at each evaluation")  # fmt: skip
     return fig
 
 
@@ -277,20 +378,22 @@ def plot_costs(data: ReportData) -> Figure | str:
     if not metrics:
         return "no finished run recorded its training time, memory or adapter size"
     configs = ordered_configs(runs)
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.8 * len(metrics), 0.45 * len(configs) + 1.8), squeeze=False)
+    # One shared config axis: the labels print once, left of the first panel.
+    fig, axes = plt.subplots(1, len(metrics), figsize=(max(6.0, 3.6 * len(metrics) + 2.0), 0.4 * len(configs) + 1.8),
+                             squeeze=False, layout="constrained", sharey=True)  # fmt: skip
     grouped = runs.groupby("config")
+    axes[0][0].set_yticks(range(len(configs)), configs, fontsize=8)
+    axes[0][0].invert_yaxis()  # shared: once for all panels
     for ax, (column, label) in zip(axes[0], metrics):
         means = grouped[column].mean().reindex(configs)
         stds = grouped[column].std().reindex(configs).fillna(0)
         colors = [variant_style(runs.loc[runs["config"] == c, "variant"].iloc[0])["color"] for c in configs]
         ax.barh(range(len(configs)), means.fillna(0), xerr=stds, color=colors, capsize=3)
-        ax.set_yticks(range(len(configs)), configs, fontsize=8)
-        ax.invert_yaxis()
         ax.set_xlabel(label)
         ax.grid(axis="x", alpha=0.3)
     kinds = sorted(k for k in set(runs["memory_kind"]) if k)
     note = f" (memory: {', '.join(kinds)})" if kinds else ""
-    fig.suptitle(f"Cost per variant config, mean ± std over all its runs{note}")
+    _suptitle(fig, f"Cost per variant config, mean ± std over all its runs{note}")
     return fig
 
 
@@ -302,18 +405,20 @@ def plot_search_history(data: ReportData) -> Figure | str:
     if not studies:
         return "no search trials match (run 'lorabench search' to get a search history)"
     names = sorted(studies)
-    fig, axes = plt.subplots(len(names), 2, figsize=(10, 3.4 * len(names)), squeeze=False)
+    fig, axes = plt.subplots(len(names), 2, figsize=(10, 3.4 * len(names) + 0.6), squeeze=False, layout="constrained")
     for row, study in enumerate(names):
         trials = sorted(studies[study], key=lambda r: int((r.search or {}).get("trial", 0)))
         higher = trials[0].higher_is_better
         percent = is_percent(trials[0].primary_metric)
         scale = 100.0 if percent else 1.0
         number = np.array([int((r.search or {}).get("trial", i)) for i, r in enumerate(trials)])
-        spend = np.cumsum([float(r.spent.get("steps") or 0) for r in trials])
+        # Spend in the unit of the study's own budget (steps, tokens, seconds or FLOPs).
+        key, spend_label = SPEND_AXES.get(data.search_budgets.get(study, "steps"), SPEND_AXES["steps"])
+        spend = np.cumsum([float(r.spent.get(key) or 0) for r in trials])
         score = np.array([np.nan if r.score is None or r.status != "finished" else r.score * scale for r in trials])
         finished = np.isfinite(score)
         best = _best_so_far(score, higher)
-        for ax, x, xlabel in ((axes[row][0], number, "trial number"), (axes[row][1], spend, "cumulative training steps")):
+        for ax, x, xlabel in ((axes[row][0], number, "trial number"), (axes[row][1], spend, spend_label)):
             ax.scatter(x[finished], score[finished], s=22, color="tab:blue", label="finished trial")
             for s in sorted({r.status for r in trials} - {"finished"}):
                 mask = np.array([r.status == s for r in trials])
@@ -327,8 +432,17 @@ def plot_search_history(data: ReportData) -> Figure | str:
         axes[row][0].set_title(f"study {study}: {len(trials)} trials", fontsize=9)
         axes[row][1].set_title("the same against spend", fontsize=9)
         axes[row][0].legend(fontsize=7)
-    fig.suptitle("Search history: trial scores and best-so-far")
+    _suptitle(fig, "Search history: trial scores and best-so-far")
     return fig
+
+
+# study budget kind -> (the record's spent key, axis label)
+SPEND_AXES = {
+    "steps": ("steps", "cumulative training steps"),
+    "tokens": ("tokens", "cumulative training tokens"),
+    "seconds": ("train_seconds", "cumulative training time (s)"),
+    "flops": ("flops", "cumulative training FLOPs"),
+}
 
 
 def _best_so_far(score: np.ndarray, higher: bool) -> np.ndarray:
@@ -372,7 +486,8 @@ def write_figures(data: ReportData, out_dir: Path) -> tuple[list[FigureFile], di
             skipped[name] = result
             continue
         try:
-            result.tight_layout()
+            if result.get_layout_engine() is None:  # the figures above use the constrained layout
+                result.tight_layout()
             png, svg = out_dir / f"{name}.png", out_dir / f"{name}.svg"
             result.savefig(png, dpi=150)
             result.savefig(svg)

@@ -855,6 +855,7 @@ def _provenance_lines(report: RegressionReport) -> list[str]:
             f"- This run: commit `{(cgit.get('commit') or 'unknown')[:12]}`{cdirty}, "
             f"{cur.get('date', '?')}, torch {(cur.get('packages') or {}).get('torch', '?')}, "
             f"{(cur.get('machine') or {}).get('torch_threads', '?')} torch thread(s)"
+            + (f", {cur['wall_seconds']:g} s wall" if isinstance(cur.get("wall_seconds"), int | float) else "")
         )
     return lines
 

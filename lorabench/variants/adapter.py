@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ _ROOT_ATTR = "lorabench_variant"  # where the variant module hangs on the adapte
 
 def make_config(variant: str | type[Variant], config: VariantConfig | dict | None = None, **overrides: Any) -> VariantConfig:
     """The validated config for ``variant`` from a config object, a dict and/or keyword overrides."""
-    cls = VARIANTS.get(variant) if isinstance(variant, str) else variant
+    cls = resolve_variant(variant)
     expected = cls.config_class
     if config is None:
         config = expected.from_dict(dict(overrides))
@@ -52,6 +53,18 @@ def make_config(variant: str | type[Variant], config: VariantConfig | dict | Non
     return config
 
 
+def resolve_variant(variant: str | type[Variant]) -> type[Variant]:
+    """The variant class for a registered name, or the class itself; anything else fails here
+    (a plugin registering a non-``Variant`` would otherwise fail deep inside ``attach``)."""
+    cls = VARIANTS.get(variant) if isinstance(variant, str) else variant
+    if not (isinstance(cls, type) and issubclass(cls, Variant)):
+        raise ConfigError(
+            f"variant {variant!r} is {cls!r}, not a lorabench Variant subclass; register a class "
+            "deriving from lorabench.variants.Variant (see lorabench/variants/lora.py)"
+        )
+    return cls
+
+
 def attach(
     model: nn.Module,
     variant: str | type[Variant],
@@ -63,12 +76,13 @@ def attach(
     The base model is frozen (every existing parameter gets ``requires_grad=False``); only the
     adapter's declared parameters train. Attaching to an already adapted model fails.
     """
-    if getattr(model, _ROOT_ATTR, None) is not None or any(
-        isinstance(m, AdapterLayer) for m in model.modules()
-    ):
+    adapted = [name for name, m in model.named_modules() if isinstance(m, AdapterLayer)]
+    if getattr(model, _ROOT_ATTR, None) is not None or adapted:
+        existing = getattr(model, _ROOT_ATTR, None)
+        kind = f"a {existing.name!r} adapter" if isinstance(existing, Variant) else "an adapter"
         raise ConfigError(
-            "this model already has an adapter attached; call adapter.detach() first, or attach "
-            "to a fresh copy of the model"
+            f"this model already has {kind} attached, on modules {_name_sample(adapted)}; "
+            "call adapter.detach() first, or attach to a fresh copy of the model"
         )
     if isinstance(model, nn.Sequential):
         # The variant module hangs on the model root, and nn.Sequential would call it as a layer.
@@ -76,7 +90,7 @@ def attach(
             "cannot attach to an nn.Sequential at the root: wrap it in a module "
             "(e.g. class Net(nn.Module) holding the Sequential as an attribute) and attach to that"
         )
-    cls = VARIANTS.get(variant) if isinstance(variant, str) else variant
+    cls = resolve_variant(variant)
     cfg = make_config(cls, config, **overrides)
     targets = find_targets(model, cfg.target_modules)
     variant_module = cls(cfg)
@@ -98,6 +112,11 @@ def attach(
     variant_module.train(model.training)
     model.add_module(_ROOT_ATTR, variant_module)
     return Adapter(model, variant_module, requires_grad)
+
+
+def _name_sample(names: list[str], k: int = 4) -> str:
+    shown = ", ".join(repr(n) for n in names[:k])
+    return f"[{shown}{f', ... ({len(names)} in all)' if len(names) > k else ''}]"
 
 
 def _replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -236,10 +255,25 @@ class Adapter:
         if not cfg_path.is_file():
             raise FileNotFoundError(f"no {CONFIG_FILE} in {src}: is this a lorabench adapter directory?")
         meta = json.loads(cfg_path.read_text())
-        variant_cls = VARIANTS.get(meta["variant"])
+        variant_cls = resolve_variant(meta["variant"])
+        saved_version = meta.get("variant_version")
+        if saved_version is not None and str(saved_version) != str(variant_cls.version):
+            # The maths may have changed between versions: the same tensors could give other outputs.
+            warnings.warn(
+                f"{src} was saved by {meta['variant']!r} version {saved_version}, this is version "
+                f"{variant_cls.version}; outputs may differ from the ones it was saved with. "
+                "Re-train or re-save the adapter with this version to silence this warning",
+                stacklevel=2,
+            )
         config = variant_cls.config_class.from_dict(meta["config"])
-        targets = find_targets(model, config.target_modules)
         saved_layers = {k: tuple(v) for k, v in meta.get("layers", {}).items()}
+        try:
+            targets = find_targets(model, config.target_modules)
+        except ConfigError as exc:  # another architecture: its module names are not in this model
+            raise AdapterShapeError(
+                f"this adapter was saved for another model: its layers {_name_sample(sorted(saved_layers))} "
+                f"do not exist here ({exc}). Load it into the model it was trained on."
+            ) from exc
         found = {n: layer_shape(m) for n, m in targets.items()}
         if saved_layers and saved_layers != found:
             diff = sorted(

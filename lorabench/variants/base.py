@@ -55,8 +55,11 @@ class VariantConfig:
     def validate(self) -> None:
         """Raises :class:`ConfigError` on a bad value. Subclasses extend this."""
         _check_int(self, "r", minimum=1)
-        if not (0.0 <= float(self.dropout) < 1.0):
-            raise ConfigError(f"dropout={self.dropout!r} must be in [0, 1): use e.g. dropout=0.1")
+        dropout = self.dropout
+        # A string such as "0.1" from a hand-written config must fail here, naming the field, not
+        # later inside float() or nn.Dropout with a message about neither.
+        if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0.0 <= dropout < 1.0:
+            raise ConfigError(f"dropout={dropout!r} must be in [0, 1): use a number such as dropout=0.1")
         patterns = [self.target_modules] if isinstance(self.target_modules, str) else self.target_modules
         if not patterns or not all(isinstance(p, str) and p for p in patterns):
             raise ConfigError(
@@ -106,6 +109,15 @@ def check_positive_int(cfg: Any, name: str) -> int:
 def check_non_negative_int(cfg: Any, name: str) -> int:
     """Validation helper for variant configs: an int field that must be >= 0."""
     return _check_int(cfg, name, minimum=0)
+
+
+def check_bool(cfg: Any, name: str) -> bool:
+    """Validation helper for variant configs: a switch that must be a real bool (a string such as
+    "false" from a hand-written config would otherwise count as True)."""
+    value = getattr(cfg, name)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name}={value!r} must be True or False")
+    return value
 
 
 def check_positive_float(cfg: Any, name: str) -> float:

@@ -46,6 +46,7 @@ from lorabench.variants.base import (
     Variant,
     VariantConfig,
     add_low_rank,
+    check_bool,
     check_non_negative_int,
     check_positive_float,
     check_positive_int,
@@ -80,8 +81,7 @@ class DyLoRAConfig(VariantConfig):
                 f"choose r_min <= {self.r} (default 1)"
             )
         check_positive_float(self, "alpha")
-        if not isinstance(self.frozen, bool):
-            raise ConfigError(f"frozen={self.frozen!r} must be True or False")
+        check_bool(self, "frozen")
         check_non_negative_int(self, "seed")
 
 
@@ -193,5 +193,6 @@ class DyLoRA(Variant):
         return {
             "r": {"type": "categorical", "choices": [4, 8, 16]},
             "alpha": {"type": "categorical", "choices": [8, 16, 32]},
+            "dropout": {"type": "categorical", "choices": [0.0, 0.1]},
             "train.learning_rate": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True},
         }

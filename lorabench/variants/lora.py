@@ -22,6 +22,7 @@ from lorabench.variants.base import (
     Variant,
     VariantConfig,
     add_low_rank,
+    check_bool,
     check_positive_float,
 )
 from lorabench.variants.registry import VARIANTS
@@ -37,6 +38,7 @@ class LoRAConfig(VariantConfig):
     def validate(self) -> None:
         super().validate()
         check_positive_float(self, "alpha")
+        check_bool(self, "use_rslora")
 
     def scaling(self, r: int | None = None) -> float:
         r = self.r if r is None else r

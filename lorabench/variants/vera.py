@@ -38,6 +38,7 @@ from lorabench.variants.base import (
     ConfigError,
     Variant,
     VariantConfig,
+    check_bool,
     check_non_negative_int,
     layer_shape,
 )
@@ -70,8 +71,7 @@ class VeRAConfig(VariantConfig):
                 "vectors without gradient); the paper and PEFT use d_initial=0.1"
             )
         check_non_negative_int(self, "projection_prng_key")
-        if not isinstance(self.save_projection, bool):
-            raise ConfigError(f"save_projection={self.save_projection!r} must be True or False")
+        check_bool(self, "save_projection")
 
 
 def kaiming_uniform_projection(shape: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
@@ -182,5 +182,6 @@ class VeRA(Variant):
         return {
             "r": {"type": "categorical", "choices": [64, 128, 256, 512]},
             "d_initial": {"type": "categorical", "choices": [0.01, 0.1, 1.0]},
+            "dropout": {"type": "categorical", "choices": [0.0, 0.1]},
             "train.learning_rate": {"type": "float", "low": 1e-3, "high": 3e-2, "log": True},
         }

@@ -84,7 +84,10 @@ def read_custom_spec(yaml_path: str | Path) -> TaskSpec:
     path = Path(yaml_path).expanduser().resolve()
     if not path.is_file():
         raise DataNotFoundError(f"custom task spec {path} does not exist")
-    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise TaskDataError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise TaskDataError(f"{path}: expected a YAML mapping with keys {sorted(SPEC_KEYS)}")
     unknown = sorted(set(raw) - SPEC_KEYS)

@@ -169,6 +169,7 @@ def test_rank_larger_than_the_layer_names_the_value_and_the_fix() -> None:
         ("dropout", "0.1", r"dropout='0.1' must be in \[0, 1\): use a number"),
         ("use_rslora", "false", "use_rslora='false' must be True or False"),  # a truthy string
         ("target_modules", [], "must be a non-empty list"),
+        ("target_modules", 5, "target_modules=5 must be a non-empty list"),
     ],
 )
 def test_bad_values_name_the_field(field: str, value, message: str) -> None:

@@ -779,3 +779,14 @@ def test_update_baseline_outside_a_checkout_needs_allow_dirty(
         == 2
     )
     assert "is not inside a git checkout" in capsys.readouterr().err
+
+
+def test_missing_data_folder_stops_before_any_run(tmp_path, capsys):
+    path = baseline_of(make_suite(variants=("lora",)), {"lora": [0.8, 0.8, 0.8]}).save(
+        tmp_path / "b.json"
+    )
+    missing = tmp_path / "no-such-glue"
+    argv = ["regress", "--baseline", str(path), "--data-dir", str(missing), "--out", str(tmp_path / "o")]
+    assert main(argv) == 2
+    assert f"data_dir={str(missing)!r} is not a folder" in capsys.readouterr().err
+    assert not (tmp_path / "o" / "results.db").exists()  # nothing ran, nothing was stored

@@ -363,6 +363,15 @@ def test_non_positive_example_limit_is_refused():
 # -- lorabench list tasks ---------------------------------------------------------------------------
 def test_list_tasks_prints_each_glue_task_with_its_description(capsys):
     assert list_cmd.run(argparse.Namespace(what="tasks", pattern="*")) == 0
-    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}
     for name in EXPECTED:
         assert TASKS.describe(name) in lines[name]
+
+
+def test_list_tasks_shows_source_type_and_metrics_with_the_primary_starred(capsys):
+    assert list_cmd.run(argparse.Namespace(what="tasks", pattern="*")) == 0
+    rows = {line.split()[0]: line.split()[:5] for line in capsys.readouterr().out.splitlines() if line.strip()}
+    assert rows["cola"][:4] == ["cola", "glue", "2-class", "matthews*,"]
+    assert rows["stsb"][:4] == ["stsb", "glue", "regression", "pearson*,"]
+    assert rows["mnli"][2] == "3-class"
+    assert rows["planted-tiny"][1] == "planted"

@@ -27,7 +27,32 @@ def run(args: argparse.Namespace) -> int:
     if not names:
         print(f"no {args.what} match {args.pattern!r}; all: {', '.join(registry.list())}")
         return 1
+    if args.what == "tasks":
+        print_task_table(names)
+        return 0
     width = max(len(n) for n in names)
     for name in names:
         print(f"{name:<{width}}  {registry.describe(name)}")
     return 0
+
+
+def task_row(name: str) -> list[str]:
+    """name, source, type (classes), metrics (primary starred, direction when lower is better),
+    description: what a user needs to pick a task and read its scores."""
+    from lorabench.tasks import get_task
+
+    spec = get_task(name)
+    kind = "regression" if spec.task_type == "regression" else f"{spec.num_labels}-class"
+    metrics = ", ".join(
+        m.name + ("*" if m.name == spec.primary_metric else "") + ("" if m.higher_is_better else " (lower)")
+        for m in spec.metrics
+    )
+    return [name, spec.source, kind, metrics, spec.description]
+
+
+def print_task_table(names: list[str]) -> None:
+    rows = [["task", "source", "type", "metrics", "description"], *(task_row(n) for n in names)]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[4])
+    print("\n* primary metric (what comparisons rank by); metrics are higher-is-better unless marked")

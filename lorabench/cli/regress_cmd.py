@@ -251,6 +251,8 @@ def _check(args: argparse.Namespace, baseline, baseline_path: Path) -> int:
     suite = _prepare_suite(baseline.suite, args)
     try:
         suite.validate(where=f"{baseline_path}: suite")
+        if not args.results:
+            suite.check_inputs()  # a missing model or data folder: stop now, with the fix
     except SuiteConfigError as exc:
         return _usage(str(exc))
     started = time.perf_counter()
@@ -319,6 +321,7 @@ def _update(args: argparse.Namespace, baseline_path: Path) -> int:
             suite = previous.suite
         suite = _prepare_suite(suite, args)
         suite.validate(where="suite")
+        suite.check_inputs()
     except (SuiteConfigError, BaselineError) as exc:
         return _usage(
             str(exc)

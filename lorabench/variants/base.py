@@ -61,7 +61,11 @@ class VariantConfig:
         if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0.0 <= dropout < 1.0:
             raise ConfigError(f"dropout={dropout!r} must be in [0, 1): use a number such as dropout=0.1")
         patterns = [self.target_modules] if isinstance(self.target_modules, str) else self.target_modules
-        if not patterns or not all(isinstance(p, str) and p for p in patterns):
+        if (
+            not isinstance(patterns, list | tuple)
+            or not patterns
+            or not all(isinstance(p, str) and p for p in patterns)
+        ):
             raise ConfigError(
                 f"target_modules={self.target_modules!r} must be a non-empty list of module-name "
                 "patterns, e.g. ['query', 'value']"

@@ -85,7 +85,11 @@ def load_model_and_tokenizer(
         tokenizer.pad_token = tokenizer.eos_token
     config.pad_token_id = tokenizer.pad_token_id
     verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()  # "newly initialised head" warnings are expected here
+    # A "Loading weights" bar per load is noise in a suite's output (and breaks --quiet); the
+    # loads that matter here take well under a second.
+    hf_logging.disable_progress_bar()
     try:
         # A checkpoint that already has a head of another size (num_labels 2 vs 1 for a regression
         # task) gets a fresh head: the head is task-specific and re-initialised anyway.
@@ -95,4 +99,6 @@ def load_model_and_tokenizer(
         model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
     finally:
         hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
     return model, tokenizer

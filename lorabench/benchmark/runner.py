@@ -117,17 +117,9 @@ class RunCache:
 
         key = (name, spec.num_labels, spec.task_type)
         if key not in self.models:
-            from transformers.utils import logging as hf_logging
-
-            bars = hf_logging.is_progress_bar_enabled()
-            hf_logging.disable_progress_bar()  # one "Loading weights" bar per model is noise here
-            try:
-                self.models[key] = load_model_and_tokenizer(
-                    name, num_labels=spec.num_labels, regression=spec.task_type == "regression"
-                )
-            finally:
-                if bars:
-                    hf_logging.enable_progress_bar()
+            self.models[key] = load_model_and_tokenizer(
+                name, num_labels=spec.num_labels, regression=spec.task_type == "regression"
+            )
         base, tokenizer = self.models[key]
         return copy.deepcopy(base), tokenizer
 

@@ -41,7 +41,6 @@ DyLoRA within 1.05x of the floor; DoRA within 1.15x.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import gc
 import json
 import os
@@ -126,7 +125,7 @@ def make_batch(model: nn.Module, opts: Options) -> dict[str, torch.Tensor]:
 def our_config(variant: str) -> dict[str, Any]:
     from lorabench.variants import get_variant
 
-    fields = {f.name for f in dataclasses.fields(get_variant(variant).config_class)}
+    fields = get_variant(variant).config_class.field_names()
     return {k: v for k, v in OUR_CONFIGS[variant].items() if k in fields} | {"target_modules": TARGETS}
 
 

@@ -9,7 +9,6 @@ fields of several spellings (AdaLoRA's initial rank as ``r`` or ``init_r``).
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import json
 import math
@@ -51,7 +50,7 @@ MATRIX = pytest.mark.parametrize(
 
 def variant_config(variant: str, family: str) -> dict[str, Any]:
     """A small config for ``variant`` that fits the tiny layers of ``family``."""
-    fields = {f.name for f in dataclasses.fields(get_variant(variant).config_class)}
+    fields = get_variant(variant).config_class.field_names()
     wanted = {**CONFIG_OVERRIDES.get(variant, GENERIC_CONFIG)}
     cfg = {k: v for k, v in wanted.items() if k in fields}
     cfg["target_modules"] = list(FAMILIES[family].target_modules)

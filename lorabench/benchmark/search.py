@@ -213,8 +213,8 @@ def prepare_search(cfg: SearchConfig, *, cache: Any = None, probe: bool = True) 
 
     cfg.validate()
     variant_cls = VARIANTS.get(cfg.variant)
-    config_fields = {f.name for f in dataclasses.fields(variant_cls.config_class)}
-    space = build_search_space(cfg.variant, variant_cls.search_space(), cfg.space, config_fields=config_fields)
+    config_fields = variant_cls.config_class.field_names()
+    space = variant_search_space(cfg.variant, cfg.space)
     unknown = sorted(set(cfg.variant_config) - config_fields)
     if unknown:
         raise SearchError(f"variant_config of {cfg.variant!r} has unknown field(s) {unknown}; valid: {sorted(config_fields)}")
@@ -263,6 +263,17 @@ def prepare_search(cfg: SearchConfig, *, cache: Any = None, probe: bool = True) 
     # Claimed only now, so that a refused budget leaves no settings behind to contradict the fix.
     _claim_study_settings(study, settings)
     return PreparedSearch(cfg, space, study, higher_is_better, base_values, cache)
+
+
+def variant_search_space(variant: str, overrides: Mapping[str, Any] | None = None) -> SearchSpace:
+    """``variant``'s declared search space merged with ``overrides`` (its YAML ``space:`` entry),
+    validated against the variant's config fields: what a search of it samples."""
+    from lorabench.variants import VARIANTS
+
+    variant_cls = VARIANTS.get(variant)
+    return build_search_space(
+        variant, variant_cls.search_space(), overrides, config_fields=variant_cls.config_class.field_names()
+    )
 
 
 def _run_config(cfg: SearchConfig, params: Mapping[str, Any]) -> RunConfig:

@@ -221,23 +221,15 @@ def _search_configs(settings: dict[str, Any]) -> list:
 
 def _spaces_text(settings: dict[str, Any]) -> str:
     """Each variant's merged, validated search space as YAML (what a search would sample)."""
-    import dataclasses
-
     import yaml
 
     from lorabench.benchmark.config import BenchmarkConfigError
-    from lorabench.benchmark.search_space import build_search_space
-    from lorabench.variants import VARIANTS
+    from lorabench.benchmark.search import variant_search_space
 
     spaces = settings.get("space") or {}
     if not isinstance(spaces, dict):
         raise BenchmarkConfigError(f"space must map a variant name to its settings, got {spaces!r}")
-    out = {}
-    for variant in settings["variants"]:
-        cls = VARIANTS.get(variant)
-        fields = {f.name for f in dataclasses.fields(cls.config_class)}
-        space = build_search_space(variant, cls.search_space(), spaces.get(variant) or {}, config_fields=fields)
-        out[variant] = space.to_dict()
+    out = {variant: variant_search_space(variant, spaces.get(variant)).to_dict() for variant in settings["variants"]}
     return yaml.safe_dump(out, sort_keys=False, default_flow_style=None).rstrip()
 
 

@@ -83,9 +83,14 @@ class VariantConfig:
         return out
 
     @classmethod
+    def field_names(cls) -> set[str]:
+        """The keys this config takes (what overrides, YAML and search spaces may set)."""
+        return {f.name for f in dataclasses.fields(cls)}
+
+    @classmethod
     def from_dict(cls, data: dict[str, Any]) -> VariantConfig:
         """Builds a config from a plain dict, naming any key the variant does not have."""
-        known = {f.name for f in dataclasses.fields(cls)}
+        known = cls.field_names()
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(

@@ -15,7 +15,7 @@ import pytest
 import torch
 from tiny_models import FAMILIES, build_model, logits, make_batch
 
-from lorabench.benchmark.search_space import build_search_space
+from lorabench.search.space import build_search_space
 from lorabench.variants import ConfigError, attach, get_variant, load_adapter, make_config
 from lorabench.variants.adalora import AdaLoRA, AdaLoRAConfig
 from lorabench.variants.adapter import WEIGHTS_FILE, Adapter

@@ -15,12 +15,11 @@ from typing import Any
 
 import pytest
 
-from lorabench.benchmark.config import Budget, RunConfig, TrainConfig
-from lorabench.benchmark.records import RunRecord
-from lorabench.benchmark.suite import SuiteConfig, VariantEntry
 from lorabench.cli import regress_cmd
 from lorabench.cli.main import main
-from lorabench.reports.regress import (
+from lorabench.harness.config import Budget, RunConfig, TrainConfig
+from lorabench.harness.suite import SuiteConfig, VariantEntry
+from lorabench.regress.core import (
     DEFAULT_NOISE_K,
     DEFAULT_TOLERANCE,
     Baseline,
@@ -30,6 +29,7 @@ from lorabench.reports.regress import (
     compare,
     git_worktree,
 )
+from lorabench.results.records import RunRecord
 from lorabench.variants import VARIANTS
 from lorabench.variants.lora import LoRA, LoRALayer
 
@@ -610,7 +610,7 @@ def _floors(baseline: Baseline) -> dict[int, float]:
 
 
 def test_same_out_resumes_without_rerunning(tiny_suite, tmp_path, monkeypatch, capsys):
-    import lorabench.benchmark.runner as runner
+    import lorabench.harness.runner as runner
 
     base = tmp_path / "b.json"
     out = tmp_path / "out"
@@ -625,7 +625,7 @@ def test_same_out_resumes_without_rerunning(tiny_suite, tmp_path, monkeypatch, c
     assert main(["regress", "--baseline", str(base), "--out", str(out)]) == 0
     assert "resuming: 4 run(s)" in capsys.readouterr().out
     # Other code (here: a changed fingerprint) must not reuse them.
-    import lorabench.reports.regress as regress
+    import lorabench.regress.core as regress
 
     monkeypatch.setattr(regress, "code_fingerprint", lambda suite: "other-code")
     with pytest.raises(pytest.fail.Exception, match="re-ran"):
@@ -633,7 +633,7 @@ def test_same_out_resumes_without_rerunning(tiny_suite, tmp_path, monkeypatch, c
 
 
 def test_results_database_is_compared_without_training(tiny_suite, tmp_path, monkeypatch, capsys):
-    import lorabench.benchmark.runner as runner
+    import lorabench.harness.runner as runner
 
     base = tmp_path / "b.json"
     assert main(update_argv(base, tiny_suite, tmp_path / "run")) == 0
@@ -652,7 +652,7 @@ def test_results_database_is_compared_without_training(tiny_suite, tmp_path, mon
     )
     assert code == 0 and junit_failures(out / "junit.xml") == (0, [])
     # A database without the suite's runs: every variant x task is missing.
-    from lorabench.benchmark.store import ResultStore
+    from lorabench.results.store import ResultStore
 
     ResultStore(tmp_path / "empty.db").close()
     code = main(

@@ -17,11 +17,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lorabench.benchmark.records import CurvePoint, RunRecord
-from lorabench.benchmark.store import ResultStore
 from lorabench.cli import report_cmd
 from lorabench.reports import generate_report
-from lorabench.reports.data import (
+from lorabench.reports.frame import (
     load_report_data,
     runs_frame,
     short_matrix_labels,
@@ -29,6 +27,8 @@ from lorabench.reports.data import (
 )
 from lorabench.reports.plots import pareto_front
 from lorabench.reports.tables import build_results_table, to_latex, to_markdown
+from lorabench.results.records import CurvePoint, RunRecord
+from lorabench.results.store import ResultStore
 
 CHROMIUM = Path("/usr/bin/chromium")
 SEEDS = (0, 1, 2)
@@ -357,8 +357,8 @@ def _unshown_tick_labels(fig) -> set[int]:
 
 
 def test_search_history_spend_is_in_the_unit_of_the_study_budget(db, tmp_path):
-    from lorabench.benchmark.search_summary import save_search_summary
     from lorabench.reports.plots import plot_search_history
+    from lorabench.search.summary import save_search_summary
 
     copy = tmp_path / "results.db"
     shutil.copy(db, copy)

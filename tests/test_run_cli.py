@@ -7,9 +7,9 @@ import textwrap
 
 import pytest
 
-from lorabench.benchmark.store import ResultStore
-from lorabench.benchmark.suite import SuiteConfig, SuiteConfigError, list_presets, parse_seeds
 from lorabench.cli import run_cmd
+from lorabench.harness.suite import SuiteConfig, SuiteConfigError, list_presets, parse_seeds
+from lorabench.results.store import ResultStore
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -165,7 +165,7 @@ def test_ci_preset_is_valid_and_offline():
     ],
 )
 def test_training_settings_name_key_and_value(train, message):
-    from lorabench.benchmark.config import BenchmarkConfigError, TrainConfig
+    from lorabench.harness.config import BenchmarkConfigError, TrainConfig
 
     with pytest.raises(BenchmarkConfigError, match=message):
         TrainConfig(**train).validate()

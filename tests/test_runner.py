@@ -8,11 +8,11 @@ from typing import Any, ClassVar
 import pytest
 import torch
 
-import lorabench.benchmark.runner as runner
-from lorabench.benchmark.config import Budget, TrainConfig
-from lorabench.benchmark.runner import format_summary, run_suite, summary_table
-from lorabench.benchmark.store import ResultStore
-from lorabench.benchmark.suite import SuiteConfig, VariantEntry
+import lorabench.harness.runner as runner
+from lorabench.harness.config import Budget, TrainConfig
+from lorabench.harness.runner import format_summary, run_suite, summary_table
+from lorabench.harness.suite import SuiteConfig, VariantEntry
+from lorabench.results.store import ResultStore
 from lorabench.variants import VARIANTS
 from lorabench.variants.lora import LoRA
 
@@ -117,7 +117,7 @@ def test_cli_ctrl_c_exits_cleanly_with_130(tiny_model_dir, toy_task, tmp_path, s
 
 
 def test_summary_table_mean_and_std_over_seeds():
-    from lorabench.benchmark.records import RunRecord
+    from lorabench.results.records import RunRecord
 
     def rec(seed, score, status="finished"):
         return RunRecord(run_id=f"id{seed}{status}", status=status, variant="lora", task="rte", model="m", seed=seed,
@@ -152,7 +152,7 @@ def test_failed_run_line_shows_the_whole_message_not_the_traceback(tiny_model_di
 
 
 def test_error_message_strips_the_traceback_even_when_cut():
-    from lorabench.benchmark.trainer import TRACEBACK_TAIL, error_text
+    from lorabench.harness.trainer import TRACEBACK_TAIL, error_text
 
     # Two functions calling each other: Python does not fold alternating frames, so the
     # traceback is far longer than the tail an error record keeps.

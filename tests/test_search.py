@@ -7,30 +7,19 @@ runs the real harness on a tiny random BERT.
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 import time
-import types
 
 import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState, create_trial
 
-if importlib.util.find_spec("lorabench.benchmark.runner") is not None:
-    from lorabench.benchmark import runner
-else:  # runner.py not written yet: only its RunPruned exception is needed by the fake harness
-    runner = types.ModuleType("lorabench.benchmark.runner")
-
-    class RunPruned(Exception):
-        pass
-
-    runner.RunPruned = RunPruned
-    sys.modules["lorabench.benchmark.runner"] = runner
-from lorabench.benchmark.config import Budget, RunConfig, TrainConfig
-from lorabench.benchmark.records import RunRecord
-from lorabench.benchmark.search import (
+from lorabench.harness import runner
+from lorabench.harness.config import Budget, RunConfig, TrainConfig
+from lorabench.results.records import RunRecord
+from lorabench.search.budget import estimate_trial_spend, study_spend
+from lorabench.search.loop import (
     SearchConfig,
     SearchError,
     TrialSeededSampler,
@@ -39,9 +28,8 @@ from lorabench.benchmark.search import (
     run_search,
     variant_search_space,
 )
-from lorabench.benchmark.search_budget import estimate_trial_spend, study_spend
-from lorabench.benchmark.search_space import SearchSpaceError, build_search_space
-from lorabench.benchmark.search_storage import StorageError, open_storage
+from lorabench.search.space import SearchSpaceError, build_search_space
+from lorabench.search.storage import StorageError, open_storage
 from lorabench.variants import get_variant, list_variants
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -387,7 +375,7 @@ def test_seeded_sampler_is_reproducible_and_differs_per_trial():
 
 
 def test_tpe_is_the_default_sampler_and_is_seeded():
-    from lorabench.benchmark.search import _make_sampler
+    from lorabench.search.loop import _make_sampler
 
     space = build_search_space(
         "lora",
@@ -453,7 +441,7 @@ def _tiny_search(tmp_path, model_dir, budget, **overrides) -> SearchConfig:
 def test_budget_below_one_trial_in_another_unit_is_refused_before_training(tmp_path, tiny_bert_dir):
     # steps=4 trials under tokens/FLOPs/seconds budgets: the units differ, so one trial's spend
     # is estimated from the task's batches and one forward-backward pass, before any training.
-    from lorabench.benchmark.search import STUDY_ATTR
+    from lorabench.search.loop import STUDY_ATTR
 
     for budget in ("tokens=10", "flops=1000", "seconds=0.000001"):
         kind = budget.split("=")[0]
@@ -468,11 +456,11 @@ def test_budget_below_one_trial_in_another_unit_is_refused_before_training(tmp_p
         prepare_search(_tiny_search(tmp_path, tiny_bert_dir, "seconds=60", data_dir=str(tmp_path / "no-glue"), study="nodata"))
 
 
-@pytest.mark.skipif(not hasattr(runner, "execute_run"), reason="lorabench.benchmark.runner is not available")
+@pytest.mark.skipif(not hasattr(runner, "execute_run"), reason="lorabench.harness.runner is not available")
 def test_trial_estimate_matches_what_the_harness_spends(tiny_bert_dir):
     from pathlib import Path
 
-    from lorabench.benchmark.search_probe import estimate_trial
+    from lorabench.search.probe import estimate_trial
 
     run_cfg = RunConfig(
         variant="lora", task="rte", seed=0, model=str(tiny_bert_dir), budget=Budget("tokens", 300),
@@ -603,11 +591,11 @@ def tiny_bert_dir(tmp_path_factory):
     return folder
 
 
-@pytest.mark.skipif(not hasattr(runner, "execute_run"), reason="lorabench.benchmark.runner is not available")
+@pytest.mark.skipif(not hasattr(runner, "execute_run"), reason="lorabench.harness.runner is not available")
 def test_search_end_to_end_tiny(tmp_path, tiny_bert_dir):
     from pathlib import Path
 
-    store_mod = pytest.importorskip("lorabench.benchmark.store")
+    store_mod = pytest.importorskip("lorabench.results.store")
     cfg = SearchConfig(
         variant="lora",
         task="rte",

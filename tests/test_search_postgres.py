@@ -28,9 +28,9 @@ TRIAL_STEPS = 100
 WORKER = r"""
 import json, sys, time
 import optuna
-from lorabench.benchmark.config import Budget, TrainConfig
-from lorabench.benchmark.records import RunRecord
-from lorabench.benchmark.search import SearchConfig, prepare_search, run_search
+from lorabench.harness.config import Budget, TrainConfig
+from lorabench.results.records import RunRecord
+from lorabench.search.loop import SearchConfig, prepare_search, run_search
 
 url, study, budget, trial_steps, tag = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
 heartbeat, hang_at = int(sys.argv[6]), int(sys.argv[7])  # hang_at > 0: freeze after that eval
@@ -107,7 +107,7 @@ def _two_workers_share_one_study(storage_url: str, budget: int) -> None:
                 ran[event["trial"]] = event["worker"]
     assert set(ran.values()) == {"a", "b"}, "both workers must have run trials"
 
-    from lorabench.benchmark.search_storage import open_storage
+    from lorabench.search.storage import open_storage
 
     storage = open_storage(storage_url, heartbeat_interval=None)
     study = optuna.load_study(study_name=f"{study_prefix}/lora/rte", storage=storage)
@@ -132,7 +132,7 @@ def test_killed_worker_trial_is_failed_by_heartbeat_and_its_spend_counted():
     import optuna
     from optuna.trial import TrialState
 
-    from lorabench.benchmark.search_storage import open_storage
+    from lorabench.search.storage import open_storage
 
     study_prefix = f"pg-{uuid.uuid4().hex[:8]}"
     budget, heartbeat = 500, 1

@@ -9,9 +9,9 @@ import sqlite3
 import pytest
 import sqlalchemy as sa
 
-from lorabench.benchmark.environment import collect_environment
-from lorabench.benchmark.records import CurvePoint, RunRecord
-from lorabench.benchmark.store import ResultStore, ResultStoreError, load_results
+from lorabench.results.provenance import collect_environment
+from lorabench.results.records import CurvePoint, RunRecord
+from lorabench.results.store import ResultStore, ResultStoreError, load_results
 
 
 def make_record(run_id: str, *, status: str = "finished", variant: str = "lora", task: str = "rte",

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from lorabench.tasks import TASKS, LoadRequest, get_task, load_task, register_custom_task
-from lorabench.tasks.loaders import DataNotFoundError, TaskDataError
+from lorabench.tasks.sources import DataNotFoundError, TaskDataError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "custom"
 

@@ -17,8 +17,8 @@ import pytest
 from lorabench.cli import list_cmd
 from lorabench.tasks import TASKS, LoadRequest, TaskData, get_task, load_task
 from lorabench.tasks.glue import GLUE_TASKS
-from lorabench.tasks.loaders import DataNotFoundError, TaskDataError
-from lorabench.tasks.loaders.tsv import MalformedRowsWarning
+from lorabench.tasks.sources import DataNotFoundError, TaskDataError
+from lorabench.tasks.sources.tsv import MalformedRowsWarning
 
 FIXTURES = Path(__file__).parent / "fixtures" / "glue"
 

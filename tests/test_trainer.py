@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 import torch
 
-from lorabench.benchmark.config import Budget, RunConfig, TrainConfig
-from lorabench.benchmark.data import BatchPlan, TokenizedSplit, epoch_batches
-from lorabench.benchmark.runner import RunCache, execute_run, run_config_of
-from lorabench.benchmark.trainer import RunPruned, build_optimizer, linear_schedule
+from lorabench.harness.batches import BatchPlan, TokenizedSplit, epoch_batches
+from lorabench.harness.config import Budget, RunConfig, TrainConfig
+from lorabench.harness.runner import RunCache, execute_run, run_config_of
+from lorabench.harness.trainer import RunPruned, build_optimizer, linear_schedule
 from lorabench.variants import VARIANTS
 from lorabench.variants.lora import LoRA
 
@@ -321,7 +321,7 @@ def test_optimizer_groups_decay_matrices_only_and_head_lr():
 
 
 def test_head_state_for_another_model_fails_clearly(tiny_model_dir):
-    from lorabench.benchmark.runner import _load_head_state
+    from lorabench.harness.runner import _load_head_state
     from lorabench.models import load_model_and_tokenizer
 
     model, _ = load_model_and_tokenizer(str(tiny_model_dir), num_labels=2)

@@ -1,5 +1,5 @@
 """``lorabench regress``: check a suite against a stored baseline; ``--update-baseline`` writes
-one. The rule is stated in ``DESCRIPTION`` (``--help``) and in :mod:`lorabench.reports.regress`."""
+one. The rule is stated in ``DESCRIPTION`` (``--help``) and in :mod:`lorabench.regress.core`."""
 
 from __future__ import annotations
 
@@ -162,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
     problem = _check_flags(args)
     if problem:
         return _usage(problem)
-    from lorabench.reports.regress import Baseline, BaselineError
+    from lorabench.regress.core import Baseline, BaselineError
 
     baseline_path = Path(args.baseline)
     if args.update_baseline:
@@ -213,9 +213,9 @@ def _prepare_suite(suite, args: argparse.Namespace):
 
 def _run(suite, args: argparse.Namespace):
     """Runs (or resumes) ``suite`` into OUT; returns its records."""
-    from lorabench.benchmark.runner import run_suite
-    from lorabench.benchmark.store import ResultStore
-    from lorabench.reports.regress import STATE_FILE, GuardedStore, code_fingerprint
+    from lorabench.harness.runner import run_suite
+    from lorabench.regress.core import STATE_FILE, GuardedStore, code_fingerprint
+    from lorabench.results.store import ResultStore
 
     store = GuardedStore(
         ResultStore(suite.results_location), Path(args.out) / STATE_FILE, code_fingerprint(suite)
@@ -236,7 +236,7 @@ def _run(suite, args: argparse.Namespace):
 def _current_state(
     suite, args: argparse.Namespace, *, allow_dirty: bool = False
 ) -> tuple[dict, object]:
-    from lorabench.reports.regress import collect_provenance, git_worktree
+    from lorabench.regress.core import collect_provenance, git_worktree
 
     tree = git_worktree(Path.cwd(), ignore=[args.out, args.baseline])
     return collect_provenance(suite, tree, allow_dirty=allow_dirty), tree
@@ -244,9 +244,9 @@ def _current_state(
 
 # -- checking ----------------------------------------------------------------------------------
 def _check(args: argparse.Namespace, baseline, baseline_path: Path) -> int:
-    from lorabench.benchmark.store import ResultStore, ResultStoreError
-    from lorabench.benchmark.suite import SuiteConfigError
-    from lorabench.reports.regress import compare
+    from lorabench.harness.suite import SuiteConfigError
+    from lorabench.regress.core import compare
+    from lorabench.results.store import ResultStore, ResultStoreError
 
     suite = _prepare_suite(baseline.suite, args)
     try:
@@ -294,9 +294,8 @@ def _check(args: argparse.Namespace, baseline, baseline_path: Path) -> int:
 
 # -- writing a baseline ------------------------------------------------------------------------
 def _update(args: argparse.Namespace, baseline_path: Path) -> int:
-    from lorabench.benchmark.store import ResultStoreError
-    from lorabench.benchmark.suite import SuiteConfig, SuiteConfigError
-    from lorabench.reports.regress import (
+    from lorabench.harness.suite import SuiteConfig, SuiteConfigError
+    from lorabench.regress.core import (
         DEFAULT_NOISE_K,
         DEFAULT_TOLERANCE,
         Baseline,
@@ -304,6 +303,7 @@ def _update(args: argparse.Namespace, baseline_path: Path) -> int:
         build_baseline,
         describe_dirty,
     )
+    from lorabench.results.store import ResultStoreError
 
     previous = None
     try:

@@ -31,8 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lorabench.benchmark.store import ResultStoreError
     from lorabench.reports import generate_report
+    from lorabench.results.store import ResultStoreError
 
     try:
         report = generate_report(

@@ -33,7 +33,7 @@ torch's default of one thread per core (its threads spin while waiting for each 
 
 def _preset_lines() -> str:
     """One help line per shipped preset, read from the preset files (so a new one is listed)."""
-    from lorabench.benchmark.suite import preset_descriptions
+    from lorabench.harness.suite import preset_descriptions
 
     presets = preset_descriptions()
     width = max((len(n) for n in presets), default=0)
@@ -44,7 +44,7 @@ DESCRIPTION = _DESCRIPTION.replace("{presets}", _preset_lines())
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from lorabench.benchmark.suite import list_presets
+    from lorabench.harness.suite import list_presets
 
     source = parser.add_argument_group("what to run")
     source.add_argument(
@@ -98,7 +98,7 @@ _TRAIN_FLAGS = {
 
 def build_suite(args: argparse.Namespace):
     """The :class:`SuiteConfig` the arguments describe (preset/file first, flags on top)."""
-    from lorabench.benchmark.suite import SuiteConfig, SuiteConfigError, apply_overrides
+    from lorabench.harness.suite import SuiteConfig, SuiteConfigError, apply_overrides
 
     if args.preset and args.config:
         raise SuiteConfigError("give --preset or --config, not both")
@@ -138,7 +138,7 @@ def build_suite(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from lorabench.benchmark.suite import SuiteConfigError
+    from lorabench.harness.suite import SuiteConfigError
 
     try:
         suite = build_suite(args)
@@ -156,8 +156,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"lorabench run: {exc}", file=sys.stderr)
             return 2
 
-    from lorabench.benchmark.runner import run_suite
-    from lorabench.benchmark.store import ResultStore, ResultStoreError
+    from lorabench.harness.runner import run_suite
+    from lorabench.results.store import ResultStore, ResultStoreError
 
     try:
         store = ResultStore(suite.results_location)

@@ -34,7 +34,7 @@ recorded as failed and its spend stays counted.
 Outputs, in the results database: the run record of every trial (role "trial", its study, trial
 number and seed) and confirmation run (role "confirm"); per study a summary with the best rank,
 score vs rank of every trial, parameter importances and the Pareto front, read with
-lorabench.benchmark.search.load_search_summaries(PATH). --show-space prints the spaces searched.
+lorabench.search.loop.load_search_summaries(PATH). --show-space prints the spaces searched.
 
 YAML config (keys as the long options, plus per-variant search spaces and fixed settings):
   budget: seconds=1800
@@ -96,10 +96,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import optuna
 
-    from lorabench.benchmark.config import BenchmarkConfigError
-    from lorabench.benchmark.runner import RunCache
-    from lorabench.benchmark.search import prepare_search, run_search
-    from lorabench.benchmark.store import ResultStore, ResultStoreError
+    from lorabench.harness.config import BenchmarkConfigError
+    from lorabench.harness.runner import RunCache
+    from lorabench.results.store import ResultStore, ResultStoreError
+    from lorabench.search.loop import prepare_search, run_search
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if args.threads is not None and args.threads < 1:
@@ -140,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _settings(args: argparse.Namespace, *, need_budget: bool = True) -> dict[str, Any]:
     """YAML settings overridden by command-line options."""
-    from lorabench.benchmark.config import BenchmarkConfigError
+    from lorabench.harness.config import BenchmarkConfigError
 
     settings: dict[str, Any] = {}
     if args.config is not None:
@@ -183,8 +183,8 @@ def _settings(args: argparse.Namespace, *, need_budget: bool = True) -> dict[str
 
 
 def _search_configs(settings: dict[str, Any]) -> list:
-    from lorabench.benchmark.config import BenchmarkConfigError, Budget, TrainConfig
-    from lorabench.benchmark.search import SearchConfig
+    from lorabench.harness.config import BenchmarkConfigError, Budget, TrainConfig
+    from lorabench.search.loop import SearchConfig
 
     spaces = settings.get("space") or {}
     fixed = settings.get("variant_config") or {}
@@ -223,8 +223,8 @@ def _spaces_text(settings: dict[str, Any]) -> str:
     """Each variant's merged, validated search space as YAML (what a search would sample)."""
     import yaml
 
-    from lorabench.benchmark.config import BenchmarkConfigError
-    from lorabench.benchmark.search import variant_search_space
+    from lorabench.harness.config import BenchmarkConfigError
+    from lorabench.search.loop import variant_search_space
 
     spaces = settings.get("space") or {}
     if not isinstance(spaces, dict):

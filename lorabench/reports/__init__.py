@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lorabench.benchmark.store import ResultStore
-from lorabench.reports.data import ReportData, load_report_data
+from lorabench.reports.frame import ReportData, load_report_data
 from lorabench.reports.tables import ResultsTable, build_results_table, write_tables
+from lorabench.results.store import ResultStore
 
 
 @dataclass

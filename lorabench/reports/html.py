@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 
-from lorabench.reports.data import ReportData, config_label
+from lorabench.reports.frame import ReportData, config_label
 from lorabench.reports.plots import FigureFile
 from lorabench.reports.tables import ResultsTable, to_html
 

@@ -1,6 +1,6 @@
 """The report's figures (matplotlib, Agg backend), each saved as PNG and SVG.
 
-Every ``plot_*`` function takes :class:`~lorabench.reports.data.ReportData` and returns a
+Every ``plot_*`` function takes :class:`~lorabench.reports.frame.ReportData` and returns a
 matplotlib Figure, or a string saying why there is nothing to draw (so the report can say what is
 missing instead of showing an empty axis).
 """
@@ -24,8 +24,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from lorabench.benchmark.records import RunRecord
-from lorabench.reports.data import (
+from lorabench.reports.frame import (
     VARIANT_ORDER,
     ReportData,
     aggregate,
@@ -37,6 +36,7 @@ from lorabench.reports.data import (
     split_module_name,
     variant_name,
 )
+from lorabench.results.records import RunRecord
 
 _PALETTE = plt.get_cmap("tab10").colors
 _MARKERS = "osD^vP*Xh<>"

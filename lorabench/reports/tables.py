@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lorabench.reports.data import METRIC_LABELS, aggregate, ordered_configs, ordered_tasks
+from lorabench.reports.frame import METRIC_LABELS, aggregate, ordered_configs, ordered_tasks
 
 MISSING = "–"
 
@@ -40,7 +40,7 @@ class ResultsTable:
 
 
 def build_results_table(runs: pd.DataFrame) -> ResultsTable:
-    """The main table from :func:`lorabench.reports.data.runs_frame` output."""
+    """The main table from :func:`lorabench.reports.frame.runs_frame` output."""
     agg = aggregate(runs)
     if agg.empty:
         empty = pd.DataFrame()

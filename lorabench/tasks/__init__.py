@@ -39,8 +39,8 @@ def load_task(task: str | TaskSpec, request: LoadRequest | None = None) -> TaskD
 
 # Built-in task families and sources register on import; they need TASKS, defined above.
 from lorabench.tasks import glue, planted  # noqa: E402, F401  (register tasks and their sources)
-from lorabench.tasks.loaders.custom import register_custom_task  # noqa: E402  (source "custom")
 from lorabench.tasks.metrics import compute_metrics  # noqa: E402
+from lorabench.tasks.sources.custom import register_custom_task  # noqa: E402  (source "custom")
 
 __all__ = [
     "SOURCES",

@@ -34,10 +34,10 @@ import pandas as pd
 
 from lorabench.tasks import TASKS
 from lorabench.tasks.data import LoadRequest, TaskData, register_source
-from lorabench.tasks.loaders.common import DataNotFoundError, finalize
-from lorabench.tasks.loaders.hf_local import has_parquet, is_save_to_disk, read_hf_local
-from lorabench.tasks.loaders.hub import read_hub
-from lorabench.tasks.loaders.tsv import read_glue_tsv_folder
+from lorabench.tasks.sources.common import DataNotFoundError, finalize
+from lorabench.tasks.sources.hf_local import has_parquet, is_save_to_disk, read_hf_local
+from lorabench.tasks.sources.hub import read_hub
+from lorabench.tasks.sources.tsv import read_glue_tsv_folder
 from lorabench.tasks.spec import MetricSpec, TaskSpec
 
 HUB_DATASET = "nyu-mll/glue"

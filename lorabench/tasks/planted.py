@@ -66,7 +66,7 @@ from torch import nn
 
 from lorabench.tasks import TASKS
 from lorabench.tasks.data import LoadRequest, TaskData, register_source
-from lorabench.tasks.loaders.common import subset
+from lorabench.tasks.sources.common import subset
 from lorabench.tasks.spec import MetricSpec, TaskSpec
 from lorabench.variants.base import ConfigError, is_conv1d, layer_shape
 from lorabench.variants.targets import find_targets

@@ -3,7 +3,7 @@
 A :class:`TaskSpec` says where the examples come from, which columns hold the text and the label,
 how labels map to class ids (or that the task is a regression), which metrics to compute and in
 which direction they improve, and which one is primary. Loading code lives in
-``lorabench.tasks.loaders``; metric code in ``lorabench.tasks.metrics``.
+``lorabench.tasks.sources``; metric code in ``lorabench.tasks.metrics``.
 """
 
 from __future__ import annotations

@@ -377,7 +377,7 @@ class Variant(nn.Module):
 
     @classmethod
     def search_space(cls) -> dict[str, Any]:
-        """The hyper-parameter search space this variant declares (see lorabench.benchmark.search).
+        """The hyper-parameter search space this variant declares (see lorabench.search.loop).
 
         A mapping from config field (or training field prefixed ``train.``) to a distribution spec
         such as ``{"type": "categorical", "choices": [2, 4, 8, 16]}`` or

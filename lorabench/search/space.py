@@ -31,7 +31,7 @@ from typing import Any
 
 import optuna
 
-from lorabench.benchmark.config import BenchmarkConfigError, TrainConfig
+from lorabench.harness.config import BenchmarkConfigError, TrainConfig
 
 TRAIN_PREFIX = "train."
 SPEC_TYPES = ("categorical", "float", "int")

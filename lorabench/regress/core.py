@@ -55,10 +55,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from lorabench.benchmark.config import RunConfig
-from lorabench.benchmark.environment import git_output
-from lorabench.benchmark.records import RunRecord, config_hash
-from lorabench.benchmark.suite import SuiteConfig, SuiteConfigError, VariantEntry
+from lorabench.harness.config import RunConfig
+from lorabench.harness.suite import SuiteConfig, SuiteConfigError, VariantEntry
+from lorabench.results.provenance import git_output
+from lorabench.results.records import RunRecord, config_hash
 
 BASELINE_KIND = "lorabench-baseline"
 BASELINE_SCHEMA_VERSION = 1
@@ -355,7 +355,7 @@ def group_records(
 
     A finished record wins over a failed one of the same seed (as in the results store).
     """
-    from lorabench.benchmark.runner import run_config_of
+    from lorabench.harness.runner import run_config_of
 
     keys = suite_keys(suite)
     groups: dict[Key, dict[int, RunRecord]] = {}
@@ -929,7 +929,7 @@ def collect_provenance(
     """Where a baseline (or a checked run) came from: git, date, versions, seeds, machine."""
     import torch
 
-    from lorabench.benchmark.environment import collect_environment
+    from lorabench.results.provenance import collect_environment
 
     env = collect_environment()
     device = dict(env.get("device") or {})

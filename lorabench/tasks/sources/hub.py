@@ -4,7 +4,7 @@ Without network this must fail in seconds, not hang in retries: before calling `
 Hub's host is probed with a short TCP connect (``LORABENCH_HUB_TIMEOUT`` seconds, default 5). In
 offline mode (``HF_HUB_OFFLINE=1`` or ``HF_DATASETS_OFFLINE=1``) the probe is skipped and
 ``datasets`` answers from its local cache or fails at once. Every failure becomes a
-:class:`~lorabench.tasks.loaders.common.DataNotFoundError` telling the user to pass ``--data-dir``.
+:class:`~lorabench.tasks.sources.common.DataNotFoundError` telling the user to pass ``--data-dir``.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from urllib.parse import urlparse
 
 import pandas as pd
 
-from lorabench.tasks.loaders.common import DataNotFoundError
-from lorabench.tasks.loaders.hf_local import check_label_names
+from lorabench.tasks.sources.common import DataNotFoundError
+from lorabench.tasks.sources.hf_local import check_label_names
 from lorabench.tasks.spec import TaskSpec
 
 DEFAULT_TIMEOUT_S = 5.0

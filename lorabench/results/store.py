@@ -23,7 +23,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine, make_url
 
-from lorabench.benchmark.records import RunRecord
+from lorabench.results.records import RunRecord
 
 STORE_SCHEMA_VERSION = 1
 APP_NAME = "lorabench"

@@ -6,7 +6,7 @@ Per optimiser step (see docs/ARCHITECTURE.md)::
     -> clip -> optimizer.step() -> scheduler.step() -> adapter.after_step(step) -> zero_grad()
 
 ``adapter.on_train_begin(total_steps)`` is called once before the first step, with the number of
-steps the budget allows (computed up front, see :func:`lorabench.benchmark.meter.plan_steps`).
+steps the budget allows (computed up front, see :func:`lorabench.harness.meter.plan_steps`).
 
 Optimiser: AdamW over the adapter's declared parameters and, when the head trains, the task head
 (its own learning rate when ``train.head_learning_rate`` is set). Weight decay applies to matrices
@@ -28,16 +28,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from lorabench.benchmark.config import Budget, TrainConfig
-from lorabench.benchmark.data import BatchPlan, TokenizedSplit, iterate_eval
-from lorabench.benchmark.meter import (
+from lorabench.harness.batches import BatchPlan, TokenizedSplit, iterate_eval
+from lorabench.harness.config import Budget, TrainConfig
+from lorabench.harness.meter import (
     TIMING_PROBE_STEPS,
     Spend,
     Stopwatch,
     count_flops,
     plan_steps,
 )
-from lorabench.benchmark.records import CurvePoint
+from lorabench.results.records import CurvePoint
 from lorabench.tasks.metrics import compute_metrics
 from lorabench.tasks.spec import TaskSpec
 from lorabench.variants.adapter import Adapter

@@ -1,6 +1,6 @@
 """Where a run ran: versions, git commit of the lorabench source, device, host.
 
-Stamped on every :class:`~lorabench.benchmark.records.RunRecord` so a result can be traced to the
+Stamped on every :class:`~lorabench.results.records.RunRecord` so a result can be traced to the
 code and hardware that produced it. Collected once per process (it cannot change mid-run) and
 never raises: a missing package or a non-git install yields ``None`` for that entry.
 """

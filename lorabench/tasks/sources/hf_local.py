@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from lorabench.tasks.loaders.common import DataNotFoundError, TaskDataError
+from lorabench.tasks.sources.common import DataNotFoundError, TaskDataError
 from lorabench.tasks.spec import TaskSpec
 
 

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lorabench.benchmark.records import RunRecord, config_hash
-from lorabench.benchmark.store import ResultStore
+from lorabench.results.records import RunRecord, config_hash
+from lorabench.results.store import ResultStore
 
 # How papers print variant names; unknown (plugin) variants keep their registry name.
 VARIANT_NAMES = {"lora": "LoRA", "dora": "DoRA", "adalora": "AdaLoRA", "dylora": "DyLoRA", "vera": "VeRA"}
@@ -79,7 +79,7 @@ def load_report_data(
     """Reads the records matching the filters and says what is missing.
 
     ``results`` is a results database path/URL or an open store. A database that does not exist
-    raises :class:`~lorabench.benchmark.store.ResultStoreError`; an empty one gives empty data
+    raises :class:`~lorabench.results.store.ResultStoreError`; an empty one gives empty data
     with notes saying so.
     """
     filters = {"tasks": _list(tasks), "variants": _list(variants), "seeds": _list(seeds), "tag": tag}
@@ -107,7 +107,7 @@ def _search_budgets(url: str) -> dict[str, str]:
     """study -> the kind of its spend budget (steps, tokens, seconds, flops), from the search
     summaries ``lorabench search`` leaves in the results database; empty when there are none."""
     try:
-        from lorabench.benchmark.search_summary import load_search_summaries
+        from lorabench.search.summary import load_search_summaries
 
         summaries = load_search_summaries(url)
     except Exception:  # no optuna, or an older database: the search history falls back to steps

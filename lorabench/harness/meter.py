@@ -32,8 +32,8 @@ from typing import Any
 
 import torch
 
-from lorabench.benchmark.config import Budget
-from lorabench.benchmark.data import BatchPlan
+from lorabench.harness.batches import BatchPlan
+from lorabench.harness.config import Budget
 
 # Steps timed to estimate seconds per step for a seconds budget (after one untimed warm-up).
 TIMING_PROBE_STEPS = 3

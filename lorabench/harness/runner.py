@@ -1,7 +1,7 @@
 """One run, and a suite of runs: from a :class:`RunConfig` to a stored :class:`RunRecord`.
 
 :func:`execute_run` loads the task and a fresh copy of the model, attaches the variant, trains
-under the budget (:class:`~lorabench.benchmark.trainer.Trainer`) and returns the record. It never
+under the budget (:class:`~lorabench.harness.trainer.Trainer`) and returns the record. It never
 raises for a failed run: the record says ``"failed"`` with the error and the tail of the traceback.
 KeyboardInterrupt is the exception: it propagates so a suite stops at once.
 
@@ -26,11 +26,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 from torch import nn
 
-from lorabench.benchmark.config import RunConfig
-from lorabench.benchmark.data import TokenizedSplit, tokenize_split
-from lorabench.benchmark.meter import PeakMemory
-from lorabench.benchmark.records import RunRecord
-from lorabench.benchmark.trainer import (
+from lorabench.harness.batches import TokenizedSplit, tokenize_split
+from lorabench.harness.config import RunConfig
+from lorabench.harness.meter import PeakMemory
+from lorabench.harness.trainer import (
     OnEval,
     RunPruned,
     Trainer,
@@ -39,11 +38,12 @@ from lorabench.benchmark.trainer import (
     reset_head,
     seed_everything,
 )
+from lorabench.results.records import RunRecord
 from lorabench.tasks.data import LoadRequest, TaskData
 from lorabench.tasks.spec import TaskSpec
 
 if TYPE_CHECKING:
-    from lorabench.benchmark.suite import SuiteConfig
+    from lorabench.harness.suite import SuiteConfig
 
 __all__ = [
     "RunCache",
@@ -64,7 +64,7 @@ RECORD_EXTRA_CONFIG_KEYS = ("device", "resolved_variant_config", "data_source")
 
 
 class RecordStore(Protocol):
-    """What :func:`run_suite` needs from :class:`lorabench.benchmark.store.ResultStore`."""
+    """What :func:`run_suite` needs from :class:`lorabench.results.store.ResultStore`."""
 
     def add(self, record: RunRecord) -> Any: ...
     def get(self, run_id: str) -> RunRecord | None: ...
@@ -290,7 +290,7 @@ def run_config_of(record: RunRecord) -> RunConfig:
 
 def _environment() -> dict[str, Any]:
     try:
-        from lorabench.benchmark.environment import collect_environment
+        from lorabench.results.provenance import collect_environment
     except ImportError:  # pragma: no cover - environment.py ships with the package
         return {}
     return collect_environment()

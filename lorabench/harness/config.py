@@ -9,7 +9,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from lorabench.benchmark.records import config_hash
+from lorabench.results.records import config_hash
 
 BudgetKind = Literal["steps", "tokens", "seconds", "flops"]
 BUDGET_KINDS: tuple[str, ...] = ("steps", "tokens", "seconds", "flops")

@@ -1,14 +1,14 @@
 """Hyper-parameter (rank) search with Optuna under an equal compute budget per variant and task.
 
 One Optuna study per variant x task. Trials run through the harness
-(:func:`lorabench.benchmark.runner.execute_run`) and are stored as ordinary run records tagged with
+(:func:`lorabench.harness.runner.execute_run`) and are stored as ordinary run records tagged with
 their study and trial. The search stops when the study's *total* spend (every trial, pruned and
 failed ones included) reaches the search budget, so a slower variant gets fewer trials, as on a
-real GPU bill (see :mod:`lorabench.benchmark.search_budget` for the accounting and its guarantee
+real GPU bill (see :mod:`lorabench.search.budget` for the accounting and its guarantee
 with parallel workers). Afterwards the best configuration is re-run on fresh seeds (role
 ``confirm``); those runs are what reports compare. A summary per study (best rank, score vs rank
 of every trial, parameter importances, Pareto front) goes to the results database
-(:mod:`lorabench.benchmark.search_summary`).
+(:mod:`lorabench.search.summary`).
 
 Typical use::
 
@@ -33,9 +33,9 @@ from typing import Any, Protocol
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from lorabench.benchmark.config import BenchmarkConfigError, Budget, RunConfig, TrainConfig
-from lorabench.benchmark.records import RunRecord
-from lorabench.benchmark.search_budget import (
+from lorabench.harness.config import BenchmarkConfigError, Budget, RunConfig, TrainConfig
+from lorabench.results.records import RunRecord
+from lorabench.search.budget import (
     PARTIAL_ATTR,
     RESERVED_ATTR,
     SPEND_ATTR,
@@ -44,10 +44,10 @@ from lorabench.benchmark.search_budget import (
     spend_from_record_spent,
     study_spend,
 )
-from lorabench.benchmark.search_probe import estimate_trial
-from lorabench.benchmark.search_space import SearchSpace, build_search_space, split_params
-from lorabench.benchmark.search_storage import database_url, open_storage, redact
-from lorabench.benchmark.search_summary import (
+from lorabench.search.probe import estimate_trial
+from lorabench.search.space import SearchSpace, build_search_space, split_params
+from lorabench.search.storage import database_url, open_storage, redact
+from lorabench.search.summary import (
     load_search_summaries,
     param_importances,
     save_search_summary,
@@ -92,7 +92,7 @@ class TrialFailed(Exception):
 
 
 class RecordStore(Protocol):
-    """What a search needs from :class:`lorabench.benchmark.store.ResultStore`."""
+    """What a search needs from :class:`lorabench.results.store.ResultStore`."""
 
     def add(self, record: RunRecord) -> Any: ...
 
@@ -108,7 +108,7 @@ class SearchConfig:
 
     ``budget`` is the total spend of all trials; ``trial_budget`` is the training budget of each
     trial (and of each confirmation run). ``space`` overrides the variant's declared search space
-    (see :mod:`lorabench.benchmark.search_space`). ``study`` is a prefix: the study is named
+    (see :mod:`lorabench.search.space`). ``study`` is a prefix: the study is named
     ``{study}/{variant}/{task}`` so one command can run several studies.
     """
 
@@ -205,8 +205,8 @@ def prepare_search(cfg: SearchConfig, *, cache: Any = None, probe: bool = True) 
 
     When the search and trial budgets are in different units and no trial has finished yet,
     ``probe`` estimates one trial's spend from the task's batches and a forward-backward pass
-    (:mod:`lorabench.benchmark.search_probe`, no training), loading the task and the model into
-    ``cache`` (a :class:`~lorabench.benchmark.runner.RunCache`, shared with the trials).
+    (:mod:`lorabench.search.probe`, no training), loading the task and the model into
+    ``cache`` (a :class:`~lorabench.harness.runner.RunCache`, shared with the trials).
     """
     from lorabench.tasks import get_task
     from lorabench.variants import VARIANTS
@@ -256,7 +256,7 @@ def prepare_search(cfg: SearchConfig, *, cache: Any = None, probe: bool = True) 
     _check_budget_fits_a_trial(cfg, trials)  # with observed trials
     if probe and estimate_trial_spend(cfg.trial_budget, cfg.budget.kind, trials) is None:
         if cache is None:
-            from lorabench.benchmark.runner import RunCache
+            from lorabench.harness.runner import RunCache
 
             cache = RunCache()
         _check_budget_fits_an_estimated_trial(cfg, _run_config(cfg, dict(space.fixed)), cache)
@@ -465,17 +465,17 @@ def run_search(
 
     Re-running continues the study (finished trials and their spend stay). ``results`` is the
     results database (path or URL) for run records and the summary; ``store`` and ``execute``
-    default to :class:`~lorabench.benchmark.store.ResultStore` on ``results`` and
-    :func:`~lorabench.benchmark.runner.execute_run` (tests inject fakes).
+    default to :class:`~lorabench.results.store.ResultStore` on ``results`` and
+    :func:`~lorabench.harness.runner.execute_run` (tests inject fakes).
     """
     if store is None:
-        from lorabench.benchmark.store import ResultStore
+        from lorabench.results.store import ResultStore
 
         if results is None:
             raise SearchError("run_search needs results= (a path or URL) or a store")
         store = ResultStore(database_url(results))
     if execute is None:
-        from lorabench.benchmark.runner import RunCache, execute_run
+        from lorabench.harness.runner import RunCache, execute_run
 
         # One cache for every trial and confirmation run: the task is loaded and tokenised and
         # the model read from disk once per process, not once per trial.
@@ -564,7 +564,7 @@ class _SearchLoop:
                 return
             trial.report(float(score), step)
             if trial.should_prune():
-                from lorabench.benchmark.runner import RunPruned
+                from lorabench.harness.runner import RunPruned
 
                 raise RunPruned(f"pruned by {cfg.pruner} at step {step} (score {score:.4g})")
 

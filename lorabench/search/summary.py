@@ -20,7 +20,7 @@ import optuna
 import sqlalchemy as sa
 from optuna.trial import FrozenTrial, TrialState
 
-from lorabench.benchmark.search_storage import database_url
+from lorabench.search.storage import database_url
 
 TABLE_NAME = "search_summaries"
 _metadata = sa.MetaData()

@@ -1,5 +1,5 @@
 """Readers for each place task data can come from; each returns raw per-split DataFrames that
-:func:`lorabench.tasks.loaders.common.finalize` turns into the :class:`TaskData` contract.
+:func:`lorabench.tasks.sources.common.finalize` turns into the :class:`TaskData` contract.
 
 * ``tsv``: the original GLUE TSV layout and its quirks;
 * ``hf_local``: a Hugging Face ``save_to_disk`` folder or parquet files;
@@ -7,6 +7,6 @@
 * ``custom``: CSV/TSV/JSONL files described by a YAML spec (registers the ``"custom"`` source).
 """
 
-from lorabench.tasks.loaders.common import DataNotFoundError, TaskDataError
+from lorabench.tasks.sources.common import DataNotFoundError, TaskDataError
 
 __all__ = ["DataNotFoundError", "TaskDataError"]

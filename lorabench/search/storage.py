@@ -22,7 +22,7 @@ import optuna
 import sqlalchemy
 from sqlalchemy.engine import URL, make_url
 
-from lorabench.benchmark.config import BenchmarkConfigError
+from lorabench.harness.config import BenchmarkConfigError
 
 JOURNAL_PREFIX = "journal:"
 CONNECT_TIMEOUT_S = 5

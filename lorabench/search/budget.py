@@ -1,6 +1,6 @@
 """Spend accounting for a search: every trial's cost counts against the study's budget.
 
-A search budget is a :class:`~lorabench.benchmark.config.Budget` over the *total* spend of all
+A search budget is a :class:`~lorabench.harness.config.Budget` over the *total* spend of all
 trials of one study (variant x task), pruned and failed ones included, like a GPU bill. The spend
 lives in the Optuna storage as trial user attributes, so every worker of a shared study computes
 the same total from the same rows:
@@ -30,7 +30,7 @@ from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
-from lorabench.benchmark.config import Budget
+from lorabench.harness.config import Budget
 
 SPEND_ATTR = "spend"
 PARTIAL_ATTR = "partial_spend"

@@ -29,13 +29,13 @@ import pandas as pd
 import yaml
 
 from lorabench.tasks.data import LoadRequest, TaskData, register_source
-from lorabench.tasks.loaders.common import (
+from lorabench.tasks.metrics import HIGHER_IS_BETTER, METRICS, REGRESSION_METRICS
+from lorabench.tasks.sources.common import (
     DataNotFoundError,
     TaskDataError,
     finalize,
     require_columns,
 )
-from lorabench.tasks.metrics import HIGHER_IS_BETTER, METRICS, REGRESSION_METRICS
 from lorabench.tasks.spec import MetricSpec, TaskSpec
 
 SPEC_KEYS = {

@@ -6,7 +6,7 @@ the trial budget share a unit the trial budget bounds a trial; when they do not 
 this module estimates one trial's spend the way the runner plans a run:
 
 * steps and non-padding tokens exactly, from the task's training batches in the run's order
-  (:class:`~lorabench.benchmark.data.BatchPlan`, the same seed and batch size);
+  (:class:`~lorabench.harness.batches.BatchPlan`, the same seed and batch size);
 * FLOPs from one forward and backward pass under torch's FLOP counter, per padded token;
 * seconds as a lower bound: the fastest of a few timed forward-backward passes per step (no
   optimiser step, no evaluation, model loading excluded).
@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from lorabench.benchmark.config import RunConfig
-    from lorabench.benchmark.runner import RunCache
+    from lorabench.harness.config import RunConfig
+    from lorabench.harness.runner import RunCache
 
 # Forward-backward passes timed for a seconds estimate, after one untimed warm-up.
 TIMED_PASSES = 3
@@ -52,8 +52,8 @@ def estimate_trial(run_cfg: RunConfig, unit: str, cache: RunCache, device: Any =
     Raises whatever loading the task or the model raises (missing data, unknown model): every
     trial would fail the same way, so the caller reports it before any training.
     """
-    from lorabench.benchmark.data import BatchPlan
-    from lorabench.benchmark.meter import plan_steps
+    from lorabench.harness.batches import BatchPlan
+    from lorabench.harness.meter import plan_steps
     from lorabench.tasks import get_task
 
     if run_cfg.budget.kind == "seconds":
@@ -95,8 +95,8 @@ def _measure(model: Any, run_cfg: RunConfig, plan: Any, pad_id: int, device: Any
     """
     import torch
 
-    from lorabench.benchmark.meter import count_flops
-    from lorabench.benchmark.runner import default_device
+    from lorabench.harness.meter import count_flops
+    from lorabench.harness.runner import default_device
     from lorabench.variants.adapter import attach
 
     device = torch.device(device) if device is not None else default_device()

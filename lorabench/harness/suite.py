@@ -31,7 +31,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from lorabench.benchmark.config import BenchmarkConfigError, Budget, RunConfig, TrainConfig
+from lorabench.harness.config import BenchmarkConfigError, Budget, RunConfig, TrainConfig
 
 PRESET_PACKAGE = "lorabench.presets"
 

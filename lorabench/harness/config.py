@@ -1,6 +1,13 @@
 """Run configuration: the compute budget, the training recipe, and one run's full config.
 
 Defaults are set here once; the CLI, YAML suites, searches and baselines all build these objects.
+
+A :class:`RunConfig` is first what a user asked for (a variant's overrides, a task name or YAML
+path, a model name or folder). :meth:`lorabench.harness.runner.RunCache.resolve` turns it into the
+run that actually happens: the task's registered name and version, and fingerprints of the data
+the run reads and of the model's files. The run's identity (:attr:`RunConfig.run_id`) is the hash
+of that resolved run, with the variant's config after its defaults: restating a default keeps the
+id, and anything that changes the computation changes it.
 """
 
 from __future__ import annotations
@@ -60,6 +67,10 @@ class Budget:
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "limit": self.limit}
+
+
+# The one place the default budget is written (suites, the CLI's help and RunConfig use it).
+DEFAULT_BUDGET = Budget("steps", 100)
 
 
 def _is_int(value: Any) -> bool:
@@ -141,17 +152,25 @@ class TrainConfig:
 
 @dataclass
 class RunConfig:
-    """Everything that determines one run. Its hash is the run's identity in the results store."""
+    """Everything that determines one run. Its :attr:`run_id` is the run's identity in the store.
+
+    ``model`` and ``data_dir`` say where to read from; they are not identity themselves: the
+    model's name and fingerprint and the data's fingerprint are. The last three fields are
+    filled by resolution (``RunCache.resolve``); empty, the run is not resolved yet.
+    """
 
     variant: str
     task: str
     seed: int = 0
     variant_config: dict[str, Any] = field(default_factory=dict)  # overrides of the variant's defaults
     model: str | None = None  # None: the packaged all-MiniLM-L6-v2
-    budget: Budget = field(default_factory=lambda: Budget("steps", 100))
+    budget: Budget = DEFAULT_BUDGET
     train: TrainConfig = field(default_factory=TrainConfig)
     data_dir: str | None = None
     tag: str = ""
+    task_version: str = ""
+    data_fingerprint: str = ""  # lorabench.tasks.fingerprint.data_fingerprint of the loaded splits
+    model_fingerprint: str = ""  # lorabench.models.model_fingerprint of the model folder
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -164,22 +183,77 @@ class RunConfig:
             "train": self.train.to_dict(),
             "data_dir": self.data_dir,
             "tag": self.tag,
+            "task_version": self.task_version,
+            "data_fingerprint": self.data_fingerprint,
+            "model_fingerprint": self.model_fingerprint,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
         data = dict(data)
-        data["budget"] = Budget.parse(
-            {data["budget"]["kind"]: data["budget"]["limit"]} if isinstance(data.get("budget"), dict) and "kind" in data["budget"] else data.get("budget", "steps=100")
-        )
+        budget = data.get("budget", DEFAULT_BUDGET)
+        if isinstance(budget, dict) and "kind" in budget:
+            budget = {budget["kind"]: budget["limit"]}
+        data["budget"] = Budget.parse(budget)
         data["train"] = TrainConfig.from_dict(data.get("train") or {})
         return cls(**data)
 
     @property
+    def resolved(self) -> bool:
+        """Whether the data this run reads is known (see ``RunCache.resolve``)."""
+        return bool(self.data_fingerprint)
+
+    def resolved_variant_config(self) -> dict[str, Any]:
+        """The variant's full config: its defaults with this run's overrides applied (validated;
+        a bad override raises the variant's ConfigError naming the field)."""
+        from lorabench.registry import UnknownNameError
+        from lorabench.variants import VARIANTS
+        from lorabench.variants.adapter import make_config
+
+        try:
+            variant_cls = VARIANTS.get(self.variant)
+        except UnknownNameError:
+            # A record of a plugin that is not installed here: its overrides are all we know.
+            return dict(self.variant_config)
+        return make_config(variant_cls, dict(self.variant_config)).to_dict()
+
+    def settings(self) -> dict[str, Any]:
+        """What the run computes, apart from the data it reads: the identity without the data's
+        fingerprint (two runs with equal settings and other data are "the same run on new data")."""
+        from lorabench.models import model_name
+
+        return _canonical(
+            {
+                "variant": self.variant,
+                "variant_config": self.resolved_variant_config(),
+                "task": self.task,
+                "task_version": self.task_version,
+                "model": model_name(self.model),
+                "model_fingerprint": self.model_fingerprint,
+                "budget": self.budget.to_dict(),
+                "train": self.train.to_dict(),
+                "seed": self.seed,
+            }
+        )
+
+    @property
     def run_id(self) -> str:
-        """Identity of the run: the hash of everything except the free-form tag."""
-        identity = self.to_dict()
-        identity.pop("tag")
-        # data_dir locates the same files on different machines; it is not part of the identity.
-        identity.pop("data_dir")
-        return config_hash(identity)
+        """Identity of the run: the hash of its settings and the data it reads (not the free-form
+        tag, not where the files are)."""
+        return config_hash({**self.settings(), "data": self.data_fingerprint})
+
+    @property
+    def settings_id(self) -> str:
+        """The hash of :meth:`settings`: equal for the same run on other data."""
+        return config_hash(self.settings())
+
+
+def _canonical(value: Any) -> Any:
+    """JSON-ready identity values: ``8`` and ``8.0`` (YAML reads either) hash the same."""
+    if isinstance(value, dict):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_canonical(v) for v in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value

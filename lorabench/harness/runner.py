@@ -14,6 +14,7 @@ each run gets a ``copy.deepcopy`` of the base model, faster than ``from_pretrain
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime as _dt
 import os
 import sys
@@ -48,9 +49,12 @@ if TYPE_CHECKING:
 __all__ = [
     "RunCache",
     "RunPruned",
+    "SuiteInputError",
+    "data_changes",
     "error_message",
     "execute_run",
     "format_summary",
+    "resolve_suite",
     "run_config_of",
     "run_suite",
     "summary_table",
@@ -94,6 +98,30 @@ class RunCache:
     tasks: dict[tuple, TaskData] = field(default_factory=dict)
     tokenized: dict[tuple, tuple[TokenizedSplit, dict[str, TokenizedSplit]]] = field(default_factory=dict)
     models: dict[tuple, tuple[nn.Module, Any]] = field(default_factory=dict)
+    fingerprints: dict[tuple, str] = field(default_factory=dict)
+
+    def resolve(self, cfg: RunConfig) -> RunConfig:
+        """The run ``cfg`` describes, as it will happen: the task's registered name (a custom
+        task's YAML ``name``, whichever path spelling led to it) and version, the fingerprint of
+        the data it reads (loaded once per suite and kept for the runs) and of the model's
+        files. Its :attr:`~RunConfig.run_id` is the run's identity.
+
+        Raises what loading raises (a missing data folder, a bad custom task, an unknown
+        variant field): these are known before any run trains.
+        """
+        from lorabench.models import model_fingerprint
+        from lorabench.tasks import get_task
+        from lorabench.tasks.fingerprint import data_fingerprint
+
+        cfg.resolved_variant_config()  # validates the overrides once, naming a bad field
+        spec = get_task(cfg.task)
+        cfg = dataclasses.replace(cfg, task=spec.name, task_version=spec.version)
+        key, data = self.task(spec, cfg)
+        if key not in self.fingerprints:
+            self.fingerprints[key] = data_fingerprint(data)
+        return dataclasses.replace(
+            cfg, data_fingerprint=self.fingerprints[key], model_fingerprint=model_fingerprint(cfg.model)
+        )
 
     def task(self, spec: TaskSpec, cfg: RunConfig) -> tuple[tuple, TaskData]:
         from lorabench.tasks import load_task
@@ -192,28 +220,38 @@ def execute_run(
             temporary folder only to measure its size).
         device: default ``LORABENCH_DEVICE``, else CUDA if available, else CPU.
     """
+    from lorabench.models import model_name
     from lorabench.variants import VARIANTS
     from lorabench.variants.adapter import attach, make_config
 
     cache = cache or RunCache()
     device = torch.device(device) if device is not None else default_device()
+    resolve_error: Exception | None = None
+    if not cfg.resolved:
+        try:
+            cfg = cache.resolve(cfg)
+        except Exception as exc:  # stored as a failed run below, like any other failure
+            resolve_error = exc
     record = RunRecord(
-        run_id=cfg.run_id,
+        run_id=_run_id(cfg),
         status="failed",
         variant=cfg.variant,
         task=cfg.task,
-        model=cfg.model or "all-minilm-l6-v2",
+        model=model_name(cfg.model),
         seed=cfg.seed,
         config={**cfg.to_dict(), "device": str(device)},
         tag=cfg.tag,
         budget=cfg.budget.to_dict(),
+        data_fingerprint=cfg.data_fingerprint,
+        model_fingerprint=cfg.model_fingerprint,
         environment=_environment(),
         started_at=_now(),
     )
     try:
         from lorabench.tasks import get_task
 
-        cfg.train.validate()
+        if resolve_error is not None:
+            raise resolve_error
         spec = get_task(cfg.task)
         variant_cls = VARIANTS.get(cfg.variant)
         variant_cfg = make_config(variant_cls, dict(cfg.variant_config))
@@ -281,11 +319,68 @@ def execute_run(
     return record
 
 
+def _run_id(cfg: RunConfig) -> str:
+    """``cfg.run_id``, or for a config too broken to resolve (an unknown variant field), a hash
+    of it as given, so that its failed record can still be stored and shown."""
+    from lorabench.results.records import config_hash
+
+    try:
+        return cfg.run_id
+    except Exception:
+        return config_hash(cfg.to_dict())
+
+
 def run_config_of(record: RunRecord) -> RunConfig:
-    """The :class:`RunConfig` that produced ``record`` (to re-run or vary it); its ``run_id``
-    equals the record's."""
+    """The :class:`RunConfig` that produced ``record`` (to re-run or vary it); for a record
+    written by this release its ``run_id`` equals the record's."""
     data = {k: v for k, v in record.config.items() if k not in RECORD_EXTRA_CONFIG_KEYS}
     return RunConfig.from_dict(data)
+
+
+class SuiteInputError(ValueError):
+    """A run of a suite cannot be resolved (its data or model cannot be read); nothing trained."""
+
+
+def resolve_suite(suite: SuiteConfig, cache: RunCache) -> list[RunConfig]:
+    """Every run of ``suite``, resolved (see :meth:`RunCache.resolve`), in suite order.
+
+    Raises :class:`SuiteInputError` naming the run and the cause when one cannot be resolved.
+    """
+    resolved = []
+    for cfg in suite.run_configs():
+        try:
+            resolved.append(cache.resolve(cfg))
+        except Exception as exc:
+            raise SuiteInputError(f"{cfg.variant}/{cfg.task}/seed {cfg.seed}: {error_message(error_text(exc))}") from exc
+    return resolved
+
+
+def data_changes(configs: list[RunConfig], store: Any) -> list[str]:
+    """One line per task whose data differs from finished runs with the same settings.
+
+    Those stored runs stay (and reports keep them apart: their data fingerprint differs); the
+    new runs train on the data as it is now.
+    """
+    todo = {cfg.settings_id: cfg for cfg in configs}
+    if not todo or not hasattr(store, "records"):
+        return []
+    changed: dict[tuple[str, str, str], int] = {}
+    for record in store.records(tasks=sorted({cfg.task for cfg in configs})):
+        if not record.data_fingerprint:
+            continue  # written before data was fingerprinted: unknown, not "changed"
+        try:
+            settings_id = run_config_of(record).settings_id
+        except Exception:
+            continue
+        cfg = todo.get(settings_id)
+        if cfg is not None and record.data_fingerprint != cfg.data_fingerprint:
+            key = (cfg.task, record.data_fingerprint, cfg.data_fingerprint)
+            changed[key] = changed.get(key, 0) + 1
+    return [
+        f"{task}: the data differs from {n} finished run(s) with the same settings (data {old[:8]} -> "
+        f"{new[:8]}); training on the current data, the old runs are kept apart"
+        for (task, old, new), n in changed.items()
+    ]
 
 
 def _environment() -> dict[str, Any]:
@@ -316,7 +411,8 @@ def run_suite(
     from tqdm import tqdm
 
     out = sys.stdout if stream is None and progress else stream
-    configs = suite.run_configs()
+    cache = RunCache()
+    configs = resolve_suite(suite, cache)
     finished = store.finished_ids()
     todo = [c for c in configs if c.run_id not in finished]
     if out is not None:
@@ -327,7 +423,8 @@ def run_suite(
             f"budget {suite.budget}" + (f"; {skipped} already finished, skipped" if skipped else ""),
             file=out,
         )
-    cache = RunCache()
+        for line in data_changes(todo, store):
+            print(line, file=out)
     adapter_root = Path(suite.out) / "adapters" if keep_adapters else None
     new: dict[str, RunRecord] = {}
     bar = tqdm(total=len(todo), desc="runs", unit="run", disable=not progress, dynamic_ncols=True)

@@ -31,7 +31,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from lorabench.harness.config import BenchmarkConfigError, Budget, RunConfig, TrainConfig
+from lorabench.harness.config import (
+    DEFAULT_BUDGET,
+    BenchmarkConfigError,
+    Budget,
+    RunConfig,
+    TrainConfig,
+)
 
 PRESET_PACKAGE = "lorabench.presets"
 
@@ -61,7 +67,7 @@ class SuiteConfig:
     variants: list[VariantEntry]
     tasks: list[str]
     seeds: list[int] = field(default_factory=lambda: [0])
-    budget: Budget = field(default_factory=lambda: Budget("steps", 100))
+    budget: Budget = DEFAULT_BUDGET
     train: TrainConfig = field(default_factory=TrainConfig)
     model: str | None = None
     data_dir: str | None = None
@@ -90,7 +96,7 @@ class SuiteConfig:
             variants=parse_variants(data["variants"], where=where),
             tasks=_string_list(data["tasks"], "tasks", where),
             seeds=parse_seeds(data.get("seeds", 1), where=where),
-            budget=_budget(data.get("budget", "steps=100"), where),
+            budget=_budget(data.get("budget", DEFAULT_BUDGET), where),
             train=_train(data.get("train") or {}, where),
             model=_optional_str(data, "model", where),
             data_dir=_optional_str(data, "data_dir", where),
@@ -145,13 +151,24 @@ class SuiteConfig:
                 raise SuiteConfigError(f"{where}: variants[{i}]: {exc}") from None
             except (ConfigError, TypeError, ValueError) as exc:
                 raise SuiteConfigError(f"{where}: variants[{i}] ({entry.variant}): {exc}") from None
+        names: dict[str, str] = {}
         for i, task in enumerate(self.tasks):
             try:
-                get_task(task)
+                spec = get_task(task)
             except (UnknownNameError, ValueError, OSError) as exc:
                 # A custom task's YAML path: missing file, bad spec or columns (TaskDataError is a
                 # ValueError, DataNotFoundError an OSError); the message names file, key and value.
                 raise SuiteConfigError(f"{where}: tasks[{i}]: {exc}") from None
+            first = names.setdefault(spec.name, task)
+            if first != task and get_task(first).options.get("spec_file") != spec.options.get(
+                "spec_file"
+            ):
+                raise SuiteConfigError(
+                    f"{where}: tasks[{i}]: {task!r} and {first!r} are two tasks named "
+                    f"{spec.name!r}; a task is its name, so rename one in its YAML"
+                )
+        # A task is its name: 'tri.yaml', './tri.yaml' and its absolute path are one task.
+        self.tasks = list(names.values())
         if len(set(self.seeds)) != len(self.seeds):
             raise SuiteConfigError(f"{where}: seeds {self.seeds} repeat a seed; each seed once")
         self.train.validate()

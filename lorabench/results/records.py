@@ -15,7 +15,9 @@ from typing import Any, Literal
 
 RunStatus = Literal["finished", "failed", "pruned"]  # pruned: stopped early by a search pruner
 
-RECORD_SCHEMA_VERSION = 1
+# 1: release 0.1 (no data or model fingerprint; a custom task named by its YAML path as typed).
+# 2: ``data_fingerprint`` and ``model_fingerprint``; ``task`` is always the task's name.
+RECORD_SCHEMA_VERSION = 2
 
 
 def config_hash(config: dict[str, Any]) -> str:
@@ -53,6 +55,10 @@ class RunRecord:
     config: dict[str, Any]  # full run config: variant config, training config, budget, data
     variant_version: str = ""
     task_version: str = ""
+    # What the run read: a hash of the loaded splits (after --max-*-examples) and of the model's
+    # config and weight files. "" in records written before schema 2 (unknown).
+    data_fingerprint: str = ""
+    model_fingerprint: str = ""
     tag: str = ""  # free label for filtering ("quick", "search:lora:rte", "ci")
     error: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)

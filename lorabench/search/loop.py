@@ -276,6 +276,11 @@ def variant_search_space(variant: str, overrides: Mapping[str, Any] | None = Non
     )
 
 
+def _unresolved(cfg: RunConfig) -> RunConfig:
+    """Resolution for an injected harness (tests' fakes read no data): the config as it is."""
+    return cfg
+
+
 def _run_config(cfg: SearchConfig, params: Mapping[str, Any]) -> RunConfig:
     """The harness run of one trial with sampled (or fixed) parameter values."""
     variant_over, train_over = split_params(params)
@@ -474,6 +479,7 @@ def run_search(
         if results is None:
             raise SearchError("run_search needs results= (a path or URL) or a store")
         store = ResultStore(database_url(results))
+    resolve: Callable[[RunConfig], RunConfig] = _unresolved
     if execute is None:
         from lorabench.harness.runner import RunCache, execute_run
 
@@ -482,8 +488,9 @@ def run_search(
         if prepared.cache is None:
             prepared.cache = RunCache()
         execute = functools.partial(execute_run, cache=prepared.cache)
+        resolve = prepared.cache.resolve
     cfg, study = prepared.config, prepared.study
-    loop = _SearchLoop(prepared, store, execute, progress)
+    loop = _SearchLoop(prepared, store, execute, progress, resolve)
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -498,7 +505,9 @@ def run_search(
     if loop.fatal:
         raise SearchError(loop.fatal)
 
-    confirm_records = confirm_best(prepared, store, execute, progress=progress) if confirm else []
+    confirm_records = (
+        confirm_best(prepared, store, execute, progress=progress, resolve=resolve) if confirm else []
+    )
     summary = summarize_study(prepared, confirm_records)
     if results is not None:
         save_search_summary(results, summary)
@@ -517,8 +526,16 @@ def run_search(
 class _SearchLoop:
     """The objective and the after-trial callback of one worker's ``study.optimize``."""
 
-    def __init__(self, prepared: PreparedSearch, store: RecordStore, execute: ExecuteRun, progress: bool) -> None:
+    def __init__(
+        self,
+        prepared: PreparedSearch,
+        store: RecordStore,
+        execute: ExecuteRun,
+        progress: bool,
+        resolve: Callable[[RunConfig], RunConfig],
+    ) -> None:
         self.p = prepared
+        self.resolve = resolve
         self.store = store
         self.execute = execute
         self.progress = progress
@@ -540,13 +557,14 @@ class _SearchLoop:
         trial.set_user_attr("seed", cfg.seed)
         params = p.space.suggest(trial, p.base_values)
         run_cfg = _run_config(cfg, params)
-        trial.set_user_attr("run_id", run_cfg.run_id)
-        trial.set_user_attr("run_config", run_cfg.to_dict())
         try:
             VARIANTS.get(cfg.variant).config_class.from_dict(run_cfg.variant_config)
         except ValueError as exc:  # e.g. a target rank above the initial rank
             self._end_without_run(trial, f"invalid config: {exc}")
             raise TrialFailed(f"invalid config {run_cfg.variant_config}: {exc}") from None
+        run_cfg = self.resolve(run_cfg)  # the task data is loaded once per process (cached)
+        trial.set_user_attr("run_id", run_cfg.run_id)
+        trial.set_user_attr("run_config", run_cfg.to_dict())
 
         duplicate = self._finished_twin(trial, run_cfg.run_id)
         if duplicate is not None:
@@ -688,12 +706,14 @@ def confirm_best(
     execute: ExecuteRun,
     *,
     progress: bool = True,
+    resolve: Callable[[RunConfig], RunConfig] | None = None,
 ) -> list[RunRecord]:
     """Re-runs the best configuration on ``confirm_seeds`` fresh seeds (never the search seed).
 
     Seeds are ``seed + 1 ... seed + N``. Runs already finished in the store are reused, so a
     re-run or a second worker does not train them again.
     """
+    resolve = resolve or _unresolved
     cfg = prepared.config
     best = best_trial(prepared)
     if best is None or cfg.confirm_seeds == 0:
@@ -701,7 +721,12 @@ def confirm_best(
     base = RunConfig.from_dict(best.user_attrs["run_config"])
     records: list[RunRecord] = []
     for seed in range(cfg.seed + 1, cfg.seed + 1 + cfg.confirm_seeds):
-        run_cfg = dataclasses.replace(base, seed=seed, tag=f"search:{cfg.study_name}:confirm")
+        # Resolved again: a generated task's data depends on the seed.
+        run_cfg = resolve(
+            dataclasses.replace(
+                base, seed=seed, tag=f"search:{cfg.study_name}:confirm", data_fingerprint=""
+            )
+        )
         existing = store.get(run_cfg.run_id)
         if existing is not None and existing.status == "finished":
             records.append(existing)

@@ -166,15 +166,16 @@ def read_custom_spec(yaml_path: str | Path) -> TaskSpec:
 def register_custom_task(yaml_path: str | Path, *, overwrite: bool = False) -> TaskSpec:
     """Reads a custom task YAML and registers its spec in ``TASKS``; returns the spec.
 
-    Registering the same file again is allowed (the spec is replaced); a different task that
-    takes a registered name (a GLUE task's, say) fails unless ``overwrite=True``.
+    A custom task is its ``name``: registering a custom task of that name again (the same file,
+    or the file moved or copied) replaces the spec. A custom task that takes a built-in task's
+    name (a GLUE task's, say) fails unless ``overwrite=True``.
     """
     from lorabench.tasks import TASKS
 
     spec = read_custom_spec(yaml_path)
     if spec.name in TASKS and not overwrite:
         existing = TASKS.get(spec.name)
-        if existing.options.get("spec_file") != spec.options["spec_file"]:
+        if existing.source != "custom":
             raise ValueError(
                 f"custom task {spec.name!r} from {spec.options['spec_file']} clashes with the registered "
                 f"task of that name ({existing.source}); rename it in the YAML or pass overwrite=True"

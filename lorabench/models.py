@@ -111,6 +111,50 @@ def _fingerprint_files(states: tuple[tuple[str, int, int], ...]) -> str:
     return digest.hexdigest()[:16]
 
 
+# -- the task head ------------------------------------------------------------------------------
+def head_module_names(model: Any) -> list[str]:
+    """The top-level modules of the task head: every child outside the backbone
+    (``base_model_prefix``: ``bert``, ``roberta``, ``transformer``, ``model``, ...), so BERT's
+    ``classifier``, RoBERTa's ``classifier`` (dense + out_proj) and GPT-2's or Llama's ``score``
+    alike. A model without a prefix falls back to the usual names (``classifier``, ``score``)."""
+    prefix = getattr(model, "base_model_prefix", "")
+    children = [name for name, _ in model.named_children()]
+    if prefix and prefix in children:
+        return [name for name in children if name != prefix]
+    return [name for name in children if name in ("classifier", "score")]
+
+
+def head_parameter_names(model: Any) -> list[str]:
+    """The task head's parameter names, as in ``model.named_parameters()``."""
+    heads = tuple(f"{name}." for name in head_module_names(model))
+    return [name for name, _ in model.named_parameters() if name.startswith(heads)]
+
+
+def head_parameters(model: Any) -> list[Any]:
+    """The task head's parameters ([] when the model has none)."""
+    wanted = set(head_parameter_names(model))
+    return [p for name, p in model.named_parameters() if name in wanted]
+
+
+def reset_head(model: Any, seed: int) -> None:
+    """Re-draws the head's linear layers as transformers initialises them (normal with the
+    config's ``initializer_range``, zero bias) from ``seed``, so each seed gets its own head even
+    when the model is a copy of one loaded base."""
+    import torch
+    from torch import nn
+
+    std = float(getattr(getattr(model, "config", None), "initializer_range", 0.02))
+    generator = torch.Generator().manual_seed(seed)
+    for name in head_module_names(model):
+        for module in getattr(model, name).modules():
+            if isinstance(module, nn.Linear):
+                with torch.no_grad():
+                    weight = torch.randn(module.weight.shape, generator=generator) * std
+                    module.weight.copy_(weight.to(module.weight))
+                    if module.bias is not None:
+                        module.bias.zero_()
+
+
 def load_model_and_tokenizer(
     name: str | None,
     *,

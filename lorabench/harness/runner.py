@@ -35,10 +35,9 @@ from lorabench.harness.trainer import (
     RunPruned,
     Trainer,
     error_text,
-    head_parameters,
-    reset_head,
     seed_everything,
 )
+from lorabench.models import head_parameter_names, head_parameters, reset_head
 from lorabench.results.records import RunRecord
 from lorabench.tasks.data import LoadRequest, TaskData
 from lorabench.tasks.spec import TaskSpec
@@ -168,7 +167,7 @@ def _load_head_state(model: nn.Module, head_state: Mapping[str, torch.Tensor], t
     if unknown:
         raise KeyError(
             f"task {task!r} provides head tensors {unknown} that the model does not have (it has "
-            f"e.g. {sorted(k for k in own if k.startswith(('classifier', 'score')))}); generate the "
+            f"e.g. {head_parameter_names(model)}); generate the "
             "task for this model"
         )
     model.load_state_dict(dict(head_state), strict=False)
@@ -183,10 +182,11 @@ def _adapter_bytes(adapter: Any, model: nn.Module, head_trained: bool, out_dir: 
     def save(target: Path) -> int:
         adapter.save(target)
         if head_trained:
+            wanted = set(head_parameter_names(model))
             head = {
                 name: p.detach().cpu().contiguous()
                 for name, p in model.named_parameters()
-                if name.split(".", 1)[0] in ("classifier", "score")
+                if name in wanted
             }
             if head:
                 save_file(head, str(target / HEAD_FILE))

@@ -37,14 +37,12 @@ from lorabench.harness.meter import (
     count_flops,
     plan_steps,
 )
+from lorabench.models import head_parameters
 from lorabench.results.records import CurvePoint
 from lorabench.tasks.metrics import compute_metrics
 from lorabench.tasks.spec import TaskSpec
 from lorabench.variants.adapter import Adapter
 
-# Names of the task head in transformers' sequence-classification models (PEFT's
-# modules_to_save for SEQ_CLS): BERT/RoBERTa/DeBERTa "classifier", GPT-2/Llama "score".
-HEAD_MODULE_NAMES = ("classifier", "score")
 # Loss points per run in the learning curve (more steps are averaged into one point).
 CURVE_POINTS = 50
 # Characters of traceback kept in a failed record.
@@ -59,33 +57,6 @@ class RunPruned(Exception):
 
 class NonFiniteLoss(FloatingPointError):
     """The training loss became NaN or infinite."""
-
-
-def head_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The task head's parameters (top-level ``classifier``/``score`` modules); [] if none."""
-    params: list[nn.Parameter] = []
-    for name, child in model.named_children():
-        if name in HEAD_MODULE_NAMES:
-            params.extend(child.parameters())
-    return params
-
-
-def reset_head(model: nn.Module, seed: int) -> None:
-    """Re-draws the head's linear layers as transformers initialises them (normal with the
-    config's ``initializer_range``, zero bias) from ``seed``, so each seed gets its own head even
-    when the model is a copy of one loaded base."""
-    std = float(getattr(getattr(model, "config", None), "initializer_range", 0.02))
-    generator = torch.Generator().manual_seed(seed)
-    for name, child in model.named_children():
-        if name not in HEAD_MODULE_NAMES:
-            continue
-        for module in child.modules():
-            if isinstance(module, nn.Linear):
-                with torch.no_grad():
-                    weight = torch.randn(module.weight.shape, generator=generator) * std
-                    module.weight.copy_(weight.to(module.weight))
-                    if module.bias is not None:
-                        module.bias.zero_()
 
 
 def seed_everything(seed: int) -> None:

@@ -205,10 +205,11 @@ def add_planted_updates(model: nn.Module, true_ranks: dict[str, int], scale: flo
 
 
 # -- the classification head ----------------------------------------------------------------------
-def head_parameter_names(model: nn.Module) -> list[str]:
-    """The classification head's tensors: everything outside the backbone (``base_model_prefix``)."""
-    prefix = getattr(model, "base_model_prefix", "") + "."
-    names = [n for n, _ in model.named_parameters() if not n.startswith(prefix)]
+def _head_parameter_names(model: nn.Module) -> list[str]:
+    """The classification head's tensors (:func:`lorabench.models.head_parameter_names`)."""
+    from lorabench.models import head_parameter_names
+
+    names = head_parameter_names(model)
     if not names:
         raise PlantedRecipeError(f"cannot find the classification head of {type(model).__name__}")
     return names
@@ -221,7 +222,7 @@ def random_head(model: nn.Module, num_labels: int, seed: int) -> tuple[dict[str,
     params = dict(model.named_parameters())
     state: dict[str, torch.Tensor] = {}
     output_bias = None
-    for name in head_parameter_names(model):
+    for name in _head_parameter_names(model):
         p = params[name]
         if p.dim() >= 2:
             fan_in = p.shape[-1]
@@ -341,7 +342,7 @@ def build_teacher(spec: TaskSpec, request: LoadRequest, *, base: tuple[nn.Module
 def _center_head_without_bias(teacher: Teacher, base: nn.Module, texts: list[str]) -> None:
     """Heads without an output bias (GPT-2, Llama ``score``) cannot be shifted; instead remove the
     direction of the mean feature from the output weight so every class's mean logit is zero."""
-    name = head_parameter_names(teacher.model)[-1]
+    name = _head_parameter_names(teacher.model)[-1]
     feats: list[torch.Tensor] = []
     layer = teacher.model.get_submodule(name.rsplit(".", 1)[0])
     hook = layer.register_forward_hook(lambda _m, inp, _o: feats.append(inp[0].reshape(-1, inp[0].shape[-1]).float()))

@@ -19,7 +19,7 @@ from lorabench.cli import regress_cmd
 from lorabench.cli.main import main
 from lorabench.harness.config import Budget, RunConfig, TrainConfig
 from lorabench.harness.suite import SuiteConfig, VariantEntry
-from lorabench.regress.core import (
+from lorabench.regress import (
     DEFAULT_NOISE_K,
     DEFAULT_TOLERANCE,
     Baseline,
@@ -88,7 +88,11 @@ def records(
     suite: SuiteConfig, scores: dict[str, list[float]], seeds: list[int] | None = None, **kw: Any
 ) -> list[RunRecord]:
     seeds = suite.seeds if seeds is None else seeds
-    return [record(suite, v, s, x, **kw) for v, xs in scores.items() for s, x in zip(seeds, xs)]
+    return [
+        record(suite, v, s, x, **kw)
+        for v, xs in scores.items()
+        for s, x in zip(seeds, xs, strict=False)
+    ]
 
 
 def baseline_of(suite: SuiteConfig, scores: dict[str, list[float]], **kw: Any) -> Baseline:
@@ -360,7 +364,15 @@ def test_corrupt_results_database_is_a_usage_error(tmp_path, capsys, content):
     )
     results = tmp_path / "results.db"
     results.write_bytes(content)
-    argv = ["regress", "--baseline", str(path), "--results", str(results), "--out", str(tmp_path / "o")]
+    argv = [
+        "regress",
+        "--baseline",
+        str(path),
+        "--results",
+        str(results),
+        "--out",
+        str(tmp_path / "o"),
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert str(results) in err and "corrupt" in err
@@ -540,7 +552,8 @@ class WrongScalingLoRA(LoRA):
 
 
 def update_argv(baseline: Path, suite: Path, out: Path) -> list[str]:
-    """``lorabench regress --update-baseline`` for ``suite`` into ``baseline``, outside a checkout."""
+    """``lorabench regress --update-baseline`` for ``suite`` into ``baseline``, outside a
+    checkout."""
     return [
         "regress", "--update-baseline", "--baseline", str(baseline), "--config", str(suite),
         "--out", str(out), "--allow-dirty", "--quiet",
@@ -625,7 +638,7 @@ def test_same_out_resumes_without_rerunning(tiny_suite, tmp_path, monkeypatch, c
     assert main(["regress", "--baseline", str(base), "--out", str(out)]) == 0
     assert "resuming: 4 run(s)" in capsys.readouterr().out
     # Other code (here: a changed fingerprint) must not reuse them.
-    import lorabench.regress.core as regress
+    import lorabench.regress.guard as regress
 
     monkeypatch.setattr(regress, "code_fingerprint", lambda suite: "other-code")
     with pytest.raises(pytest.fail.Exception, match="re-ran"):
@@ -786,7 +799,15 @@ def test_missing_data_folder_stops_before_any_run(tmp_path, capsys):
         tmp_path / "b.json"
     )
     missing = tmp_path / "no-such-glue"
-    argv = ["regress", "--baseline", str(path), "--data-dir", str(missing), "--out", str(tmp_path / "o")]
+    argv = [
+        "regress",
+        "--baseline",
+        str(path),
+        "--data-dir",
+        str(missing),
+        "--out",
+        str(tmp_path / "o"),
+    ]
     assert main(argv) == 2
     assert f"data_dir={str(missing)!r} is not a folder" in capsys.readouterr().err
     assert not (tmp_path / "o" / "results.db").exists()  # nothing ran, nothing was stored

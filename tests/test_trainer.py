@@ -323,7 +323,7 @@ def test_optimizer_groups_decay_matrices_only_and_head_lr():
 
 
 def test_head_state_for_another_model_fails_clearly(tiny_model_dir):
-    from lorabench.harness.runner import _load_head_state
+    from lorabench.harness.prepared import _load_head_state
     from lorabench.models import load_model_and_tokenizer
 
     model, _ = load_model_and_tokenizer(str(tiny_model_dir), num_labels=2)

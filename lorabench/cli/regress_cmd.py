@@ -1,5 +1,5 @@
 """``lorabench regress``: check a suite against a stored baseline; ``--update-baseline`` writes
-one. The rule is stated in ``DESCRIPTION`` (``--help``) and in :mod:`lorabench.regress.core`."""
+one. The rule is stated in ``DESCRIPTION`` (``--help``) and in :mod:`lorabench.regress.compare`."""
 
 from __future__ import annotations
 
@@ -8,6 +8,13 @@ import math
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lorabench.harness.suite import SuiteConfig
+    from lorabench.regress import Baseline
+    from lorabench.results.provenance import GitWorktree
+    from lorabench.results.records import RunRecord
 
 HELP = "check a benchmark suite against a stored baseline (exit 1 on a regression)"
 DESCRIPTION = """Run the suite stored in a baseline file (or read its results from a database) and
@@ -53,6 +60,7 @@ DEFAULT_OUT = "regress-out"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds the flags of ``lorabench regress`` to ``parser``."""
     parser.add_argument(
         "--baseline",
         required=True,
@@ -159,10 +167,11 @@ def _check_flags(args: argparse.Namespace) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Runs ``lorabench regress``; returns the exit code (0 pass, 1 regression, 2 usage error)."""
     problem = _check_flags(args)
     if problem:
         return _usage(problem)
-    from lorabench.regress.core import Baseline, BaselineError
+    from lorabench.regress import Baseline, BaselineError
 
     baseline_path = Path(args.baseline)
     if args.update_baseline:
@@ -179,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
     return _check(args, baseline, baseline_path)
 
 
-def _baseline_threads(baseline) -> int | None:
+def _baseline_threads(baseline: Baseline) -> int | None:
     """The baseline's torch thread count, capped at this machine's cores: the same thread count
     gives the same float reductions, so on the same CPU an unchanged variant reproduces its
     baseline scores exactly; more threads than cores would only make them spin."""
@@ -199,7 +208,7 @@ def _set_threads(threads: int | None) -> None:
 
 
 # -- shared ------------------------------------------------------------------------------------
-def _prepare_suite(suite, args: argparse.Namespace):
+def _prepare_suite(suite: SuiteConfig, args: argparse.Namespace) -> SuiteConfig:
     """The suite as this machine runs it: results in OUT/results.db, data from --data-dir."""
     import dataclasses
 
@@ -211,10 +220,12 @@ def _prepare_suite(suite, args: argparse.Namespace):
     )
 
 
-def _run(suite, args: argparse.Namespace):
+def _run(suite: SuiteConfig, args: argparse.Namespace) -> list[RunRecord]:
     """Runs (or resumes) ``suite`` into OUT; returns its records."""
+    # Imported here, from its own module: code_fingerprint is looked up at call time (the tests
+    # replace it in lorabench.regress.guard).
     from lorabench.harness.runner import run_suite
-    from lorabench.regress.core import STATE_FILE, GuardedStore, code_fingerprint
+    from lorabench.regress.guard import STATE_FILE, GuardedStore, code_fingerprint
     from lorabench.results.store import ResultStore
 
     store = GuardedStore(
@@ -234,18 +245,20 @@ def _run(suite, args: argparse.Namespace):
 
 
 def _current_state(
-    suite, args: argparse.Namespace, *, allow_dirty: bool = False
-) -> tuple[dict, object]:
-    from lorabench.regress.core import collect_provenance, git_worktree
+    suite: SuiteConfig, args: argparse.Namespace, *, allow_dirty: bool = False
+) -> tuple[dict[str, Any], GitWorktree]:
+    """The provenance of this run (git, versions, machine) and the state of the git checkout."""
+    from lorabench.regress import collect_provenance, git_worktree
 
     tree = git_worktree(Path.cwd(), ignore=[args.out, args.baseline])
     return collect_provenance(suite, tree, allow_dirty=allow_dirty), tree
 
 
 # -- checking ----------------------------------------------------------------------------------
-def _check(args: argparse.Namespace, baseline, baseline_path: Path) -> int:
+def _check(args: argparse.Namespace, baseline: Baseline, baseline_path: Path) -> int:
+    """Runs (or reads) the baseline's suite and compares it; returns the exit code."""
     from lorabench.harness.suite import SuiteConfigError
-    from lorabench.regress.core import compare
+    from lorabench.regress import compare
     from lorabench.results.store import ResultStore, ResultStoreError
 
     suite = _prepare_suite(baseline.suite, args)
@@ -294,14 +307,16 @@ def _check(args: argparse.Namespace, baseline, baseline_path: Path) -> int:
 
 # -- writing a baseline ------------------------------------------------------------------------
 def _update(args: argparse.Namespace, baseline_path: Path) -> int:
+    """Runs the suite and writes the baseline; returns the exit code."""
     from lorabench.harness.suite import SuiteConfig, SuiteConfigError
-    from lorabench.regress.core import (
+    from lorabench.regress import (
         DEFAULT_NOISE_K,
         DEFAULT_TOLERANCE,
         Baseline,
         BaselineError,
         build_baseline,
         describe_dirty,
+        dirty_tree_problem,
     )
     from lorabench.results.store import ResultStoreError
 
@@ -330,18 +345,9 @@ def _update(args: argparse.Namespace, baseline_path: Path) -> int:
 
     provenance, tree = _current_state(suite, args, allow_dirty=args.allow_dirty)
     if not args.allow_dirty:
-        if not tree.is_repo:
-            return _usage(
-                f"{Path.cwd()} is not inside a git checkout, so the baseline could not record "
-                "which code produced it; "
-                "run from the project's checkout, or pass --allow-dirty to write it anyway"
-            )
-        if tree.dirty:
-            return _usage(
-                f"the working tree at {tree.root} has uncommitted changes "
-                f"({describe_dirty(tree)}); a baseline must record the commit that produced it. "
-                "Commit or stash them, or pass --allow-dirty (recorded in the baseline)"
-            )
+        problem = dirty_tree_problem(tree, Path.cwd())
+        if problem:
+            return _usage(problem)
     tolerance = (
         args.tolerance
         if args.tolerance is not None

@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     import optuna
 
     from lorabench.harness.config import BenchmarkConfigError
-    from lorabench.harness.runner import RunCache
+    from lorabench.harness.prepared import RunCache
     from lorabench.results.store import ResultStore, ResultStoreError
     from lorabench.search.loop import prepare_search, run_search
 

@@ -3,7 +3,7 @@
 Defaults are set here once; the CLI, YAML suites, searches and baselines all build these objects.
 
 A :class:`RunConfig` is first what a user asked for (a variant's overrides, a task name or YAML
-path, a model name or folder). :meth:`lorabench.harness.runner.RunCache.resolve` turns it into the
+path, a model name or folder). :meth:`lorabench.harness.prepared.RunCache.resolve` turns it into the
 run that actually happens: the task's registered name and version, and fingerprints of the data
 the run reads and of the model's files. The run's identity (:attr:`RunConfig.run_id`) is the hash
 of that resolved run, with the variant's config after its defaults: restating a default keeps the
@@ -243,9 +243,32 @@ class RunConfig:
         return config_hash({**self.settings(), "data": self.data_fingerprint})
 
     @property
+    def experiment_id(self) -> str:
+        """What the seeds of one comparison cell share: the settings without the seed and without
+        the fingerprints of what was read, the task by its registered name. A regression
+        baseline matches stored runs to its variant x task cells by it, so runs written by an
+        older release (no fingerprints, a custom task named by its path) still match."""
+        settings = self.settings()
+        for key in ("seed", "model_fingerprint", "task_version"):
+            settings.pop(key)
+        settings["task"] = _task_name(self.task)
+        return config_hash(settings)
+
+    @property
     def settings_id(self) -> str:
         """The hash of :meth:`settings`: equal for the same run on other data."""
         return config_hash(self.settings())
+
+
+def _task_name(task: str) -> str:
+    """A task's registered name (a custom task's YAML ``name`` for its path); the text as given
+    when it cannot be read here."""
+    from lorabench.tasks import get_task
+
+    try:
+        return get_task(task).name
+    except Exception:
+        return task
 
 
 def _canonical(value: Any) -> Any:

@@ -13,34 +13,22 @@ each run gets a ``copy.deepcopy`` of the base model, faster than ``from_pretrain
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import datetime as _dt
 import os
 import sys
 import tempfile
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import nn
 
-from lorabench.harness.batches import TokenizedSplit, tokenize_split
 from lorabench.harness.config import RunConfig
 from lorabench.harness.meter import PeakMemory
-from lorabench.harness.trainer import (
-    OnEval,
-    RunPruned,
-    Trainer,
-    error_text,
-    seed_everything,
-)
-from lorabench.models import head_parameter_names, head_parameters, reset_head
+from lorabench.harness.prepared import RunCache, default_device, prepare_run
+from lorabench.harness.trainer import OnEval, RunPruned, Trainer, error_text
+from lorabench.models import head_parameter_names, head_parameters
 from lorabench.results.records import RunRecord
-from lorabench.tasks.data import LoadRequest, TaskData
-from lorabench.tasks.spec import TaskSpec
 
 if TYPE_CHECKING:
     from lorabench.harness.suite import SuiteConfig
@@ -50,6 +38,7 @@ __all__ = [
     "RunPruned",
     "SuiteInputError",
     "data_changes",
+    "default_device",
     "error_message",
     "execute_run",
     "format_summary",
@@ -59,8 +48,6 @@ __all__ = [
     "summary_table",
 ]
 
-# Sources whose rows never depend on the seed: their loaded data is shared by every seed.
-SEED_INDEPENDENT_SOURCES = frozenset({"glue", "custom"})
 HEAD_FILE = "head.safetensors"
 # What a record's ``config`` holds beyond ``RunConfig.to_dict()`` (resolved at run time).
 RECORD_EXTRA_CONFIG_KEYS = ("device", "resolved_variant_config", "data_source")
@@ -74,103 +61,8 @@ class RecordStore(Protocol):
     def finished_ids(self) -> set[str]: ...
 
 
-def default_device() -> torch.device:
-    """``LORABENCH_DEVICE`` if set, else CUDA when available, else CPU."""
-    wanted = os.environ.get("LORABENCH_DEVICE")
-    if wanted:
-        return torch.device(wanted)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-@dataclass
-class RunCache:
-    """What the runs of one suite share: loaded tasks, tokenised splits, loaded base models.
-
-    Models are cached as loaded (on CPU) and handed out as deep copies, so no run sees another's
-    training. Generated tasks (planted-rank) depend on the seed and are cached per seed.
-    """
-
-    tasks: dict[tuple, TaskData] = field(default_factory=dict)
-    tokenized: dict[tuple, tuple[TokenizedSplit, dict[str, TokenizedSplit]]] = field(default_factory=dict)
-    models: dict[tuple, tuple[nn.Module, Any]] = field(default_factory=dict)
-    fingerprints: dict[tuple, str] = field(default_factory=dict)
-
-    def resolve(self, cfg: RunConfig) -> RunConfig:
-        """The run ``cfg`` describes, as it will happen: the task's registered name (a custom
-        task's YAML ``name``, whichever path spelling led to it) and version, the fingerprint of
-        the data it reads (loaded once per suite and kept for the runs) and of the model's
-        files. Its :attr:`~RunConfig.run_id` is the run's identity.
-
-        Raises what loading raises (a missing data folder, a bad custom task, an unknown
-        variant field): these are known before any run trains.
-        """
-        from lorabench.models import model_fingerprint
-        from lorabench.tasks import get_task
-        from lorabench.tasks.fingerprint import data_fingerprint
-
-        cfg.resolved_variant_config()  # validates the overrides once, naming a bad field
-        spec = get_task(cfg.task)
-        cfg = dataclasses.replace(cfg, task=spec.name, task_version=spec.version)
-        key, data = self.task(spec, cfg)
-        if key not in self.fingerprints:
-            self.fingerprints[key] = data_fingerprint(data)
-        return dataclasses.replace(
-            cfg, data_fingerprint=self.fingerprints[key], model_fingerprint=model_fingerprint(cfg.model)
-        )
-
-    def task(self, spec: TaskSpec, cfg: RunConfig) -> tuple[tuple, TaskData]:
-        from lorabench.tasks import load_task
-
-        seed = None if spec.source in SEED_INDEPENDENT_SOURCES else cfg.seed
-        key = (spec.name, spec.version, cfg.data_dir, cfg.model, seed, cfg.train.max_train_examples, cfg.train.max_eval_examples)
-        if key not in self.tasks:
-            request = LoadRequest(
-                data_dir=cfg.data_dir,
-                model=cfg.model,
-                seed=cfg.seed,
-                max_train_examples=cfg.train.max_train_examples,
-                max_eval_examples=cfg.train.max_eval_examples,
-            )
-            self.tasks[key] = load_task(spec, request)
-        return key, self.tasks[key]
-
-    def model(self, name: str | None, spec: TaskSpec) -> tuple[nn.Module, Any]:
-        """A fresh copy of the base model with a head for ``spec``, and its tokenizer."""
-        from lorabench.models import load_model_and_tokenizer
-
-        key = (name, spec.num_labels, spec.task_type)
-        if key not in self.models:
-            self.models[key] = load_model_and_tokenizer(
-                name, num_labels=spec.num_labels, regression=spec.task_type == "regression"
-            )
-        base, tokenizer = self.models[key]
-        return copy.deepcopy(base), tokenizer
-
-    def splits(self, task_key: tuple, data: TaskData, tokenizer: Any, max_length: int) -> tuple[TokenizedSplit, dict[str, TokenizedSplit]]:
-        key = (*task_key, getattr(tokenizer, "name_or_path", id(tokenizer)), max_length)
-        if key not in self.tokenized:
-            spec = data.spec
-            train = tokenize_split(data.split(spec.train_split), spec, tokenizer, max_length)
-            evals = {name: tokenize_split(data.split(name), spec, tokenizer, max_length) for name in spec.eval_splits}
-            self.tokenized[key] = (train, evals)
-        return self.tokenized[key]
-
-
-def _load_head_state(model: nn.Module, head_state: Mapping[str, torch.Tensor], task: str) -> None:
-    """Loads a generated task's head (keys as in the model's state_dict), failing loudly."""
-    own = model.state_dict()
-    unknown = sorted(set(head_state) - set(own))
-    if unknown:
-        raise KeyError(
-            f"task {task!r} provides head tensors {unknown} that the model does not have (it has "
-            f"e.g. {head_parameter_names(model)}); generate the "
-            "task for this model"
-        )
-    model.load_state_dict(dict(head_state), strict=False)
 
 
 def _adapter_bytes(adapter: Any, model: nn.Module, head_trained: bool, out_dir: Path | None) -> int:
@@ -222,7 +114,6 @@ def execute_run(
     """
     from lorabench.models import model_name
     from lorabench.variants import VARIANTS
-    from lorabench.variants.adapter import attach, make_config
 
     cache = cache or RunCache()
     device = torch.device(device) if device is not None else default_device()
@@ -248,50 +139,21 @@ def execute_run(
         started_at=_now(),
     )
     try:
-        from lorabench.tasks import get_task
-
         if resolve_error is not None:
             raise resolve_error
-        spec = get_task(cfg.task)
-        variant_cls = VARIANTS.get(cfg.variant)
-        variant_cfg = make_config(variant_cls, dict(cfg.variant_config))
-        record.variant_version = variant_cls.version
+        prepared = prepare_run(cfg, cache, device=device)
+        spec, variant_cfg, data = prepared.spec, prepared.variant_config, prepared.data
+        record.variant_version = VARIANTS.get(cfg.variant).version
         record.task_version = spec.version
         record.primary_metric = spec.primary_metric
         record.higher_is_better = spec.higher_is_better
         record.rank = variant_cfg.nominal_rank
         record.config["resolved_variant_config"] = variant_cfg.to_dict()
-
-        task_key, data = cache.task(spec, cfg)
         record.config["data_source"] = data.source
         if data.extras.get("true_ranks") is not None:
             record.true_ranks = {k: int(v) for k, v in data.extras["true_ranks"].items()}
-        model, tokenizer = cache.model(cfg.model, spec)
-        seed_everything(cfg.seed)
-        reset_head(model, cfg.seed)
-        if data.extras.get("head_state"):
-            _load_head_state(model, data.extras["head_state"], spec.name)
-        train_head = bool(cfg.train.train_head) and not data.extras.get("freeze_head", False)
-        model.to(device)
-        adapter = attach(model, variant_cls, variant_cfg)
-        train_split, eval_splits = cache.splits(task_key, data, tokenizer, cfg.train.max_length)
-
-        trainer = Trainer(
-            model,
-            adapter,
-            spec=spec,
-            train_split=train_split,
-            eval_splits=eval_splits,
-            train_cfg=cfg.train,
-            budget=cfg.budget,
-            seed=cfg.seed,
-            pad_id=int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0),
-            device=device,
-            train_head=train_head,
-            on_eval=on_eval,
-            progress=progress,
-            progress_desc=f"{cfg.variant}/{cfg.task}/seed {cfg.seed}",
-        )
+        model, adapter, train_head = prepared.model, prepared.adapter, prepared.train_head
+        trainer = Trainer(prepared, on_eval=on_eval, progress=progress)
         head_params = head_parameters(model) if train_head else []
         record.adapter_params = adapter.num_trainable_parameters()
         record.trainable_params = record.adapter_params + sum(p.numel() for p in head_params)

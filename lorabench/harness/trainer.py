@@ -22,14 +22,14 @@ import math
 import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from lorabench.harness.batches import BatchPlan, TokenizedSplit, iterate_eval
-from lorabench.harness.config import Budget, TrainConfig
+from lorabench.harness.batches import BatchPlan, iterate_eval
+from lorabench.harness.config import TrainConfig
 from lorabench.harness.meter import (
     TIMING_PROBE_STEPS,
     Spend,
@@ -40,8 +40,9 @@ from lorabench.harness.meter import (
 from lorabench.models import head_parameters
 from lorabench.results.records import CurvePoint
 from lorabench.tasks.metrics import compute_metrics
-from lorabench.tasks.spec import TaskSpec
-from lorabench.variants.adapter import Adapter
+
+if TYPE_CHECKING:
+    from lorabench.harness.prepared import PreparedRun
 
 # Loss points per run in the learning curve (more steps are averaged into one point).
 CURVE_POINTS = 50
@@ -124,34 +125,27 @@ class Trainer:
 
     def __init__(
         self,
-        model: nn.Module,
-        adapter: Adapter,
+        prepared: PreparedRun,
         *,
-        spec: TaskSpec,
-        train_split: TokenizedSplit,
-        eval_splits: dict[str, TokenizedSplit],
-        train_cfg: TrainConfig,
-        budget: Budget,
-        seed: int,
-        pad_id: int,
-        device: torch.device,
-        train_head: bool = True,
         on_eval: OnEval | None = None,
         progress: bool = True,
-        progress_desc: str = "",
     ) -> None:
+        if prepared.adapter is None:
+            raise ValueError("the prepared run has no adapter attached (prepare_run(attach=True))")
+        cfg = prepared.cfg
+        model, adapter, train_head = prepared.model, prepared.adapter, prepared.train_head
         self.model = model
         self.adapter = adapter
-        self.spec = spec
-        self.eval_splits = eval_splits
-        self.cfg = train_cfg
-        self.budget = budget
-        self.pad_id = pad_id
-        self.device = device
+        self.spec = prepared.spec
+        self.eval_splits = prepared.eval_splits
+        self.cfg = cfg.train
+        self.budget = cfg.budget
+        self.pad_id = prepared.pad_id
+        self.device = prepared.device
         self.on_eval = on_eval
         self.progress = progress
-        self.progress_desc = progress_desc
-        self.plan = BatchPlan(train_split, train_cfg.batch_size, seed=seed)
+        self.progress_desc = prepared.progress_desc
+        self.plan = BatchPlan(prepared.train_split, cfg.train.batch_size, seed=cfg.seed)
         self.head_params = head_parameters(model) if train_head else []
         for p in self.head_params:
             p.requires_grad_(True)
@@ -159,8 +153,8 @@ class Trainer:
         self.params = [*self.adapter_params, *self.head_params]
         self.spend = Spend()
         self.curve: list[CurvePoint] = []
-        self._train_watch = Stopwatch(device)
-        self._eval_watch = Stopwatch(device)
+        self._train_watch = Stopwatch(self.device)
+        self._eval_watch = Stopwatch(self.device)
 
     # -- one step's pieces ------------------------------------------------------------------
     def _batch(self, step: int) -> dict[str, torch.Tensor]:

@@ -206,7 +206,7 @@ def prepare_search(cfg: SearchConfig, *, cache: Any = None, probe: bool = True) 
     When the search and trial budgets are in different units and no trial has finished yet,
     ``probe`` estimates one trial's spend from the task's batches and a forward-backward pass
     (:mod:`lorabench.search.probe`, no training), loading the task and the model into
-    ``cache`` (a :class:`~lorabench.harness.runner.RunCache`, shared with the trials).
+    ``cache`` (a :class:`~lorabench.harness.prepared.RunCache`, shared with the trials).
     """
     from lorabench.tasks import get_task
     from lorabench.variants import VARIANTS
@@ -256,7 +256,7 @@ def prepare_search(cfg: SearchConfig, *, cache: Any = None, probe: bool = True) 
     _check_budget_fits_a_trial(cfg, trials)  # with observed trials
     if probe and estimate_trial_spend(cfg.trial_budget, cfg.budget.kind, trials) is None:
         if cache is None:
-            from lorabench.harness.runner import RunCache
+            from lorabench.harness.prepared import RunCache
 
             cache = RunCache()
         _check_budget_fits_an_estimated_trial(cfg, _run_config(cfg, dict(space.fixed)), cache)

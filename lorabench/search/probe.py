@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from lorabench.harness.config import RunConfig
-    from lorabench.harness.runner import RunCache
+    from lorabench.harness.prepared import RunCache
 
 # Forward-backward passes timed for a seconds estimate, after one untimed warm-up.
 TIMED_PASSES = 3
@@ -54,16 +54,15 @@ def estimate_trial(run_cfg: RunConfig, unit: str, cache: RunCache, device: Any =
     """
     from lorabench.harness.batches import BatchPlan
     from lorabench.harness.meter import plan_steps
-    from lorabench.tasks import get_task
+    from lorabench.harness.prepared import prepare_run
 
     if run_cfg.budget.kind == "seconds":
         return None
-    spec = get_task(run_cfg.task)
-    task_key, data = cache.task(spec, run_cfg)
-    model, tokenizer = cache.model(run_cfg.model, spec)  # a private copy of the base model
-    train_split, _ = cache.splits(task_key, data, tokenizer, run_cfg.train.max_length)
-    plan = BatchPlan(train_split, run_cfg.train.batch_size, seed=run_cfg.seed)
-    pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+    # The same prepared run a trial trains (a private copy of the base model), left bare: the
+    # adapter is attached inside the guarded measurement below.
+    prepared = prepare_run(run_cfg, cache, device=device, attach=False)
+    model, pad_id = prepared.model, prepared.pad_id
+    plan = BatchPlan(prepared.train_split, run_cfg.train.batch_size, seed=run_cfg.seed)
 
     flops_per_padded_token = seconds_per_padded_token = 0.0
     if run_cfg.budget.kind == "flops" or unit in MEASURED_UNITS:
@@ -96,11 +95,9 @@ def _measure(model: Any, run_cfg: RunConfig, plan: Any, pad_id: int, device: Any
     import torch
 
     from lorabench.harness.meter import count_flops
-    from lorabench.harness.runner import default_device
     from lorabench.variants.adapter import attach
 
-    device = torch.device(device) if device is not None else default_device()
-    model.to(device)
+    device = next(model.parameters()).device
     model.train()
     attach(model, run_cfg.variant, dict(run_cfg.variant_config))
 

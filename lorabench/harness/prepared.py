@@ -1,0 +1,199 @@
+"""A run made ready to train: the shared cache of one process, and the prepared-run object.
+
+:class:`RunCache` keeps what the runs of one suite (or the trials of one search) share: loaded
+task data and its fingerprint, tokenised splits and the loaded base models. It also *resolves* a
+run (:meth:`RunCache.resolve`): the run's identity needs the data it reads.
+
+:func:`prepare_run` turns a resolved run into a :class:`PreparedRun`: a fresh copy of the model
+with its task head drawn for the seed (or a generated task's frozen head loaded), the variant
+attached, and the tokenised splits. The runner trains it (``Trainer(prepared)``); the search's
+probe measures one step of it. Everything a run needs is on this one object.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from lorabench.harness.batches import TokenizedSplit, tokenize_split
+from lorabench.harness.config import RunConfig
+from lorabench.models import head_parameter_names, reset_head
+from lorabench.tasks.data import LoadRequest, TaskData
+from lorabench.tasks.spec import TaskSpec
+from lorabench.variants.adapter import Adapter
+from lorabench.variants.base import VariantConfig
+
+# Sources whose rows never depend on the seed: their loaded data is shared by every seed.
+SEED_INDEPENDENT_SOURCES = frozenset({"glue", "custom"})
+
+
+def default_device() -> torch.device:
+    """``LORABENCH_DEVICE`` if set, else CUDA when available, else CPU."""
+    wanted = os.environ.get("LORABENCH_DEVICE")
+    if wanted:
+        return torch.device(wanted)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+
+
+@dataclass
+class RunCache:
+    """What the runs of one suite share: loaded tasks, tokenised splits, loaded base models.
+
+    Models are cached as loaded (on CPU) and handed out as deep copies, so no run sees another's
+    training. Generated tasks (planted-rank) depend on the seed and are cached per seed.
+    """
+
+    tasks: dict[tuple, TaskData] = field(default_factory=dict)
+    tokenized: dict[tuple, tuple[TokenizedSplit, dict[str, TokenizedSplit]]] = field(default_factory=dict)
+    models: dict[tuple, tuple[nn.Module, Any]] = field(default_factory=dict)
+    fingerprints: dict[tuple, str] = field(default_factory=dict)
+
+    def resolve(self, cfg: RunConfig) -> RunConfig:
+        """The run ``cfg`` describes, as it will happen: the task's registered name (a custom
+        task's YAML ``name``, whichever path spelling led to it) and version, the fingerprint of
+        the data it reads (loaded once per suite and kept for the runs) and of the model's
+        files. Its :attr:`~RunConfig.run_id` is the run's identity.
+
+        Raises what loading raises (a missing data folder, a bad custom task, an unknown
+        variant field): these are known before any run trains.
+        """
+        from lorabench.models import model_fingerprint
+        from lorabench.tasks import get_task
+        from lorabench.tasks.fingerprint import data_fingerprint
+
+        cfg.resolved_variant_config()  # validates the overrides once, naming a bad field
+        spec = get_task(cfg.task)
+        cfg = dataclasses.replace(cfg, task=spec.name, task_version=spec.version)
+        key, data = self.task(spec, cfg)
+        if key not in self.fingerprints:
+            self.fingerprints[key] = data_fingerprint(data)
+        return dataclasses.replace(
+            cfg, data_fingerprint=self.fingerprints[key], model_fingerprint=model_fingerprint(cfg.model)
+        )
+
+    def task(self, spec: TaskSpec, cfg: RunConfig) -> tuple[tuple, TaskData]:
+        from lorabench.tasks import load_task
+
+        seed = None if spec.source in SEED_INDEPENDENT_SOURCES else cfg.seed
+        key = (spec.name, spec.version, cfg.data_dir, cfg.model, seed, cfg.train.max_train_examples, cfg.train.max_eval_examples)
+        if key not in self.tasks:
+            request = LoadRequest(
+                data_dir=cfg.data_dir,
+                model=cfg.model,
+                seed=cfg.seed,
+                max_train_examples=cfg.train.max_train_examples,
+                max_eval_examples=cfg.train.max_eval_examples,
+            )
+            self.tasks[key] = load_task(spec, request)
+        return key, self.tasks[key]
+
+    def model(self, name: str | None, spec: TaskSpec) -> tuple[nn.Module, Any]:
+        """A fresh copy of the base model with a head for ``spec``, and its tokenizer."""
+        from lorabench.models import load_model_and_tokenizer
+
+        key = (name, spec.num_labels, spec.task_type)
+        if key not in self.models:
+            self.models[key] = load_model_and_tokenizer(
+                name, num_labels=spec.num_labels, regression=spec.task_type == "regression"
+            )
+        base, tokenizer = self.models[key]
+        return copy.deepcopy(base), tokenizer
+
+    def splits(self, task_key: tuple, data: TaskData, tokenizer: Any, max_length: int) -> tuple[TokenizedSplit, dict[str, TokenizedSplit]]:
+        key = (*task_key, getattr(tokenizer, "name_or_path", id(tokenizer)), max_length)
+        if key not in self.tokenized:
+            spec = data.spec
+            train = tokenize_split(data.split(spec.train_split), spec, tokenizer, max_length)
+            evals = {name: tokenize_split(data.split(name), spec, tokenizer, max_length) for name in spec.eval_splits}
+            self.tokenized[key] = (train, evals)
+        return self.tokenized[key]
+
+
+
+
+def _load_head_state(model: nn.Module, head_state: Mapping[str, torch.Tensor], task: str) -> None:
+    """Loads a generated task's head (keys as in the model's state_dict), failing loudly."""
+    own = model.state_dict()
+    unknown = sorted(set(head_state) - set(own))
+    if unknown:
+        raise KeyError(
+            f"task {task!r} provides head tensors {unknown} that the model does not have (it has "
+            f"e.g. {head_parameter_names(model)}); generate the "
+            "task for this model"
+        )
+    model.load_state_dict(dict(head_state), strict=False)
+
+
+@dataclass
+class PreparedRun:
+    """One resolved run, loaded and ready to train."""
+
+    cfg: RunConfig  # resolved: cfg.run_id is the run's identity
+    spec: TaskSpec
+    data: TaskData
+    variant_config: VariantConfig  # the variant's config after its defaults, validated
+    model: nn.Module  # a private copy of the base model, on ``device``, head drawn for the seed
+    tokenizer: Any
+    train_split: TokenizedSplit
+    eval_splits: dict[str, TokenizedSplit]
+    device: torch.device
+    train_head: bool  # False for generated tasks whose head is part of the task (frozen)
+    adapter: Adapter | None = None  # attached by prepare_run unless attach=False
+
+    @property
+    def pad_id(self) -> int:
+        return int(self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0)
+
+    @property
+    def progress_desc(self) -> str:
+        return f"{self.cfg.variant}/{self.cfg.task}/seed {self.cfg.seed}"
+
+
+def prepare_run(
+    cfg: RunConfig,
+    cache: RunCache,
+    *,
+    device: torch.device | str | None = None,
+    attach: bool = True,
+) -> PreparedRun:
+    """Loads everything ``cfg`` needs (through ``cache``) and returns it ready to train.
+
+    ``cfg`` is resolved first when it is not yet. ``attach=False`` leaves the model bare (a
+    probe that attaches its own way).
+    """
+    from lorabench.harness.trainer import seed_everything
+    from lorabench.tasks import get_task
+    from lorabench.variants import VARIANTS
+    from lorabench.variants.adapter import attach as attach_variant
+    from lorabench.variants.adapter import make_config
+
+    if not cfg.resolved:
+        cfg = cache.resolve(cfg)
+    device = torch.device(device) if device is not None else default_device()
+    spec = get_task(cfg.task)
+    variant_cls = VARIANTS.get(cfg.variant)
+    variant_config = make_config(variant_cls, dict(cfg.variant_config))
+    task_key, data = cache.task(spec, cfg)
+    model, tokenizer = cache.model(cfg.model, spec)
+    seed_everything(cfg.seed)
+    reset_head(model, cfg.seed)
+    if data.extras.get("head_state"):
+        _load_head_state(model, data.extras["head_state"], spec.name)
+    train_head = bool(cfg.train.train_head) and not data.extras.get("freeze_head", False)
+    model.to(device)
+    adapter = attach_variant(model, variant_cls, variant_config) if attach else None
+    train_split, eval_splits = cache.splits(task_key, data, tokenizer, cfg.train.max_length)
+    return PreparedRun(
+        cfg=cfg, spec=spec, data=data, variant_config=variant_config, model=model,
+        tokenizer=tokenizer, train_split=train_split, eval_splits=eval_splits, device=device,
+        train_head=train_head, adapter=adapter,
+    )  # fmt: skip

@@ -12,7 +12,6 @@ record is never replaced by a failed or pruned one, so a crashed re-run cannot l
 
 from __future__ import annotations
 
-import importlib.util
 import random
 import time
 import warnings
@@ -24,6 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine, make_url
 
 from lorabench.results.records import RunRecord
+from lorabench.results.urls import DatabaseURLError, database_url, redact
 
 STORE_SCHEMA_VERSION = 1
 APP_NAME = "lorabench"
@@ -60,33 +60,11 @@ class ResultStoreError(RuntimeError):
 
 
 def results_database_url(url_or_path: str | Path) -> str:
-    """A SQLAlchemy URL: a plain path becomes ``sqlite:///ABSPATH``; URLs pass through.
-
-    A bare ``postgresql://`` gets whichever PostgreSQL driver is installed (psycopg or psycopg2).
-    """
-    text = str(url_or_path).strip()
-    if not text:
-        raise ResultStoreError("the results database is empty: give a path (runs/results.db) or a database URL")
-    if "://" not in text:
-        return "sqlite:///" + str(Path(text).expanduser().resolve())
+    """A SQLAlchemy URL for the results database (see :func:`lorabench.results.urls.database_url`)."""
     try:
-        parsed = make_url(text)
-    except Exception as exc:
-        raise ResultStoreError(
-            f"results URL {_redact(text)!r} is malformed ({exc}); e.g. postgresql://user@host:5432/db or a file path"
-        ) from None
-    if parsed.drivername == "postgresql":
-        for module in ("psycopg", "psycopg2"):
-            if importlib.util.find_spec(module) is not None:
-                return parsed.set(drivername=f"postgresql+{module}").render_as_string(hide_password=False)
-    return text
-
-
-def _redact(url: str) -> str:
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url
+        return database_url(url_or_path, what="results database")
+    except DatabaseURLError as exc:
+        raise ResultStoreError(str(exc)) from None
 
 
 class ResultStore:
@@ -105,7 +83,7 @@ class ResultStore:
         self.path: Path | None = None
         if self.is_sqlite and parsed.database and parsed.database != ":memory:":
             self.path = Path(parsed.database)
-        self.name = str(self.path) if self.path is not None else _redact(self.url)
+        self.name = str(self.path) if self.path is not None else redact(self.url)
         if self.path is not None:
             if not create and not self.path.exists():
                 raise ResultStoreError(

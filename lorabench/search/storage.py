@@ -11,18 +11,19 @@ Database storages run Optuna's heartbeat, so the trial of a killed worker is mar
 
 from __future__ import annotations
 
-import importlib.util
 import random
-import re
 import time
 import warnings
 from pathlib import Path
 
 import optuna
 import sqlalchemy
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import make_url
 
 from lorabench.harness.config import BenchmarkConfigError
+from lorabench.results.urls import DatabaseURLError, with_installed_driver
+from lorabench.results.urls import database_url as results_url
+from lorabench.results.urls import redact as redact_url
 
 JOURNAL_PREFIX = "journal:"
 CONNECT_TIMEOUT_S = 5
@@ -43,19 +44,15 @@ def normalize_storage_url(url_or_path: str) -> str:
         if not path:
             raise StorageError("journal storage needs a file: journal:/path/to/search.journal")
         return JOURNAL_PREFIX + str(Path(path).expanduser().resolve())
-    if "://" not in text:
-        return "sqlite:///" + str(Path(text).expanduser().resolve())
-    return text
+    try:
+        return results_url(text, what="search storage")
+    except DatabaseURLError as exc:
+        raise StorageError(str(exc)) from None
 
 
 def redact(url: str) -> str:
-    """The URL with any password hidden, for messages and records."""
-    if url.startswith(JOURNAL_PREFIX):
-        return url
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a SQLAlchemy URL: hide anything that looks like user:password@
-        return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
+    """The URL with any password hidden, for messages and records (a journal path as is)."""
+    return url if url.startswith(JOURNAL_PREFIX) else redact_url(url)
 
 
 def open_storage(
@@ -77,7 +74,8 @@ def open_storage(
         parsed = make_url(url)
     except Exception as exc:
         raise StorageError(f"storage URL {redact(url)!r} is malformed ({exc}); e.g. postgresql://user@host:5432/db") from None
-    url, parsed = _with_installed_driver(url, parsed)
+    parsed = with_installed_driver(parsed)
+    url = parsed.render_as_string(hide_password=False)
     engine_kwargs: dict = {}
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database or ""
@@ -112,25 +110,15 @@ def open_storage(
 
 def database_url(url_or_path: str) -> str:
     """A SQLAlchemy URL for a path or URL, with an installed PostgreSQL driver (results DB)."""
-    url = normalize_storage_url(url_or_path)
-    if url.startswith(JOURNAL_PREFIX):
-        raise StorageError(f"{url_or_path!r}: a journal file holds studies only; give the results a path or database URL")
-    return _with_installed_driver(url, make_url(url))[0]
-
-
-def _with_installed_driver(url: str, parsed: URL) -> tuple[str, URL]:
-    """``postgresql://`` with whichever PostgreSQL driver is installed.
-
-    SQLAlchemy 2.1 maps a bare ``postgresql://`` to psycopg 3, 2.0 to psycopg2; users and the
-    ``postgres`` extra may have either, so a bare URL falls back to the one that imports.
-    """
-    if parsed.drivername != "postgresql":
-        return url, parsed
-    for module, driver in (("psycopg", "psycopg"), ("psycopg2", "psycopg2")):
-        if importlib.util.find_spec(module) is not None:
-            parsed = parsed.set(drivername=f"postgresql+{driver}")
-            return parsed.render_as_string(hide_password=False), parsed
-    return url, parsed
+    if str(url_or_path).strip().startswith(JOURNAL_PREFIX):
+        raise StorageError(
+            f"{url_or_path!r}: a journal file holds studies only; give the results a path or "
+            "database URL"
+        )
+    try:
+        return results_url(url_or_path, what="results database")
+    except DatabaseURLError as exc:
+        raise StorageError(str(exc)) from None
 
 
 def check_reachable(url: str, engine_kwargs: dict | None = None) -> None:

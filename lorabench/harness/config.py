@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from lorabench.results.records import config_hash
+
+if TYPE_CHECKING:
+    from lorabench.variants.base import VariantConfig
 
 BudgetKind = Literal["steps", "tokens", "seconds", "flops"]
 BUDGET_KINDS: tuple[str, ...] = ("steps", "tokens", "seconds", "flops")
@@ -203,19 +206,20 @@ class RunConfig:
         """Whether the data this run reads is known (see ``RunCache.resolve``)."""
         return bool(self.data_fingerprint)
 
+    def variant_config_object(self) -> VariantConfig:
+        """The variant's config: its defaults with this run's overrides (see
+        :func:`build_variant_config`)."""
+        return build_variant_config(self.variant, self.variant_config)
+
     def resolved_variant_config(self) -> dict[str, Any]:
-        """The variant's full config: its defaults with this run's overrides applied (validated;
-        a bad override raises the variant's ConfigError naming the field)."""
+        """The variant's full config as plain data; for a record of a plugin that is not
+        installed here, the overrides as stored (all that is known of it)."""
         from lorabench.registry import UnknownNameError
-        from lorabench.variants import VARIANTS
-        from lorabench.variants.adapter import make_config
 
         try:
-            variant_cls = VARIANTS.get(self.variant)
+            return self.variant_config_object().to_dict()
         except UnknownNameError:
-            # A record of a plugin that is not installed here: its overrides are all we know.
             return dict(self.variant_config)
-        return make_config(variant_cls, dict(self.variant_config)).to_dict()
 
     def settings(self) -> dict[str, Any]:
         """What the run computes, apart from the data it reads: the identity without the data's
@@ -258,6 +262,20 @@ class RunConfig:
     def settings_id(self) -> str:
         """The hash of :meth:`settings`: equal for the same run on other data."""
         return config_hash(self.settings())
+
+
+def build_variant_config(variant: str, overrides: dict[str, Any] | None = None) -> VariantConfig:
+    """The one place a variant's overrides become its config: the registered variant's
+    defaults, the overrides applied, every field validated. Suites, runs, the search and the
+    runner all call this, so an override is checked (and defaulted) the same way everywhere.
+
+    Raises the registry's UnknownNameError for an unknown variant and the variant's
+    ConfigError (a ValueError) naming the field for a bad value.
+    """
+    from lorabench.variants import VARIANTS
+    from lorabench.variants.adapter import make_config
+
+    return make_config(VARIANTS.get(variant), dict(overrides or {}))
 
 
 def _task_name(task: str) -> str:

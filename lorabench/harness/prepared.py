@@ -174,14 +174,13 @@ def prepare_run(
     from lorabench.tasks import get_task
     from lorabench.variants import VARIANTS
     from lorabench.variants.adapter import attach as attach_variant
-    from lorabench.variants.adapter import make_config
 
     if not cfg.resolved:
         cfg = cache.resolve(cfg)
     device = torch.device(device) if device is not None else default_device()
     spec = get_task(cfg.task)
     variant_cls = VARIANTS.get(cfg.variant)
-    variant_config = make_config(variant_cls, dict(cfg.variant_config))
+    variant_config = cfg.variant_config_object()
     task_key, data = cache.task(spec, cfg)
     model, tokenizer = cache.model(cfg.model, spec)
     seed_everything(cfg.seed)

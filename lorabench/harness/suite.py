@@ -37,6 +37,7 @@ from lorabench.harness.config import (
     Budget,
     RunConfig,
     TrainConfig,
+    build_variant_config,
 )
 
 PRESET_PACKAGE = "lorabench.presets"
@@ -140,13 +141,11 @@ class SuiteConfig:
         """Checks every name against the registries and every variant config against its class."""
         from lorabench.registry import UnknownNameError
         from lorabench.tasks import get_task
-        from lorabench.variants import VARIANTS
-        from lorabench.variants.adapter import make_config
         from lorabench.variants.base import ConfigError
 
         for i, entry in enumerate(self.variants):
             try:
-                make_config(VARIANTS.get(entry.variant), dict(entry.config))
+                build_variant_config(entry.variant, entry.config)
             except UnknownNameError as exc:
                 raise SuiteConfigError(f"{where}: variants[{i}]: {exc}") from None
             except (ConfigError, TypeError, ValueError) as exc:

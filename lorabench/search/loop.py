@@ -547,7 +547,6 @@ class _SearchLoop:
 
     # -- the objective ------------------------------------------------------------------------
     def objective(self, trial: optuna.Trial) -> float | tuple[float, float]:
-        from lorabench.variants import VARIANTS
 
         p, cfg = self.p, self.p.config
         started = time.monotonic()
@@ -558,7 +557,7 @@ class _SearchLoop:
         params = p.space.suggest(trial, p.base_values)
         run_cfg = _run_config(cfg, params)
         try:
-            VARIANTS.get(cfg.variant).config_class.from_dict(run_cfg.variant_config)
+            run_cfg.variant_config_object()
         except ValueError as exc:  # e.g. a target rank above the initial rank
             self._end_without_run(trial, f"invalid config: {exc}")
             raise TrialFailed(f"invalid config {run_cfg.variant_config}: {exc}") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -12,6 +13,7 @@ import transformers
 from lorabench.models import load_model_and_tokenizer
 from lorabench.tasks import TASKS, LoadRequest, list_tasks, load_task
 from lorabench.tasks import planted as P
+from lorabench.tasks.planted import source as planted_source
 from lorabench.variants.base import ConfigError
 
 WORDS = [
@@ -19,7 +21,7 @@ WORDS = [
     "music", "paper", "smile", "train", "water", "night", "plant", "story", "bread", "chair",
     "field", "glass", "horse", "money", "ocean", "piano", "queen", "radio", "sugar", "tiger",
     "uncle", "voice", "whale", "youth", "zebra", "amber", "brick", "candy", "daisy", "eagle",
-]
+]  # fmt: skip
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 PIECES = ["##s", "##ing", ",", ".", "!", "a"]  # word pieces, punctuation, one letter: never sampled
 
@@ -38,7 +40,7 @@ def bert_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     cfg = transformers.BertConfig(
         vocab_size=len(SPECIALS + WORDS + PIECES), hidden_size=32, num_hidden_layers=2,
         num_attention_heads=4, intermediate_size=64, max_position_embeddings=64,
-    )
+    )  # fmt: skip
     transformers.BertForSequenceClassification(cfg).save_pretrained(folder)
     return str(folder)
 
@@ -52,7 +54,7 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 SPEC = P.planted_spec(
     "planted-test", ranks={"query": 2, "value": [1, 3]}, scale=4.0, num_train=200,
     num_validation=100, min_words=3, max_words=8,
-)
+)  # fmt: skip
 LAYER = "bert.encoder.layer.{}.attention.self.{}"
 
 
@@ -94,7 +96,7 @@ def test_rows_labels_and_extras(bert_dir: str) -> None:
     assert data.extras["true_ranks"] == {
         LAYER.format(0, "query"): 2, LAYER.format(1, "query"): 2,
         LAYER.format(0, "value"): 1, LAYER.format(1, "value"): 3,
-    }
+    }  # fmt: skip
     assert data.extras["teacher"]["planted_rank_total"] == 8
 
 
@@ -126,7 +128,9 @@ def test_planted_deltas_have_exactly_the_planted_rank(bert_dir: str) -> None:
         top = torch.linalg.matrix_norm(base.get_submodule(name).weight.detach().double(), ord=2)
         assert torch.allclose(sv, (SPEC.options["scale"] * top).expand(rank), rtol=1e-5)
     untouched = "bert.encoder.layer.0.attention.self.key"
-    assert torch.equal(teacher.model.get_submodule(untouched).weight, base.get_submodule(untouched).weight)
+    assert torch.equal(
+        teacher.model.get_submodule(untouched).weight, base.get_submodule(untouched).weight
+    )
 
 
 def test_rank_zero_is_recorded_and_leaves_the_matrix_untouched(bert_dir: str) -> None:
@@ -136,7 +140,9 @@ def test_rank_zero_is_recorded_and_leaves_the_matrix_untouched(bert_dir: str) ->
     assert not teacher.deltas[LAYER.format(0, "query")].any()
 
 
-def test_same_seed_same_task_other_seed_other_task(bert_dir: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_same_seed_same_task_other_seed_other_task(
+    bert_dir: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     first = _load(bert_dir, seed=1)
     monkeypatch.setenv("LORABENCH_CACHE", str(tmp_path / "elsewhere"))  # regenerate from scratch
     again = _load(bert_dir, seed=1)
@@ -149,10 +155,15 @@ def test_same_seed_same_task_other_seed_other_task(bert_dir: str, tmp_path: Path
 
     other = _load(bert_dir, seed=2)
     assert not first.split("train")["sentence"].equals(other.split("train")["sentence"])
-    assert not torch.equal(first.extras["head_state"]["classifier.weight"], other.extras["head_state"]["classifier.weight"])
+    assert not torch.equal(
+        first.extras["head_state"]["classifier.weight"],
+        other.extras["head_state"]["classifier.weight"],
+    )
 
 
-def test_cache_is_reused_and_rebuilt_when_corrupt(bert_dir: str, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cache_is_reused_and_rebuilt_when_corrupt(
+    bert_dir: str, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     first = _load(bert_dir)
     path = Path(first.extras["cache_file"])
     assert path.parent == cache / "planted" and path.is_file()
@@ -160,7 +171,8 @@ def test_cache_is_reused_and_rebuilt_when_corrupt(bert_dir: str, cache: Path, mo
 
     calls = []
     real = P.generate_planted
-    monkeypatch.setattr(P, "generate_planted", lambda *a: calls.append(a) or real(*a))
+    # load_planted looks generate_planted up in its own module, so patch it there.
+    monkeypatch.setattr(planted_source, "generate_planted", lambda *a: calls.append(a) or real(*a))
     again = _load(bert_dir)
     assert calls == []  # read from the cache
     pd.testing.assert_frame_equal(first.split("train"), again.split("train"))
@@ -172,6 +184,18 @@ def test_cache_is_reused_and_rebuilt_when_corrupt(bert_dir: str, cache: Path, mo
     rebuilt = _load(bert_dir)
     assert len(calls) == 2
     pd.testing.assert_frame_equal(first.split("train"), rebuilt.split("train"))
+
+
+def test_a_copied_model_reuses_the_cache_entry(
+    bert_dir: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = _load(bert_dir)
+    # shutil.copy, not copy2: the copy has new modification times, only the content is the same.
+    copy = shutil.copytree(bert_dir, tmp_path / "copied-bert", copy_function=shutil.copy)
+    monkeypatch.setattr(planted_source, "generate_planted", lambda *a: pytest.fail("regenerated"))
+    again = _load(str(copy))
+    assert again.extras["cache_file"] == first.extras["cache_file"]
+    pd.testing.assert_frame_equal(first.split("train"), again.split("train"))
 
 
 def test_example_limits_take_a_fixed_subset(bert_dir: str) -> None:
@@ -204,9 +228,12 @@ def test_head_without_bias_is_centred(tmp_path_factory: pytest.TempPathFactory) 
     torch.manual_seed(0)
     cfg = transformers.GPT2Config(
         vocab_size=len(SPECIALS + WORDS + PIECES), n_embd=32, n_layer=2, n_head=4, n_positions=64,
-    )
+    )  # fmt: skip
     transformers.GPT2ForSequenceClassification(cfg).save_pretrained(folder)
-    spec = P.planted_spec("planted-gpt2", ranks={"c_attn": 2}, num_train=200, num_validation=50, min_words=3, max_words=8)
+    spec = P.planted_spec(
+        "planted-gpt2", ranks={"c_attn": 2}, num_train=200, num_validation=50, min_words=3,
+        max_words=8,
+    )  # fmt: skip
     data = load_task(spec, LoadRequest(model=str(folder)))
     assert set(data.extras["head_state"]) == {"score.weight"}
     assert data.extras["true_ranks"] == {f"transformer.h.{i}.attn.c_attn": 2 for i in range(2)}

@@ -57,10 +57,12 @@ _YAML_KEYS = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from lorabench.search.loop import DEFAULT_TRIAL_BUDGET
+
     parser.add_argument("--variants", help="comma-separated variant names (see 'lorabench list variants')")
     parser.add_argument("--tasks", help="comma-separated task names (see 'lorabench list tasks')")
     parser.add_argument("--budget", help="total spend of each study: steps=N, tokens=N, seconds=N or flops=N")
-    parser.add_argument("--trial-budget", dest="trial_budget", help="training budget of one trial (default steps=200)")
+    parser.add_argument("--trial-budget", dest="trial_budget", help=f"training budget of one trial (default {DEFAULT_TRIAL_BUDGET})")
     parser.add_argument("--config", type=Path, help="YAML file with any of the settings below and search-space overrides")
     parser.add_argument("--model", help="model name or path (default: the packaged all-MiniLM-L6-v2)")
     parser.add_argument("--data-dir", dest="data_dir", help="folder with the task data (e.g. GLUE TSVs)")
@@ -184,7 +186,7 @@ def _settings(args: argparse.Namespace, *, need_budget: bool = True) -> dict[str
 
 def _search_configs(settings: dict[str, Any]) -> list:
     from lorabench.harness.config import BenchmarkConfigError, Budget, TrainConfig
-    from lorabench.search.loop import SearchConfig
+    from lorabench.search.loop import DEFAULT_TRIAL_BUDGET, SearchConfig
 
     spaces = settings.get("space") or {}
     fixed = settings.get("variant_config") or {}
@@ -208,7 +210,7 @@ def _search_configs(settings: dict[str, Any]) -> list:
                     variant=variant,
                     task=task,
                     budget=Budget.parse(settings["budget"]),
-                    trial_budget=Budget.parse(settings.get("trial_budget") or "steps=200"),
+                    trial_budget=Budget.parse(settings.get("trial_budget") or DEFAULT_TRIAL_BUDGET),
                     train=TrainConfig.from_dict(train.to_dict()),
                     variant_config=dict(fixed.get(variant) or {}),
                     space=dict(spaces.get(variant) or {}),

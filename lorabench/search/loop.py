@@ -100,6 +100,8 @@ class RecordStore(Protocol):
 
 
 ExecuteRun = Callable[..., RunRecord]
+# The one place the default budget of one trial is written (the CLI's help and parsing use it).
+DEFAULT_TRIAL_BUDGET = Budget("steps", 200)
 
 
 @dataclass
@@ -115,7 +117,7 @@ class SearchConfig:
     variant: str
     task: str
     budget: Budget
-    trial_budget: Budget = field(default_factory=lambda: Budget("steps", 200))
+    trial_budget: Budget = DEFAULT_TRIAL_BUDGET
     train: TrainConfig = field(default_factory=TrainConfig)
     model: str | None = None
     data_dir: str | None = None

@@ -11,15 +11,29 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from lorabench.tasks.metrics import get_metric
+
 TaskType = Literal["classification", "regression"]
 
 
 @dataclass(frozen=True)
 class MetricSpec:
-    """One metric and its direction (``higher_is_better`` as in lm-evaluation-harness)."""
+    """A task's reference to a metric, with its direction (``higher_is_better`` as in
+    lm-evaluation-harness).
 
-    name: str  # key in lorabench.tasks.metrics.METRICS, e.g. "accuracy", "f1", "matthews"
-    higher_is_better: bool = True
+    ``higher_is_better`` left out (``None``) is taken from the metric's record
+    (:func:`lorabench.tasks.metrics.get_metric`; an unknown name then fails with "did you mean"),
+    so after construction it is always a bool. Give it only to override the record or for a
+    metric that has none.
+    """
+
+    name: str  # a registered metric, e.g. "accuracy", "f1", "matthews"
+    higher_is_better: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.higher_is_better is None:
+            # Frozen: the one place the field is written, before anyone can read it.
+            object.__setattr__(self, "higher_is_better", get_metric(self.name).higher_is_better)
 
 
 @dataclass(frozen=True)
@@ -68,7 +82,9 @@ class TaskSpec:
         for m in self.metrics:
             if m.name == name:
                 return m
-        raise KeyError(f"task {self.name!r} has no metric {name!r}; it has {[m.name for m in self.metrics]}")
+        raise KeyError(
+            f"task {self.name!r} has no metric {name!r}; it has {[m.name for m in self.metrics]}"
+        )
 
     @property
     def higher_is_better(self) -> bool:

@@ -17,7 +17,7 @@ import json
 import sys
 from typing import Any
 
-from lorabench.search.loop import load_search_summaries
+from lorabench.search.summary import load_search_summaries
 
 
 def find_summary(

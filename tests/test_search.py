@@ -375,7 +375,7 @@ def test_seeded_sampler_is_reproducible_and_differs_per_trial():
 
 
 def test_tpe_is_the_default_sampler_and_is_seeded():
-    from lorabench.search.loop import _make_sampler
+    from lorabench.search.study import _make_sampler
 
     space = build_search_space(
         "lora",

@@ -34,7 +34,7 @@ recorded as failed and its spend stays counted.
 Outputs, in the results database: the run record of every trial (role "trial", its study, trial
 number and seed) and confirmation run (role "confirm"); per study a summary with the best rank,
 score vs rank of every trial, parameter importances and the Pareto front, read with
-lorabench.search.loop.load_search_summaries(PATH). --show-space prints the spaces searched.
+lorabench.search.summary.load_search_summaries(PATH). --show-space prints the spaces searched.
 
 YAML config (keys as the long options, plus per-variant search spaces and fixed settings):
   budget: seconds=1800

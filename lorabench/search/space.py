@@ -1,7 +1,7 @@
 """Search spaces: what a variant lets a search tune, validated before any training starts.
 
 A space is an ordered mapping from a parameter name to a distribution spec. A name is either a
-field of the variant's config (``r``, ``alpha``, ``init_r``) or a training field prefixed
+field of the variant's config (``r``, ``alpha``, ``target_r``) or a training field prefixed
 ``train.`` (``train.learning_rate``). Specs (the format :meth:`Variant.search_space` returns)::
 
     {"type": "categorical", "choices": [2, 4, 8]}
@@ -14,7 +14,7 @@ Two extras make conditional spaces expressible:
   earlier parameter (or a fixed config value) has one of those values; otherwise the variant's
   default applies. Example: a rank-scaling option that only matters with rsLoRA.
 * an ``int``/``float`` bound may name an earlier parameter: ``{"type": "int", "low": 1,
-  "high": "init_r"}`` keeps AdaLoRA's target rank at or below its initial rank.
+  "high": "r"}`` keeps AdaLoRA's target rank at or below its initial rank ``r``.
 
 A YAML config overrides a variant's declared space per parameter: a spec replaces it, ``null``
 removes it from the search (the default applies), a plain value fixes it.

@@ -182,3 +182,40 @@ def test_model_identity_is_its_name_and_files(tmp_path, tiny_model_dir):
     config = copy / "config.json"
     config.write_text(config.read_text().replace('"hidden_act": "gelu"', '"hidden_act": "relu"'))
     assert model_fingerprint(str(copy)) != model_fingerprint(str(tiny_model_dir))
+
+
+def test_a_rerun_knows_the_data_fingerprint_without_loading(tmp_path, monkeypatch, tiny_model_dir):
+    monkeypatch.setenv("LORABENCH_CACHE", str(tmp_path / "cache"))
+    glue = tmp_path / "glue"
+    shutil.copytree(FIXTURES / "glue", glue)
+    cfg = RunConfig("lora", "rte", model=str(tiny_model_dir), data_dir=str(glue))
+    first = RunCache().resolve(cfg)
+
+    import lorabench.tasks
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the data was loaded again")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(lorabench.tasks, "load_task", no_loading)
+        assert RunCache().resolve(cfg).run_id == first.run_id  # from the memo, nothing read
+
+    # Changed files are read and hashed again: the memo keys on their size and time.
+    dev = glue / "RTE" / "dev.tsv"
+    dev.write_text(dev.read_text().replace("\tentailment", "\tnot_entailment", 1))
+    assert RunCache().resolve(cfg).data_fingerprint != first.data_fingerprint
+
+
+def test_a_generated_task_is_identified_before_it_is_generated(tmp_path, monkeypatch):
+    monkeypatch.setenv("LORABENCH_CACHE", str(tmp_path / "cache"))
+    import lorabench.tasks
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the task was generated to resolve a run")
+
+    monkeypatch.setattr(lorabench.tasks, "load_task", no_loading)
+    cache = RunCache()
+    seed0 = cache.resolve(RunConfig("lora", "planted-tiny", seed=0))
+    seed1 = cache.resolve(RunConfig("lora", "planted-tiny", seed=1))
+    assert seed0.data_fingerprint != seed1.data_fingerprint  # each seed is another task instance
+    assert RunCache().resolve(RunConfig("lora", "planted-tiny", seed=0)).run_id == seed0.run_id

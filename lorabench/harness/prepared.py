@@ -68,33 +68,56 @@ class RunCache:
         """
         from lorabench.models import model_fingerprint
         from lorabench.tasks import get_task
-        from lorabench.tasks.fingerprint import data_fingerprint
 
         cfg.resolved_variant_config()  # validates the overrides once, naming a bad field
         spec = get_task(cfg.task)
         cfg = dataclasses.replace(cfg, task=spec.name, task_version=spec.version)
-        key, data = self.task(spec, cfg)
-        if key not in self.fingerprints:
-            self.fingerprints[key] = data_fingerprint(data)
         return dataclasses.replace(
-            cfg, data_fingerprint=self.fingerprints[key], model_fingerprint=model_fingerprint(cfg.model)
+            cfg,
+            data_fingerprint=self.data_fingerprint(spec, cfg),
+            model_fingerprint=model_fingerprint(cfg.model),
         )
 
+    def _request(self, spec: TaskSpec, cfg: RunConfig) -> tuple[tuple, LoadRequest]:
+        seed = None if spec.source in SEED_INDEPENDENT_SOURCES else cfg.seed
+        limits = (cfg.train.max_train_examples, cfg.train.max_eval_examples)
+        key = (spec.name, spec.version, cfg.data_dir, cfg.model, seed, *limits)
+        request = LoadRequest(
+            data_dir=cfg.data_dir,
+            model=cfg.model,
+            seed=cfg.seed,
+            max_train_examples=cfg.train.max_train_examples,
+            max_eval_examples=cfg.train.max_eval_examples,
+        )
+        return key, request
+
     def task(self, spec: TaskSpec, cfg: RunConfig) -> tuple[tuple, TaskData]:
+        """The task data ``cfg`` reads, loaded once per process."""
         from lorabench.tasks import load_task
 
-        seed = None if spec.source in SEED_INDEPENDENT_SOURCES else cfg.seed
-        key = (spec.name, spec.version, cfg.data_dir, cfg.model, seed, cfg.train.max_train_examples, cfg.train.max_eval_examples)
+        key, request = self._request(spec, cfg)
         if key not in self.tasks:
-            request = LoadRequest(
-                data_dir=cfg.data_dir,
-                model=cfg.model,
-                seed=cfg.seed,
-                max_train_examples=cfg.train.max_train_examples,
-                max_eval_examples=cfg.train.max_eval_examples,
-            )
             self.tasks[key] = load_task(spec, request)
         return key, self.tasks[key]
+
+    def data_fingerprint(self, spec: TaskSpec, cfg: RunConfig) -> str:
+        """The fingerprint of the data ``cfg`` reads: from memory, from the on-disk memo when
+        the files are unchanged (no loading), else by loading and hashing the data (once)."""
+        from lorabench.tasks.fingerprint import (
+            data_fingerprint,
+            known_fingerprint,
+            remember_fingerprint,
+        )
+
+        key, request = self._request(spec, cfg)
+        if key not in self.fingerprints:
+            known = known_fingerprint(spec, request)
+            if known is None:
+                _, data = self.task(spec, cfg)
+                known = data_fingerprint(data)
+                remember_fingerprint(spec, request, known)
+            self.fingerprints[key] = known
+        return self.fingerprints[key]
 
     def model(self, name: str | None, spec: TaskSpec) -> tuple[nn.Module, Any]:
         """A fresh copy of the base model with a head for ``spec``, and its tokenizer."""

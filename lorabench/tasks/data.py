@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -44,14 +46,41 @@ class TaskData:
 
 
 SourceLoader = Callable[[TaskSpec, LoadRequest], TaskData]
+# What a source reads for a request, without reading it: the files (so a fingerprint computed
+# once can be reused while they are unchanged), or for generated data, a key that determines it.
+SourceFiles = Callable[[TaskSpec, LoadRequest], "list[Path] | None"]
+GeneratedKey = Callable[[TaskSpec, LoadRequest], "str | None"]
 SOURCES: dict[str, SourceLoader] = {}
+SOURCE_FILES: dict[str, SourceFiles] = {}
+GENERATED_KEYS: dict[str, GeneratedKey] = {}
 
 
-def register_source(name: str) -> Callable[[SourceLoader], SourceLoader]:
-    """Decorator: ``@register_source("planted")`` makes ``load_task`` use it for that source."""
+def register_source(
+    name: str,
+    *,
+    files: SourceFiles | None = None,
+    generated_key: GeneratedKey | None = None,
+) -> Callable[[SourceLoader], SourceLoader]:
+    """Decorator: ``@register_source("planted")`` makes ``load_task`` use it for that source.
+
+    ``files(spec, request)`` lists the files a load reads (``None``: not known without loading);
+    ``generated_key(spec, request)`` is, for generated data, a string that determines the rows
+    exactly. Either lets a run's data fingerprint be known without loading the data again
+    (:mod:`lorabench.tasks.fingerprint`).
+    """
 
     def decorator(fn: SourceLoader) -> SourceLoader:
         SOURCES[name] = fn
+        if files is not None:
+            SOURCE_FILES[name] = files
+        if generated_key is not None:
+            GENERATED_KEYS[name] = generated_key
         return fn
 
     return decorator
+
+
+def cache_root() -> Path:
+    """Where lorabench keeps what it can recompute: ``$LORABENCH_CACHE`` or
+    ``~/.cache/lorabench``."""
+    return Path(os.environ.get("LORABENCH_CACHE") or Path.home() / ".cache" / "lorabench")

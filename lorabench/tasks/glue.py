@@ -173,7 +173,16 @@ def _tsv_train_file(folder: Path, spec: TaskSpec) -> Path:
     return folder / spec.options["tsv"]["files"][spec.train_split]
 
 
-@register_source("glue")
+def glue_files(spec: TaskSpec, request: LoadRequest) -> list[Path] | None:
+    """The files a load from ``--data-dir`` reads (every file of the task's folder); ``None``
+    for the Hub."""
+    if request.data_dir is None:
+        return None
+    folder = find_task_folder(Path(request.data_dir).expanduser(), spec)
+    return sorted(p for p in folder.rglob("*") if p.is_file())
+
+
+@register_source("glue", files=glue_files)
 def load_glue(spec: TaskSpec, request: LoadRequest) -> TaskData:
     """Loads a GLUE task from the TSV layout, a local Hugging Face copy, or the Hub (in that order
     of preference: a given ``data_dir`` is never second-guessed by a download)."""

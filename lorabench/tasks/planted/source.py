@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 
 from lorabench.models import load_model_and_tokenizer, model_fingerprint, resolve_model
-from lorabench.tasks.data import LoadRequest, TaskData, register_source
+from lorabench.tasks.data import LoadRequest, TaskData, cache_root, register_source
 from lorabench.tasks.planted.head import balancing_bias, margins
 from lorabench.tasks.planted.plant import weight_out_in
 from lorabench.tasks.planted.recipe import PlantedRecipe, derived_generator
@@ -34,10 +34,7 @@ GENERATOR_VERSION = "1"
 def cache_dir() -> Path:
     """Where generated tasks are kept: ``$LORABENCH_CACHE/planted`` or
     ``~/.cache/lorabench/planted``."""
-    root = os.environ.get("LORABENCH_CACHE") or os.path.join(
-        os.path.expanduser("~"), ".cache", "lorabench"
-    )
-    return Path(root) / "planted"
+    return cache_root() / "planted"
 
 
 def cache_key(spec: TaskSpec, request: LoadRequest) -> str:
@@ -149,7 +146,8 @@ def generate_planted(spec: TaskSpec, request: LoadRequest) -> dict[str, Any]:
     }
 
 
-@register_source("planted")
+# The rows are a pure function of the cache key: it is the data's identity before generating.
+@register_source("planted", generated_key=lambda spec, request: cache_key(spec, request))
 def load_planted(spec: TaskSpec, request: LoadRequest) -> TaskData:
     """Loads a planted task from the cache, generating (and caching) it on first use."""
     key = cache_key(spec, request)

@@ -184,7 +184,12 @@ def register_custom_task(yaml_path: str | Path, *, overwrite: bool = False) -> T
     return spec
 
 
-@register_source("custom")
+def custom_files(spec: TaskSpec, request: LoadRequest) -> list[Path]:
+    """The data files a custom task reads (its spec names them)."""
+    return [Path(f) for f in spec.options["files"].values()]
+
+
+@register_source("custom", files=custom_files)
 def load_custom(spec: TaskSpec, request: LoadRequest) -> TaskData:
     """Reads a custom task's files as its spec names them (``data_dir`` is not used)."""
     columns = [*spec.text_columns, spec.label_column]

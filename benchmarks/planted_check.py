@@ -30,8 +30,8 @@ def accuracy(model: torch.nn.Module, enc: dict[str, torch.Tensor], labels: torch
     hits = 0
     with torch.inference_mode():
         for start in range(0, len(labels), 256):
-            batch = {k: v[start:start + 256] for k, v in enc.items()}
-            hits += int((model(**batch).logits.argmax(1) == labels[start:start + 256]).sum())
+            batch = {k: v[start : start + 256] for k, v in enc.items()}
+            hits += int((model(**batch).logits.argmax(1) == labels[start : start + 256]).sum())
     return hits / len(labels)
 
 
@@ -44,9 +44,16 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--r", type=int, default=8)
     parser.add_argument("--alpha", type=float, default=16.0)
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
-                        help="override a recipe key, e.g. --set num_train=4096 --set scale=1.5")
-    parser.add_argument("--fresh-cache", action="store_true", help="generate into a new temporary cache")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help="override a recipe key, e.g. --set num_train=4096 --set scale=1.5",
+    )
+    parser.add_argument(
+        "--fresh-cache", action="store_true", help="generate into a new temporary cache"
+    )
     args = parser.parse_args()
     if args.fresh_cache:
         os.environ["LORABENCH_CACHE"] = tempfile.mkdtemp(prefix="lorabench-planted-")
@@ -62,8 +69,11 @@ def main() -> None:
     data = load_task(spec, LoadRequest(seed=args.seed))
     t_gen = time.perf_counter() - t0
     train, val = data.split("train"), data.split("validation")
-    print(f"{args.task}: {len(train)} train / {len(val)} validation, generated/loaded in {t_gen:.1f} s; "
-          f"label balance {train['label'].mean():.3f}; floor {data.extras['floor']}")
+    print(
+        f"{args.task}: {len(train)} train / {len(val)} validation, "
+        f"generated/loaded in {t_gen:.1f} s; "
+        f"label balance {train['label'].mean():.3f}; floor {data.extras['floor']}"
+    )
     print("true ranks:", data.extras["true_ranks"])
 
     torch.manual_seed(args.seed)
@@ -77,8 +87,10 @@ def main() -> None:
 
     train_enc, train_y = encode(train)
     val_enc, val_y = encode(val)
-    print(f"tokens per input: {train_enc['input_ids'].shape[1]} (padded max); "
-          f"floor recomputed {accuracy(model, val_enc, val_y):.3f}")
+    print(
+        f"tokens per input: {train_enc['input_ids'].shape[1]} (padded max); "
+        f"floor recomputed {accuracy(model, val_enc, val_y):.3f}"
+    )
 
     adapter = attach(model, "lora", r=args.r, alpha=args.alpha, target_modules=["query", "value"])
     optimizer = torch.optim.AdamW(adapter.trainable_parameters(), lr=args.lr, weight_decay=0.0)
@@ -88,15 +100,20 @@ def main() -> None:
         model.train()
         idx = torch.randint(len(train_y), (args.batch,), generator=g)
         batch = {k: v[idx] for k, v in train_enc.items()}
-        keep = int(batch["attention_mask"].sum(1).max())  # trim the padding this batch does not need
+        keep = int(
+            batch["attention_mask"].sum(1).max()
+        )  # trim the padding this batch does not need
         batch = {k: v[:, :keep] for k, v in batch.items()}
         loss = model(**batch, labels=train_y[idx]).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
         if step % 50 == 0 or step == args.steps:
-            print(f"step {step}: loss {loss.item():.3f}, validation accuracy {accuracy(model, val_enc, val_y):.3f}, "
-                  f"{time.perf_counter() - t0:.0f} s")
+            print(
+                f"step {step}: loss {loss.item():.3f}, "
+                f"validation accuracy {accuracy(model, val_enc, val_y):.3f}, "
+                f"{time.perf_counter() - t0:.0f} s"
+            )
     print(f"trained {args.steps} steps in {time.perf_counter() - t0:.1f} s")
 
 

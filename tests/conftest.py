@@ -19,10 +19,56 @@ import pytest
 
 POSITIVE = ["good", "great", "fine", "nice", "happy"]
 NEUTRAL = [
-    "the", "a", "cat", "dog", "house", "tree", "car", "road", "sky", "sun", "moon", "river", "stone",
-    "table", "chair", "book", "paper", "green", "blue", "red", "small", "big", "old", "new", "runs",
-    "sits", "walks", "sees", "has", "is", "was", "on", "in", "under", "over", "near", "far", "and",
-    "or", "but", "with", "without", "every", "some", "many", "few", "day", "night", "city", "field",
+    "the",
+    "a",
+    "cat",
+    "dog",
+    "house",
+    "tree",
+    "car",
+    "road",
+    "sky",
+    "sun",
+    "moon",
+    "river",
+    "stone",
+    "table",
+    "chair",
+    "book",
+    "paper",
+    "green",
+    "blue",
+    "red",
+    "small",
+    "big",
+    "old",
+    "new",
+    "runs",
+    "sits",
+    "walks",
+    "sees",
+    "has",
+    "is",
+    "was",
+    "on",
+    "in",
+    "under",
+    "over",
+    "near",
+    "far",
+    "and",
+    "or",
+    "but",
+    "with",
+    "without",
+    "every",
+    "some",
+    "many",
+    "few",
+    "day",
+    "night",
+    "city",
+    "field",
 ]
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 TOY_TASK = "toy-sentiment"
@@ -41,9 +87,15 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tokenizer = transformers.BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True)
     tokenizer.save_pretrained(folder)
     config = transformers.BertConfig(
-        vocab_size=len(SPECIAL) + len(POSITIVE) + len(NEUTRAL), hidden_size=32, num_hidden_layers=2,
-        num_attention_heads=4, intermediate_size=64, max_position_embeddings=64, num_labels=2,
-        hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.0,
+        vocab_size=len(SPECIAL) + len(POSITIVE) + len(NEUTRAL),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=2,
+        hidden_dropout_prob=0.1,
+        attention_probs_dropout_prob=0.0,
     )
     torch.manual_seed(0)
     transformers.BertForSequenceClassification(config).save_pretrained(folder)
@@ -80,8 +132,12 @@ def toy_task() -> Iterator[str]:
 
     register_source(TOY_SOURCE)(load)
     spec = TaskSpec(
-        name=TOY_TASK, version="1", source=TOY_SOURCE, text_columns=("sentence",),
-        label_names=("negative", "positive"), description="toy sentiment (tests)",
+        name=TOY_TASK,
+        version="1",
+        source=TOY_SOURCE,
+        text_columns=("sentence",),
+        label_names=("negative", "positive"),
+        description="toy sentiment (tests)",
     )
     TASKS.add(spec, overwrite=True)
     yield TOY_TASK
@@ -108,6 +164,8 @@ def cli_main(monkeypatch: pytest.MonkeyPatch):
 
     from lorabench.cli import main as cli
 
-    present = {name: mod for name, mod in cli.COMMANDS.items() if importlib.util.find_spec(mod) is not None}
+    present = {
+        name: mod for name, mod in cli.COMMANDS.items() if importlib.util.find_spec(mod) is not None
+    }
     monkeypatch.setattr(cli, "COMMANDS", present)
     return cli.main

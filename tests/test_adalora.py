@@ -29,11 +29,16 @@ def _attach(family: str = "bert", **cfg) -> tuple[torch.nn.Module, Adapter]:
     return model, attach(model, "adalora", **cfg)
 
 
-def _peft(family: str, *, total_step: int, init_r: int, target_r: int, alpha: float, **extra):
+def _peft(family: str, *, total_step: int, r: int, target_r: int, alpha: float, **extra):
     peft = pytest.importorskip("peft")
-    cfg = peft.AdaLoraConfig(
-        init_r=init_r, target_r=target_r, lora_alpha=alpha, lora_dropout=0.0,
-        target_modules=list(FAMILIES[family].target_modules), total_step=total_step, **extra,
+    cfg = peft.AdaLoraConfig(  # PEFT names our initial rank r ``init_r``
+        init_r=r,
+        target_r=target_r,
+        lora_alpha=alpha,
+        lora_dropout=0.0,
+        target_modules=list(FAMILIES[family].target_modules),
+        total_step=total_step,
+        **extra,
     )
     return peft.get_peft_model(build_model(family), cfg)
 
@@ -55,22 +60,45 @@ def _randomise_both(adapter: Adapter, peft_model, *, seed: int = 0) -> None:
             getattr(theirs, pname)["default"].copy_(value)
 
 
-def _pair(family: str = "bert", *, total_step: int = 30, init_r: int = 4, target_r: int = 2,
-          alpha: float = 8.0, tinit: int = 0, tfinal: int = 0, deltaT: int = 1, orth_reg_weight: float = 0.5):
+def _pair(
+    family: str = "bert",
+    *,
+    total_step: int = 30,
+    r: int = 4,
+    target_r: int = 2,
+    alpha: float = 8.0,
+    tinit: int = 0,
+    tfinal: int = 0,
+    deltaT: int = 1,
+    orth_reg_weight: float = 0.5,
+):
     model, adapter = _attach(
-        family, init_r=init_r, target_r=target_r, alpha=alpha, tinit=tinit, tfinal=tfinal,
-        deltaT=deltaT, orth_reg_weight=orth_reg_weight,
+        family,
+        r=r,
+        target_r=target_r,
+        alpha=alpha,
+        tinit=tinit,
+        tfinal=tfinal,
+        deltaT=deltaT,
+        orth_reg_weight=orth_reg_weight,
     )
     peft_model = _peft(
-        family, total_step=total_step, init_r=init_r, target_r=target_r, alpha=alpha, tinit=tinit,
-        tfinal=tfinal, deltaT=deltaT, orth_reg_weight=orth_reg_weight,
+        family,
+        total_step=total_step,
+        r=r,
+        target_r=target_r,
+        alpha=alpha,
+        tinit=tinit,
+        tfinal=tfinal,
+        deltaT=deltaT,
+        orth_reg_weight=orth_reg_weight,
     )
     _randomise_both(adapter, peft_model)
     adapter.on_train_begin(total_step)
     return model, adapter, peft_model
 
 
-# -- layer maths and the regulariser against PEFT ---------------------------------------------------
+# -- layer maths and the regulariser against PEFT -------------------------------------------------
 @pytest.mark.peft
 @pytest.mark.parametrize("family", ["bert", "gpt2"])  # gpt2: Conv1D, weight stored (in, out)
 def test_forward_loss_and_gradients_match_peft(family: str) -> None:
@@ -90,7 +118,9 @@ def test_forward_loss_and_gradients_match_peft(family: str) -> None:
     for name, layer in adapter.layers.items():
         for pname in ("lora_A", "lora_B", "lora_E"):
             theirs = getattr(_peft_layer(peft_model, name), pname)["default"].grad
-            torch.testing.assert_close(getattr(layer, pname).grad, theirs, rtol=0, atol=1e-10, msg=f"{name}.{pname}")
+            torch.testing.assert_close(
+                getattr(layer, pname).grad, theirs, rtol=0, atol=1e-10, msg=f"{name}.{pname}"
+            )
 
 
 @pytest.mark.peft
@@ -109,8 +139,10 @@ def test_orthogonality_regulariser_equals_peft() -> None:
     norms = []
     for layer in adapter.layers.values():
         eye = torch.eye(layer.lora_A.shape[0], dtype=torch.float64)
-        norms += [torch.linalg.norm(layer.lora_A @ layer.lora_A.T - eye),
-                  torch.linalg.norm(layer.lora_B.T @ layer.lora_B - eye)]
+        norms += [
+            torch.linalg.norm(layer.lora_A @ layer.lora_A.T - eye),
+            torch.linalg.norm(layer.lora_B.T @ layer.lora_B - eye),
+        ]
     torch.testing.assert_close(ours, 0.3 * torch.stack(norms).mean())
 
 
@@ -120,7 +152,7 @@ def test_regulariser_is_off_at_weight_zero() -> None:
 
 
 def test_init_is_papers_init() -> None:
-    _, adapter = _attach(init_r=12)
+    _, adapter = _attach(r=12)
     layer = next(iter(adapter.layers.values()))
     assert torch.count_nonzero(layer.lora_E) == 0
     both = torch.cat([layer.lora_A.flatten(), layer.lora_B.flatten()])
@@ -128,21 +160,24 @@ def test_init_is_papers_init() -> None:
     assert layer.ranknum == 12 and layer.scaling == 8.0
 
 
-# -- the rank allocator against PEFT -----------------------------------------------------------------
+# -- the rank allocator against PEFT --------------------------------------------------------------
 @pytest.mark.peft
 @pytest.mark.parametrize(
     ("total_step", "tinit", "tfinal", "delta_t"),
     [(30, 3, 6, 1), (30, 2, 5, 3), (20, 0, 0, 1), (24, 4, 0, 4)],
 )
-def test_allocator_matches_peft_step_by_step(total_step: int, tinit: int, tfinal: int, delta_t: int) -> None:
+def test_allocator_matches_peft_step_by_step(
+    total_step: int, tinit: int, tfinal: int, delta_t: int
+) -> None:
     model, adapter, peft_model = _pair(
-        total_step=total_step, init_r=6, target_r=2, tinit=tinit, tfinal=tfinal, deltaT=delta_t
+        total_step=total_step, r=6, target_r=2, tinit=tinit, tfinal=tfinal, deltaT=delta_t
     )
     peft_config = peft_model.peft_config["default"]
     g = torch.Generator().manual_seed(1)
     params = {  # (ours, PEFT's) per trainable tensor
         f"{name}.{p}": (getattr(layer, p), getattr(_peft_layer(peft_model, name), p)["default"])
-        for name, layer in adapter.layers.items() for p in ("lora_A", "lora_B", "lora_E")
+        for name, layer in adapter.layers.items()
+        for p in ("lora_A", "lora_B", "lora_E")
     }
     pruned_once = False
     for step in range(total_step + 3):  # a few steps past T: the frozen pattern keeps being applied
@@ -177,7 +212,7 @@ def test_allocator_matches_peft_step_by_step(total_step: int, tinit: int, tfinal
 
 @pytest.mark.peft
 def test_budget_schedule_matches_peft_at_every_step() -> None:
-    _, adapter, peft_model = _pair(total_step=50, init_r=12, target_r=8, tinit=5, tfinal=10, deltaT=2)
+    _, adapter, peft_model = _pair(total_step=50, r=12, target_r=8, tinit=5, tfinal=10, deltaT=2)
     allocator = peft_model.base_model.rankallocator
     for step in range(0, 56):
         assert adapter.variant.budget_schedule(step) == allocator.budget_schedule(step), step
@@ -185,7 +220,7 @@ def test_budget_schedule_matches_peft_at_every_step() -> None:
 
 def test_budget_schedule_hand_computed() -> None:
     # 4 matrices: budget 48 -> 32; T = 100, warm-up 10, final 20, so 70 steps of cubic decay.
-    _, adapter = _attach(init_r=12, target_r=8, tinit=10, tfinal=20, deltaT=1)
+    _, adapter = _attach(r=12, target_r=8, tinit=10, tfinal=20, deltaT=1)
     adapter.on_train_begin(100)
     schedule = adapter.variant.budget_schedule
     assert (adapter.variant.init_budget, adapter.variant.target_budget) == (48, 32)
@@ -199,7 +234,7 @@ def test_budget_schedule_hand_computed() -> None:
 
 
 def test_budget_schedule_prunes_every_delta_t_steps() -> None:
-    _, adapter = _attach(init_r=12, target_r=8, deltaT=5)
+    _, adapter = _attach(init_r=12, target_r=8, deltaT=5)  # the legacy name still works
     adapter.on_train_begin(100)
     prune_steps = [t for t in range(1, 100) if adapter.variant.budget_schedule(t)[1]]
     assert prune_steps == list(range(5, 100, 5))
@@ -257,7 +292,7 @@ def _train(model, adapter: Adapter, steps: int, *, stop_after: int | None = None
 
 
 def test_training_prunes_to_the_target_budget() -> None:
-    model, adapter = _attach(init_r=6, target_r=3, tinit=2, tfinal=3)
+    model, adapter = _attach(r=6, target_r=3, tinit=2, tfinal=3)
     assert adapter.ranks() == dict.fromkeys(adapter.layers, 6)
     _train(model, adapter, 12)
     ranks = adapter.ranks()
@@ -269,7 +304,7 @@ def test_training_prunes_to_the_target_budget() -> None:
 @pytest.mark.parametrize("stop_after", [None, 5], ids=["end", "mid-schedule"])
 def test_save_is_pruned_size_and_reloads_identically(tmp_path, stop_after: int | None) -> None:
     # deltaT = 2: between allocations a pruned lambda may grow back; a mid-schedule save keeps it.
-    model, adapter = _attach(init_r=6, target_r=2, tinit=1, tfinal=2, deltaT=2)
+    model, adapter = _attach(r=6, target_r=2, tinit=1, tfinal=2, deltaT=2)
     unpruned_bytes = adapter.size_bytes()
     _train(model, adapter, 10, stop_after=stop_after)
     batch = make_batch(seed=7)
@@ -296,7 +331,7 @@ def test_save_is_pruned_size_and_reloads_identically(tmp_path, stop_after: int |
 
 
 def test_merge_unmerge_exact_after_pruning() -> None:
-    model, adapter = _attach(init_r=6, target_r=2, tfinal=2)
+    model, adapter = _attach(r=6, target_r=2, tfinal=2)
     _train(model, adapter, 8)
     batch = make_batch(seed=2)
     before = logits(model, batch)
@@ -309,21 +344,24 @@ def test_merge_unmerge_exact_after_pruning() -> None:
 
 
 def test_ranknum_stays_the_initial_rank_after_pruning() -> None:
-    """The update keeps dividing by init_r (+1e-5) after the allocator pruned (PEFT; the authors
-    found rescaling by the pruned rank hurt), so pruning removes terms without rescaling the rest."""
-    model, adapter = _attach(init_r=6, target_r=2, tfinal=2)
+    """The update keeps dividing by the initial rank r (+1e-5) after the allocator pruned (PEFT;
+    the authors found rescaling by the pruned rank hurt), so pruning removes terms without
+    rescaling the rest."""
+    model, adapter = _attach(r=6, target_r=2, tfinal=2)
     _train(model, adapter, 8)
     assert sum(adapter.ranks().values()) == 2 * len(adapter.layers) < 6 * len(adapter.layers)
     for layer in adapter.layers.values():
         assert layer.ranknum == 6.0
         kept = layer.rank_mask
         a, e, b = layer.lora_A[kept], layer.lora_E[kept], layer.lora_B[:, kept]
-        expected = b @ (a * e) * 8.0 / (6 + 1e-5)  # only the kept triplets, still over init_r
+        expected = (
+            b @ (a * e) * 8.0 / (6 + 1e-5)
+        )  # only the kept triplets, still over the initial r
         torch.testing.assert_close(layer.delta_weight(), expected, rtol=1e-12, atol=1e-15)
 
 
 def test_delta_weight_is_p_diag_lambda_q_scaled() -> None:
-    _, adapter = _attach(init_r=4, target_r=2, alpha=16.0)
+    _, adapter = _attach(r=4, target_r=2, alpha=16.0)
     layer = next(iter(adapter.layers.values()))
     with torch.no_grad():
         layer.lora_E.normal_()
@@ -336,29 +374,77 @@ def test_delta_weight_is_p_diag_lambda_q_scaled() -> None:
 def test_defaults_are_pefts() -> None:
     peft = pytest.importorskip("peft")
     theirs, ours = peft.AdaLoraConfig(total_step=10), AdaLoRAConfig()
-    fields = ("init_r", "target_r", "tinit", "tfinal", "deltaT", "beta1", "beta2", "orth_reg_weight")
+    fields = ("target_r", "tinit", "tfinal", "deltaT", "beta1", "beta2", "orth_reg_weight")
     assert {f: getattr(ours, f) for f in fields} == {f: getattr(theirs, f) for f in fields}
+    assert ours.r == theirs.init_r == 12  # PEFT's name for the initial rank
     assert (ours.alpha, ours.dropout) == (theirs.lora_alpha, theirs.lora_dropout)
     assert ours.total_step is None  # from the harness, not the user
 
 
-def test_r_is_an_alias_of_init_r() -> None:
-    assert AdaLoRAConfig().init_r == AdaLoRAConfig().r == 12  # PEFT's default
-    assert AdaLoRAConfig(init_r=6).r == 6
-    assert AdaLoRAConfig(r=6).init_r == 6
-    assert AdaLoRAConfig(r=6, init_r=6).nominal_rank == 6
+def test_r_is_the_rank_field_and_init_r_a_legacy_input_name() -> None:
+    """``r`` is AdaLoRA's one rank field (its initial rank). ``init_r``, the name presets, the
+    CI baseline and 0.1 databases use, is still accepted on input and mapped to ``r``; a
+    config never writes it back."""
+    assert AdaLoRAConfig().r == AdaLoRAConfig().nominal_rank == 12  # PEFT's default
+    assert "init_r" not in AdaLoRAConfig.field_names()
+    assert AdaLoRAConfig.input_names() == AdaLoRAConfig.field_names() | {"init_r"}
+    assert AdaLoRAConfig.from_dict({"init_r": 6, "target_r": 2}).r == 6
+    assert AdaLoRAConfig.from_dict({"r": 6, "init_r": 6, "target_r": 2}).r == 6  # equal: fine
+    with pytest.raises(
+        ConfigError, match="r=4 and init_r=6 disagree: init_r is the legacy name of r"
+    ):
+        AdaLoRAConfig.from_dict({"r": 4, "init_r": 6})
     with pytest.raises(ConfigError, match="r=4 and init_r=6 disagree"):
-        AdaLoRAConfig(r=4, init_r=6)
+        make_config("adalora", init_r=6, r=4, target_r=2)
     cfg = make_config("adalora", init_r=6, target_r=2)
-    assert "r" not in cfg.to_dict()
-    assert make_config("adalora", cfg, init_r=8).r == 8  # an override does not fight a stale alias
+    assert cfg.r == 6 and cfg.to_dict()["r"] == 6 and "init_r" not in cfg.to_dict()
+    # An override replaces the field whichever name it uses; it never fights the stored r.
+    assert make_config("adalora", cfg, init_r=8).r == 8
+    assert make_config("adalora", {"init_r": 6, "target_r": 2}, r=4).r == 4
+    assert make_config("adalora", cfg.to_dict(), init_r=4).r == 4
     assert AdaLoRAConfig.from_dict(cfg.to_dict()) == cfg
+    # A stored 0.1 config resolves with defaults filled in, in today's field names.
+    resolved = AdaLoRAConfig.resolve_stored({"init_r": 6, "target_r": 4, "tinit": 1})
+    assert resolved["r"] == 6 and resolved["alpha"] == 8.0 and "init_r" not in resolved
+
+
+def test_an_adapter_saved_with_init_r_still_loads(tmp_path) -> None:
+    """adapter_config.json written by 0.1 holds ``init_r``: loading maps it to ``r``."""
+    import json
+
+    from lorabench.variants.adapter import CONFIG_FILE
+
+    model, adapter = _attach(r=4, target_r=2)
+    with torch.no_grad():
+        for layer in adapter.layers.values():
+            layer.lora_E.normal_()
+    expected = logits(model, make_batch())
+    adapter.save(tmp_path / "a")
+    meta = json.loads((tmp_path / "a" / CONFIG_FILE).read_text())
+    assert meta["config"]["r"] == 4 and "init_r" not in meta["config"]
+    meta["config"]["init_r"] = meta["config"].pop("r")  # as release 0.1 wrote it
+    (tmp_path / "a" / CONFIG_FILE).write_text(json.dumps(meta))
+    loaded = load_adapter(build_model("bert"), tmp_path / "a")
+    assert loaded.config.r == 4
+    torch.testing.assert_close(logits(loaded.model, make_batch()), expected, rtol=0, atol=0)
+
+
+def test_reports_label_the_target_and_the_final_mean_rank() -> None:
+    assert AdaLoRA.adaptive_rank and not AdaLoRA.multi_rank_eval
+    assert AdaLoRA.report_label({"r": 12, "target_r": 8}) == "AdaLoRA r=12→8"
+    assert AdaLoRA.rank_label({"r": 8, "target_r": 8}) == "r=8"  # nothing pruned
+    assert AdaLoRA.rank_label({"init_r": 6, "target_r": 4}) == "r=6→4"  # a raw 0.1 config
+    on_target = {"a": 7, "b": 9}
+    assert AdaLoRA.rank_label({"r": 12, "target_r": 8}, on_target) == "r=12→8"
+    assert AdaLoRA.rank_label({"r": 12, "target_r": 8}, {"a": 7, "b": 8.5}) == "r=12→8 (mean 7.8)"
+    assert AdaLoRA.label_fields == {"r", "target_r"}
 
 
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({"init_r": 4, "target_r": 6}, "target_r=6 is larger than init_r=4"),
+        ({"r": 4, "target_r": 6}, "target_r=6 is larger than the initial rank r=4"),
+        ({"init_r": 4, "target_r": 6}, "target_r=6 is larger than the initial rank r=4"),
         ({"deltaT": 0}, "deltaT=0"),
         ({"beta1": 1.0}, r"beta1=1.0 must be in \(0, 1\)"),
         ({"orth_reg_weight": -0.1}, "orth_reg_weight=-0.1"),
@@ -372,7 +458,7 @@ def test_bad_config_values_are_named(fields: dict, message: str) -> None:
 
 
 def test_target_equal_to_init_never_prunes() -> None:
-    model, adapter = _attach(init_r=4, target_r=4)
+    model, adapter = _attach(r=4, target_r=4)
     _train(model, adapter, 4)
     assert adapter.ranks() == dict.fromkeys(adapter.layers, 4)
 
@@ -380,21 +466,32 @@ def test_target_equal_to_init_never_prunes() -> None:
 def test_registered_with_its_contract_attributes() -> None:
     cls = get_variant("adalora")
     assert cls is AdaLoRA and cls.init_equals_base
-    assert {f.name for f in dataclasses.fields(cls.config_class)} >= {
-        "init_r", "target_r", "alpha", "dropout", "tinit", "tfinal", "deltaT", "beta1", "beta2",
-        "orth_reg_weight", "total_step",
+    fields = {f.name for f in dataclasses.fields(cls.config_class)}
+    assert "init_r" not in fields  # one rank field: r
+    assert fields >= {
+        "r",
+        "target_r",
+        "alpha",
+        "dropout",
+        "tinit",
+        "tfinal",
+        "deltaT",
+        "beta1",
+        "beta2",
+        "orth_reg_weight",
+        "total_step",
     }
 
 
 def test_search_space_keeps_target_at_or_below_init() -> None:
     fields = {f.name for f in dataclasses.fields(AdaLoRAConfig)}
     space = build_search_space("adalora", AdaLoRA.search_space(), config_fields=fields)
-    assert set(space.names) == {"init_r", "target_r", "alpha", "dropout", "train.learning_rate"}
+    assert set(space.names) == {"r", "target_r", "alpha", "dropout", "train.learning_rate"}
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     for _ in range(20):
         trial = study.ask()
         values = space.suggest(trial)
-        assert 1 <= values["target_r"] <= values["init_r"]
+        assert 1 <= values["target_r"] <= values["r"]
         variant_fields = {k: v for k, v in values.items() if not k.startswith("train.")}
         make_config("adalora", **variant_fields)  # every sample is a valid config
         study.tell(trial, 0.0)

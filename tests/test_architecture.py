@@ -31,7 +31,9 @@ BUILT_IN_VARIANTS = {"lora", "dora", "adalora", "vera", "dylora"}
 
 
 def modules() -> list[Path]:
-    return sorted(p for p in PACKAGE.rglob("*.py") if p.parent != PACKAGE or p.name != "__init__.py")
+    return sorted(
+        p for p in PACKAGE.rglob("*.py") if p.parent != PACKAGE or p.name != "__init__.py"
+    )
 
 
 def part_of(path: Path) -> str:

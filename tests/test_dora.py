@@ -25,7 +25,8 @@ TOL = {"rtol": 1e-5, "atol": 1e-5}
 
 
 class OneLayer(nn.Module):
-    """One adaptable layer ``proj`` (nn.Linear, or GPT-2's Conv1D storing (in, out)), then dropout-free tanh."""
+    """One adaptable layer ``proj`` (nn.Linear, or GPT-2's Conv1D storing (in, out)), then
+    dropout-free tanh."""
 
     def __init__(self, kind: str, *, bias: bool = True) -> None:
         super().__init__()
@@ -43,15 +44,31 @@ def randomise(layer: DoRALayer, seed: int = 0) -> None:
     """Moves B and m away from their init so every term of DoRA's forward is non-trivial."""
     g = torch.Generator().manual_seed(seed)
     layer.lora_B.copy_(torch.randn(layer.lora_B.shape, generator=g, dtype=layer.lora_B.dtype) * 0.5)
-    layer.magnitude.mul_(1 + 0.3 * torch.randn(layer.magnitude.shape, generator=g, dtype=layer.magnitude.dtype))
+    layer.magnitude.mul_(
+        1 + 0.3 * torch.randn(layer.magnitude.shape, generator=g, dtype=layer.magnitude.dtype)
+    )
 
 
-def peft_dora(model: nn.Module, *, targets: list[str], r: int, alpha: float, rslora: bool = False,
-              dropout: float = 0.0, fan_in_fan_out: bool = False) -> nn.Module:
+def peft_dora(
+    model: nn.Module,
+    *,
+    targets: list[str],
+    r: int,
+    alpha: float,
+    rslora: bool = False,
+    dropout: float = 0.0,
+    fan_in_fan_out: bool = False,
+) -> nn.Module:
     peft = pytest.importorskip("peft")
     cfg = peft.LoraConfig(
-        r=r, lora_alpha=alpha, use_rslora=rslora, use_dora=True, target_modules=targets,
-        lora_dropout=dropout, fan_in_fan_out=fan_in_fan_out, init_lora_weights=True,
+        r=r,
+        lora_alpha=alpha,
+        use_rslora=rslora,
+        use_dora=True,
+        target_modules=targets,
+        lora_dropout=dropout,
+        fan_in_fan_out=fan_in_fan_out,
+        init_lora_weights=True,
     )
     return peft.get_peft_model(model, cfg)
 
@@ -79,16 +96,35 @@ def assert_adapter_grads_match(adapter, peft_model: nn.Module, **tol) -> None:
         for attr, peft_param in pairs.items():
             ours = getattr(layer, attr).grad
             assert ours is not None and ours.abs().sum() > 0, f"{name}.{attr} got no gradient"
-            torch.testing.assert_close(ours, peft_param.grad, **tol, msg=f"{name}.{attr} gradient differs")
+            torch.testing.assert_close(
+                ours, peft_param.grad, **tol, msg=f"{name}.{attr} gradient differs"
+            )
 
 
-def one_layer_pair(kind: str, *, r: int = 4, alpha: float = 8.0, rslora: bool = False,
-                   dropout: float = 0.0, bias: bool = True, dtype=torch.float64):
+def one_layer_pair(
+    kind: str,
+    *,
+    r: int = 4,
+    alpha: float = 8.0,
+    rslora: bool = False,
+    dropout: float = 0.0,
+    bias: bool = True,
+    dtype=torch.float64,
+):
     torch.manual_seed(0)
     ours = OneLayer(kind, bias=bias).to(dtype)
-    theirs = peft_dora(copy.deepcopy(ours), targets=["proj"], r=r, alpha=alpha, rslora=rslora,
-                       dropout=dropout, fan_in_fan_out=kind == "conv1d")
-    adapter = attach(ours, "dora", r=r, alpha=alpha, use_rslora=rslora, dropout=dropout, target_modules=["proj"])
+    theirs = peft_dora(
+        copy.deepcopy(ours),
+        targets=["proj"],
+        r=r,
+        alpha=alpha,
+        rslora=rslora,
+        dropout=dropout,
+        fan_in_fan_out=kind == "conv1d",
+    )
+    adapter = attach(
+        ours, "dora", r=r, alpha=alpha, use_rslora=rslora, dropout=dropout, target_modules=["proj"]
+    )
     layer = adapter.layers["proj"]
     randomise(layer)
     copy_into_peft(adapter, theirs)
@@ -104,7 +140,12 @@ def test_registered_with_a_config_extending_lora() -> None:
     assert "dora" in list_variants("*ora")
     cfg = DoRAConfig()
     assert isinstance(cfg, LoRAConfig)
-    assert (cfg.r, cfg.alpha, cfg.dropout, cfg.use_rslora) == (8, 8.0, 0.0, False)  # PEFT's defaults
+    assert (cfg.r, cfg.alpha, cfg.dropout, cfg.use_rslora) == (
+        8,
+        8.0,
+        0.0,
+        False,
+    )  # PEFT's defaults
 
 
 @pytest.mark.parametrize("kind", ["linear", "conv1d"])
@@ -123,7 +164,9 @@ def test_magnitude_starts_at_the_row_norms_and_output_equals_base_exactly(kind: 
 
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
 @pytest.mark.parametrize("rslora", [False, True], ids=["lora", "rslora"])
-def test_forward_is_the_papers_decomposed_weight_and_bias_is_not_rescaled(bias: bool, rslora: bool) -> None:
+def test_forward_is_the_papers_decomposed_weight_and_bias_is_not_rescaled(
+    bias: bool, rslora: bool
+) -> None:
     torch.manual_seed(0)
     model = OneLayer("linear", bias=bias).double()
     adapter = attach(model, "dora", r=4, alpha=6.0, use_rslora=rslora, target_modules=["proj"])
@@ -135,7 +178,9 @@ def test_forward_is_the_papers_decomposed_weight_and_bias_is_not_rescaled(bias: 
     direction = w + s * lora_b @ lora_a  # (out, in)
     w_prime = m[:, None] * direction / direction.norm(dim=1, keepdim=True)
     x = x_batch()
-    pre = x @ w_prime.T + (b if bias else 0.0)  # W' x + bias: the bias is added, never multiplied by g
+    pre = x @ w_prime.T + (
+        b if bias else 0.0
+    )  # W' x + bias: the bias is added, never multiplied by g
     torch.testing.assert_close(layer(x), pre, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(layer.merged_weight(), w_prime.detach(), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(layer.delta_weight(), (w_prime - w).detach(), rtol=1e-12, atol=1e-12)
@@ -175,7 +220,9 @@ def test_the_norm_is_a_constant_in_the_backward_pass() -> None:
 @pytest.mark.parametrize("kind", ["linear", "conv1d"])
 @pytest.mark.parametrize("rslora", [False, True], ids=["lora", "rslora"])
 @pytest.mark.parametrize(("r", "alpha"), [(4, 8.0), (3, 5.0)])
-def test_layer_outputs_and_gradients_match_peft(kind: str, rslora: bool, r: int, alpha: float) -> None:
+def test_layer_outputs_and_gradients_match_peft(
+    kind: str, rslora: bool, r: int, alpha: float
+) -> None:
     ours, adapter, layer, theirs = one_layer_pair(kind, r=r, alpha=alpha, rslora=rslora)
     peft_layer = theirs.base_model.model.proj
     assert layer.scaling == pytest.approx(peft_layer.scaling["default"])
@@ -206,7 +253,8 @@ def test_no_bias_layer_matches_peft_in_float32() -> None:
 @pytest.mark.parametrize("kind", ["linear", "conv1d"])
 def test_dropout_path_matches_peft_with_the_same_mask(kind: str) -> None:
     """With dropout on, PEFT recomputes W dropout(x) for the DoRA term; the same RNG state gives
-    the same mask in both, so outputs and gradients must agree; in eval the base output is reused."""
+    the same mask in both, so outputs and gradients must agree; in eval the base output is
+    reused."""
     ours, adapter, _, theirs = one_layer_pair(kind, dropout=0.3)
     ours.train()
     theirs.train()
@@ -227,10 +275,16 @@ def test_dropout_path_matches_peft_with_the_same_mask(kind: str) -> None:
 
 
 @pytest.mark.peft
-@pytest.mark.parametrize(("family", "targets"), [("bert", ["query", "value"]), ("gpt2", ["c_attn"])])
-def test_tiny_transformer_logits_and_every_adapter_gradient_match_peft(family: str, targets: list[str]) -> None:
+@pytest.mark.parametrize(
+    ("family", "targets"), [("bert", ["query", "value"]), ("gpt2", ["c_attn"])]
+)
+def test_tiny_transformer_logits_and_every_adapter_gradient_match_peft(
+    family: str, targets: list[str]
+) -> None:
     ours = build_model(family)  # float64, eval mode
-    theirs = peft_dora(build_model(family), targets=targets, r=4, alpha=8.0, fan_in_fan_out=family == "gpt2")
+    theirs = peft_dora(
+        build_model(family), targets=targets, r=4, alpha=8.0, fan_in_fan_out=family == "gpt2"
+    )
     adapter = attach(ours, "dora", r=4, alpha=8.0, target_modules=targets)
     assert len(adapter.layers) == len(targets) * 2
     for i, layer in enumerate(adapter.layers.values()):
@@ -263,7 +317,8 @@ def test_merged_weight_matches_peft_and_unmerge_restores_the_bits(kind: str) -> 
 
 
 def _saved_bytes(fn) -> int:
-    """Bytes of the tensors autograd keeps for backward while ``fn`` runs (duplicates counted once)."""
+    """Bytes of the tensors autograd keeps for backward while ``fn`` runs (duplicates counted
+    once)."""
     seen: dict[int, int] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:

@@ -65,7 +65,16 @@ def test_anything_that_changes_the_computation_changes_the_run_id(variant):
 
 def test_restated_defaults_on_the_command_line_give_the_same_runs(capsys, cli_main, tmp_path):
     """The issue's example: the second command only restates LoRA's and AdaLoRA's defaults."""
-    argv = ["run", "--variants", "lora,adalora", "--tasks", "rte", "--dry-run", "--out", str(tmp_path)]
+    argv = [
+        "run",
+        "--variants",
+        "lora,adalora",
+        "--tasks",
+        "rte",
+        "--dry-run",
+        "--out",
+        str(tmp_path),
+    ]
     argv += ["--data-dir", str(FIXTURES / "glue")]
     assert cli_main(argv) == 0
     plain = capsys.readouterr().out
@@ -73,7 +82,9 @@ def test_restated_defaults_on_the_command_line_give_the_same_runs(capsys, cli_ma
     assert cli_main(restated) == 0
     again = capsys.readouterr().out
     ids = [line.split()[0] for line in plain.splitlines() if line.startswith("  ")]
-    assert len(ids) == 2 and ids == [line.split()[0] for line in again.splitlines() if line.startswith("  ")]
+    assert len(ids) == 2 and ids == [
+        line.split()[0] for line in again.splitlines() if line.startswith("  ")
+    ]
 
 
 def copy_custom_task(folder: Path) -> Path:
@@ -88,7 +99,9 @@ def test_one_custom_task_by_three_path_spellings_is_one_task(tmp_path, monkeypat
     monkeypatch.chdir(tmp_path / "task")
     cache = RunCache()
     spellings = ["reviews.yaml", "./reviews.yaml", str(spec_file.resolve())]
-    resolved = [cache.resolve(RunConfig("lora", task, model=str(tiny_model_dir))) for task in spellings]
+    resolved = [
+        cache.resolve(RunConfig("lora", task, model=str(tiny_model_dir))) for task in spellings
+    ]
     assert {cfg.task for cfg in resolved} == {"fixture-reviews"}
     assert len({cfg.run_id for cfg in resolved}) == 1
 
@@ -104,14 +117,24 @@ def test_custom_task_is_stored_shown_and_filtered_by_its_name(
     copy_custom_task(tmp_path / "task")
     monkeypatch.chdir(tmp_path / "task")
     out = tmp_path / "runs"
-    argv = ["run", "--variants", "lora", "--tasks", "./reviews.yaml", "--model", str(tiny_model_dir)]
+    argv = [
+        "run",
+        "--variants",
+        "lora",
+        "--tasks",
+        "./reviews.yaml",
+        "--model",
+        str(tiny_model_dir),
+    ]
     argv += ["--budget", "steps=2", "--out", str(out), "--quiet", "--no-adapters"]
     assert cli_main(argv) == 0
     assert "fixture-reviews" in capsys.readouterr().out
     records = ResultStore(out / "results.db").records()
     assert [r.task for r in records] == ["fixture-reviews"]
     # Another spelling of the same file is the same, finished run.
-    assert cli_main([*argv[:4], str((tmp_path / "task" / "reviews.yaml").resolve()), *argv[5:]]) == 0
+    assert (
+        cli_main([*argv[:4], str((tmp_path / "task" / "reviews.yaml").resolve()), *argv[5:]]) == 0
+    )
     assert "1 already finished, skipped" in capsys.readouterr().out
 
     from lorabench.reports import generate_report
@@ -143,7 +166,9 @@ def test_changed_data_is_a_new_run_with_one_line_and_kept_apart(
     assert cli_main(argv) == 0
     second = capsys.readouterr().out
     changed = [line for line in second.splitlines() if "the data differs" in line]
-    assert len(changed) == 1 and "fixture-reviews" in changed[0] and "2 finished run(s)" in changed[0]
+    assert (
+        len(changed) == 1 and "fixture-reviews" in changed[0] and "2 finished run(s)" in changed[0]
+    )
     assert "already finished" not in second
 
     records = ResultStore(out / "results.db").records()
@@ -159,7 +184,9 @@ def test_changed_data_is_a_new_run_with_one_line_and_kept_apart(
     full = cache.resolve(RunConfig("lora", "rte", model=str(tiny_model_dir), data_dir=str(glue)))
     rows = (glue / "RTE" / "train.tsv").read_text().splitlines()
     (glue / "RTE" / "train.tsv").write_text("\n".join(rows[:-1]) + "\n")
-    fewer = RunCache().resolve(RunConfig("lora", "rte", model=str(tiny_model_dir), data_dir=str(glue)))
+    fewer = RunCache().resolve(
+        RunConfig("lora", "rte", model=str(tiny_model_dir), data_dir=str(glue))
+    )
     assert fewer.data_fingerprint != full.data_fingerprint and fewer.run_id != full.run_id
     assert fewer.settings_id == full.settings_id
 
@@ -167,8 +194,12 @@ def test_changed_data_is_a_new_run_with_one_line_and_kept_apart(
 def test_same_data_in_another_folder_is_the_same_run(tmp_path, tiny_model_dir):
     other = tmp_path / "elsewhere"
     shutil.copytree(FIXTURES / "glue", other)
-    here = RunCache().resolve(RunConfig("lora", "rte", model=str(tiny_model_dir), data_dir=str(FIXTURES / "glue")))
-    there = RunCache().resolve(RunConfig("lora", "rte", model=str(tiny_model_dir), data_dir=str(other)))
+    here = RunCache().resolve(
+        RunConfig("lora", "rte", model=str(tiny_model_dir), data_dir=str(FIXTURES / "glue"))
+    )
+    there = RunCache().resolve(
+        RunConfig("lora", "rte", model=str(tiny_model_dir), data_dir=str(other))
+    )
     assert here.run_id == there.run_id
 
 

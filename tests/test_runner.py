@@ -1,4 +1,5 @@
-"""Suites: resume without duplicates, failed runs do not stop a suite, Ctrl-C keeps what finished."""
+"""Suites: resume without duplicates, failed runs do not stop a suite, Ctrl-C keeps what
+finished."""
 
 from __future__ import annotations
 
@@ -20,13 +21,20 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 class Saboteur(LoRA):
-    """LoRA that misbehaves in the run whose rank ``plan["r"]`` names: an infinite loss or Ctrl-C."""
+    """LoRA that misbehaves in the run whose rank ``plan["r"]`` names: an infinite loss or
+    Ctrl-C."""
 
     name = "saboteur"
-    plan: ClassVar[dict[str, Any]] = {}  # {"mode": "nan" | "interrupt", "r": rank of the run to hit}
+    plan: ClassVar[
+        dict[str, Any]
+    ] = {}  # {"mode": "nan" | "interrupt", "r": rank of the run to hit}
 
     def before_step(self, step: int) -> None:
-        if step == 1 and self.plan.get("mode") == "interrupt" and self.config.r == self.plan.get("r"):
+        if (
+            step == 1
+            and self.plan.get("mode") == "interrupt"
+            and self.config.r == self.plan.get("r")
+        ):
             raise KeyboardInterrupt
 
     def regularization_loss(self):
@@ -58,8 +66,15 @@ def make_suite(model_dir, task, out, variants, seeds=(0, 1)) -> SuiteConfig:
     return suite
 
 
-def test_resume_skips_finished_runs_and_never_duplicates(tiny_model_dir, toy_task, tmp_path, monkeypatch):
-    suite = make_suite(tiny_model_dir, toy_task, tmp_path, [VariantEntry("lora", {"r": 2}), VariantEntry("dylora", {"r": 2})])
+def test_resume_skips_finished_runs_and_never_duplicates(
+    tiny_model_dir, toy_task, tmp_path, monkeypatch
+):
+    suite = make_suite(
+        tiny_model_dir,
+        toy_task,
+        tmp_path,
+        [VariantEntry("lora", {"r": 2}), VariantEntry("dylora", {"r": 2})],
+    )
     store = ResultStore(tmp_path / "results.db")
     out = io.StringIO()
     records = run_suite(suite, store, progress=False, stream=out)
@@ -70,8 +85,14 @@ def test_resume_skips_finished_runs_and_never_duplicates(tiny_model_dir, toy_tas
     assert "lora(r=2)" in text and "dylora(r=2)" in text and "±" in text
 
     calls = []
-    monkeypatch.setattr(runner, "execute_run", lambda cfg, **kw: calls.append(cfg) or pytest.fail("re-ran a finished run"))
-    again = run_suite(suite, ResultStore(tmp_path / "results.db"), progress=False, stream=io.StringIO())
+    monkeypatch.setattr(
+        runner,
+        "execute_run",
+        lambda cfg, **kw: calls.append(cfg) or pytest.fail("re-ran a finished run"),
+    )
+    again = run_suite(
+        suite, ResultStore(tmp_path / "results.db"), progress=False, stream=io.StringIO()
+    )
     assert calls == []
     assert [r.run_id for r in again] == [r.run_id for r in records]
     assert len(ResultStore(tmp_path / "results.db").records(status=None)) == 4
@@ -79,7 +100,13 @@ def test_resume_skips_finished_runs_and_never_duplicates(tiny_model_dir, toy_tas
 
 def test_failed_run_is_stored_and_suite_goes_on(tiny_model_dir, toy_task, tmp_path, saboteur):
     saboteur.plan = {"mode": "nan", "r": 3}
-    suite = make_suite(tiny_model_dir, toy_task, tmp_path, [VariantEntry("saboteur", {"r": 3}), VariantEntry("lora", {"r": 2})], seeds=[0])
+    suite = make_suite(
+        tiny_model_dir,
+        toy_task,
+        tmp_path,
+        [VariantEntry("saboteur", {"r": 3}), VariantEntry("lora", {"r": 2})],
+        seeds=[0],
+    )
     store = ResultStore(tmp_path / "results.db")
     out = io.StringIO()
     records = run_suite(suite, store, progress=False, stream=out)
@@ -96,7 +123,13 @@ def test_failed_run_is_stored_and_suite_goes_on(tiny_model_dir, toy_task, tmp_pa
 
 def test_ctrl_c_keeps_finished_records(tiny_model_dir, toy_task, tmp_path, saboteur):
     saboteur.plan = {"mode": "interrupt", "r": 3}
-    suite = make_suite(tiny_model_dir, toy_task, tmp_path, [VariantEntry("lora", {"r": 2}), VariantEntry("saboteur", {"r": 3})], seeds=[0])
+    suite = make_suite(
+        tiny_model_dir,
+        toy_task,
+        tmp_path,
+        [VariantEntry("lora", {"r": 2}), VariantEntry("saboteur", {"r": 3})],
+        seeds=[0],
+    )
     store = ResultStore(tmp_path / "results.db")
     with pytest.raises(KeyboardInterrupt):
         run_suite(suite, store, progress=False, stream=io.StringIO())
@@ -104,13 +137,30 @@ def test_ctrl_c_keeps_finished_records(tiny_model_dir, toy_task, tmp_path, sabot
     assert [(r.variant, r.status) for r in stored] == [("lora", "finished")]
 
 
-def test_cli_ctrl_c_exits_cleanly_with_130(tiny_model_dir, toy_task, tmp_path, saboteur, capsys, cli_main):
+def test_cli_ctrl_c_exits_cleanly_with_130(
+    tiny_model_dir, toy_task, tmp_path, saboteur, capsys, cli_main
+):
     saboteur.plan = {"mode": "interrupt", "r": 3}
-    code = cli_main([
-        "run", "--variants", "lora,saboteur", "--variant-config", "saboteur.r=3", "--tasks", toy_task,
-        "--model", str(tiny_model_dir), "--budget", "steps=3", "--out", str(tmp_path), "--quiet",
-        "--max-eval-examples", "16",
-    ])
+    code = cli_main(
+        [
+            "run",
+            "--variants",
+            "lora,saboteur",
+            "--variant-config",
+            "saboteur.r=3",
+            "--tasks",
+            toy_task,
+            "--model",
+            str(tiny_model_dir),
+            "--budget",
+            "steps=3",
+            "--out",
+            str(tmp_path),
+            "--quiet",
+            "--max-eval-examples",
+            "16",
+        ]
+    )
     assert code == 130
     assert "finished runs are saved" in capsys.readouterr().err
     assert [r.variant for r in ResultStore(tmp_path / "results.db").records()] == ["lora"]
@@ -120,9 +170,19 @@ def test_summary_table_mean_and_std_over_seeds():
     from lorabench.results.records import RunRecord
 
     def rec(seed, score, status="finished"):
-        return RunRecord(run_id=f"id{seed}{status}", status=status, variant="lora", task="rte", model="m", seed=seed,
-                         config={"variant_config": {}}, score=score, primary_metric="accuracy", trainable_params=100,
-                         spent={"train_seconds": 2.0})
+        return RunRecord(
+            run_id=f"id{seed}{status}",
+            status=status,
+            variant="lora",
+            task="rte",
+            model="m",
+            seed=seed,
+            config={"variant_config": {}},
+            score=score,
+            primary_metric="accuracy",
+            trainable_params=100,
+            spent={"train_seconds": 2.0},
+        )
 
     table = summary_table([rec(0, 0.5), rec(1, 0.7), rec(2, None, "failed")])
     row = table.iloc[0]
@@ -132,7 +192,9 @@ def test_summary_table_mean_and_std_over_seeds():
     assert "0.6000 ± 0.1414" in text and "lora" in text
 
 
-def test_failed_run_line_shows_the_whole_message_not_the_traceback(tiny_model_dir, toy_task, tmp_path, saboteur):
+def test_failed_run_line_shows_the_whole_message_not_the_traceback(
+    tiny_model_dir, toy_task, tmp_path, saboteur
+):
     class TwoLineError(RuntimeError):
         pass
 
@@ -141,7 +203,9 @@ def test_failed_run_line_shows_the_whole_message_not_the_traceback(tiny_model_di
 
     saboteur.before_step = explode
     try:
-        suite = make_suite(tiny_model_dir, toy_task, tmp_path, [VariantEntry("saboteur", {"r": 3})], seeds=[0])
+        suite = make_suite(
+            tiny_model_dir, toy_task, tmp_path, [VariantEntry("saboteur", {"r": 3})], seeds=[0]
+        )
         out = io.StringIO()
         run_suite(suite, ResultStore(tmp_path / "results.db"), progress=False, stream=out)
     finally:

@@ -59,7 +59,12 @@ class FakeStore:
 class FakeHarness:
     """Trains nothing; spends ``seconds_per_step`` (x rank factor) per step and reports evals."""
 
-    def __init__(self, seconds_per_step: float = 1.0, rank_cost: float = 0.0, interrupt_on_call: int | None = None):
+    def __init__(
+        self,
+        seconds_per_step: float = 1.0,
+        rank_cost: float = 0.0,
+        interrupt_on_call: int | None = None,
+    ):
         self.seconds_per_step = seconds_per_step
         self.rank_cost = rank_cost
         self.interrupt_on_call = interrupt_on_call
@@ -98,12 +103,21 @@ class FakeHarness:
             config=cfg.to_dict(),
             score=self.score(cfg, step, total),
             rank=r,
-            ranks={"layer.0.query": r, "layer.0.value": max(1, r // 2)},  # as if a matrix was pruned
+            ranks={
+                "layer.0.query": r,
+                "layer.0.value": max(1, r // 2),
+            },  # as if a matrix was pruned
             rank_scores={r: {"accuracy": self.score(cfg, step, total)}, 32: {"accuracy": 0.5}},
             primary_metric="accuracy",
             trainable_params=1000 * r,
             budget=cfg.budget.to_dict(),
-            spent={"steps": step, "tokens": 64 * step, "train_seconds": per_step * step, "eval_seconds": 0.0, "flops": 1e6 * step},
+            spent={
+                "steps": step,
+                "tokens": 64 * step,
+                "train_seconds": per_step * step,
+                "eval_seconds": 0.0,
+                "flops": 1e6 * step,
+            },
         )
 
 
@@ -124,7 +138,10 @@ def search_config(tmp_path, **overrides) -> SearchConfig:
 
 
 def total_steps(study: optuna.Study) -> float:
-    return sum(t.user_attrs.get("spend", t.user_attrs.get("partial_spend", {})).get("steps", 0) for t in study.trials)
+    return sum(
+        t.user_attrs.get("spend", t.user_attrs.get("partial_spend", {})).get("steps", 0)
+        for t in study.trials
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -137,7 +154,16 @@ def test_space_merges_overrides_fixes_and_removes():
         "alpha": {"type": "categorical", "choices": [8, 16]},
         "train.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-3, "log": True},
     }
-    space = build_search_space("lora", declared, {"alpha": 16, "dropout": {"type": "float", "low": 0.0, "high": 0.2}, "train.learning_rate": None}, config_fields=LORA_FIELDS)
+    space = build_search_space(
+        "lora",
+        declared,
+        {
+            "alpha": 16,
+            "dropout": {"type": "float", "low": 0.0, "high": 0.2},
+            "train.learning_rate": None,
+        },
+        config_fields=LORA_FIELDS,
+    )
     assert space.names == ["r", "dropout"]
     assert dict(space.fixed) == {"alpha": 16}
     params = space.suggest(optuna.trial.FixedTrial({"r": 4, "dropout": 0.1}))
@@ -151,24 +177,30 @@ def test_space_merges_overrides_fixes_and_removes():
         ({"r": {"type": "categorical", "choices": []}}, "non-empty list"),
         ({"r": {"type": "int", "low": 8, "high": 2}}, "above high"),
         ({"r": {"type": "gaussian"}}, "not a distribution spec"),
-        ({"train.learning_rate": {"type": "float", "low": 0.0, "high": 1e-3, "log": True}}, "needs low > 0"),
+        (
+            {"train.learning_rate": {"type": "float", "low": 0.0, "high": 1e-3, "log": True}},
+            "needs low > 0",
+        ),
         ({"r": {"type": "int", "low": 1, "high": "alpha"}}, "names no earlier parameter"),
         ({"r": {"type": "int", "low": 1, "high": 8, "stepp": 2}}, "unknown key"),
         ({"r": None, "train.learning_rate": None}, "is empty"),
     ],
 )
 def test_invalid_spaces_fail_with_the_parameter_named(overrides, message):
-    declared = {"r": {"type": "categorical", "choices": [2, 4]}, "train.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-3}}
+    declared = {
+        "r": {"type": "categorical", "choices": [2, 4]},
+        "train.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-3},
+    }
     with pytest.raises(SearchSpaceError, match=message):
         build_search_space("lora", declared, overrides, config_fields=LORA_FIELDS)
 
 
 # Each built-in declares what issue 4 lists for it (rank, learning rate, dropout; alpha where the
-# variant has one; AdaLoRA both ranks, VeRA d_initial).
+# variant has one; AdaLoRA both ranks (r, the initial one, and target_r), VeRA d_initial).
 BUILT_IN_SPACES = {
     "lora": {"r", "alpha", "dropout", "train.learning_rate"},
     "dora": {"r", "alpha", "dropout", "train.learning_rate"},
-    "adalora": {"init_r", "target_r", "alpha", "dropout", "train.learning_rate"},
+    "adalora": {"r", "target_r", "alpha", "dropout", "train.learning_rate"},
     "vera": {"r", "d_initial", "dropout", "train.learning_rate"},
     "dylora": {"r", "alpha", "dropout", "train.learning_rate"},
 }
@@ -183,7 +215,9 @@ def test_every_registered_variant_declares_a_valid_space(name: str) -> None:
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     for _ in range(10):  # every sampled point is a valid config of the variant
         params = space.suggest(study.ask())
-        variant.config_class.from_dict({k: v for k, v in params.items() if not k.startswith("train.")})
+        variant.config_class.from_dict(
+            {k: v for k, v in params.items() if not k.startswith("train.")}
+        )
 
 
 def test_conditional_parameters_and_bounds_naming_earlier_parameters():
@@ -197,7 +231,9 @@ def test_conditional_parameters_and_bounds_naming_earlier_parameters():
     assert space.is_conditional
     off = space.suggest(optuna.trial.FixedTrial({"r": 4, "use_rslora": False, "dropout": 3}))
     assert "alpha" not in off
-    on = space.suggest(optuna.trial.FixedTrial({"r": 4, "use_rslora": True, "alpha": 16, "dropout": 3}))
+    on = space.suggest(
+        optuna.trial.FixedTrial({"r": 4, "use_rslora": True, "alpha": 16, "dropout": 3})
+    )
     assert on["alpha"] == 16
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     for _ in range(30):
@@ -209,11 +245,19 @@ def test_conditional_parameters_and_bounds_naming_earlier_parameters():
 
 def test_grid_enumerates_discrete_space_and_rejects_continuous():
     space = build_search_space(
-        "lora", {"r": {"type": "int", "low": 2, "high": 8, "step": 2}, "dropout": {"type": "float", "low": 0.0, "high": 0.2, "step": 0.1}},
+        "lora",
+        {
+            "r": {"type": "int", "low": 2, "high": 8, "step": 2},
+            "dropout": {"type": "float", "low": 0.0, "high": 0.2, "step": 0.1},
+        },
         config_fields=LORA_FIELDS,
     )
     assert space.grid() == {"r": [2, 4, 6, 8], "dropout": [0.0, 0.1, 0.2]}
-    lr = build_search_space("lora", {"train.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-3, "log": True}}, config_fields=LORA_FIELDS)
+    lr = build_search_space(
+        "lora",
+        {"train.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-3, "log": True}},
+        config_fields=LORA_FIELDS,
+    )
     with pytest.raises(SearchSpaceError, match="cannot enumerate"):
         lr.grid()
 
@@ -239,8 +283,14 @@ def test_study_spend_counts_pruned_failed_and_running_trials():
     full = {"steps": 100.0, "tokens": 6400.0, "seconds": 50.0, "flops": 1e8}
     trials = [
         _trial(0, TrialState.COMPLETE, {"spend": full}, value=0.7),
-        _trial(1, TrialState.PRUNED, {"spend": {"steps": 25.0, "tokens": 1600.0, "seconds": 12.5, "flops": 2.5e7}}),
-        _trial(2, TrialState.FAIL, {"partial_spend": {"steps": 50.0, "seconds": 30.0}}),  # a killed worker
+        _trial(
+            1,
+            TrialState.PRUNED,
+            {"spend": {"steps": 25.0, "tokens": 1600.0, "seconds": 12.5, "flops": 2.5e7}},
+        ),
+        _trial(
+            2, TrialState.FAIL, {"partial_spend": {"steps": 50.0, "seconds": 30.0}}
+        ),  # a killed worker
         _trial(3, TrialState.RUNNING, {"reserved": 100.0, "partial_spend": {"steps": 75.0}}),
         _trial(4, TrialState.RUNNING, {}),  # asked, reservation not yet written: the default counts
     ]
@@ -264,8 +314,12 @@ def test_study_spend_counts_pruned_failed_and_running_trials():
 
 def test_search_stops_at_budget_counting_pruned_trials_and_confirms(tmp_path):
     harness, store = FakeHarness(), FakeStore()
-    prepared = prepare_search(search_config(tmp_path, pruner="hyperband", budget=Budget("steps", 600)))
-    outcome = run_search(prepared, store=store, execute=harness, results=str(tmp_path / "results.db"), progress=False)
+    prepared = prepare_search(
+        search_config(tmp_path, pruner="hyperband", budget=Budget("steps", 600))
+    )
+    outcome = run_search(
+        prepared, store=store, execute=harness, results=str(tmp_path / "results.db"), progress=False
+    )
     study = prepared.study
     spent = total_steps(study)
     assert 600 <= spent < 600 + 100  # stops on the trial that reaches the budget
@@ -278,7 +332,10 @@ def test_search_stops_at_budget_counting_pruned_trials_and_confirms(tmp_path):
     confirm = [r for r in store.added if r.search["role"] == "confirm"]
     assert [r.seed for r in confirm] == [1, 2]  # fresh seeds, never the search seed 0
     assert {r.search["trial"] for r in confirm} == {outcome.best_trial}
-    assert confirm[0].config["variant_config"] == study.trials[outcome.best_trial].user_attrs["run_config"]["variant_config"]
+    assert (
+        confirm[0].config["variant_config"]
+        == study.trials[outcome.best_trial].user_attrs["run_config"]["variant_config"]
+    )
 
     (summary,) = load_search_summaries(tmp_path / "results.db")
     assert summary["study"] == "t/lora/rte" and summary["best"]["trial"] == outcome.best_trial
@@ -308,9 +365,16 @@ def test_rerun_resumes_and_spends_nothing_more(tmp_path):
 def test_seconds_budget_gives_a_slower_variant_fewer_trials(tmp_path):
     counts = {}
     for name, per_step in (("fast", 0.1), ("slow", 0.4)):
-        cfg = search_config(tmp_path, budget=Budget("seconds", 100), study=name, pruner="none", confirm_seeds=0)
+        cfg = search_config(
+            tmp_path, budget=Budget("seconds", 100), study=name, pruner="none", confirm_seeds=0
+        )
         prepared = prepare_search(cfg, probe=False)  # the fake harness has no model to probe
-        run_search(prepared, store=FakeStore(), execute=FakeHarness(seconds_per_step=per_step), progress=False)
+        run_search(
+            prepared,
+            store=FakeStore(),
+            execute=FakeHarness(seconds_per_step=per_step),
+            progress=False,
+        )
         counts[name] = len(prepared.study.trials)
         assert 100 <= prepared.spend().committed < 100 + 100 * per_step + 1e-9
     assert counts == {"fast": 10, "slow": 3}  # 10 s and 40 s trials under one 100 s budget
@@ -320,7 +384,12 @@ def test_interrupted_trial_counts_its_spend_and_the_search_resumes(tmp_path):
     store = FakeStore()
     cfg = search_config(tmp_path, pruner="none", confirm_seeds=0)
     with pytest.raises(KeyboardInterrupt):
-        run_search(prepare_search(cfg), store=store, execute=FakeHarness(interrupt_on_call=3), progress=False)
+        run_search(
+            prepare_search(cfg),
+            store=store,
+            execute=FakeHarness(interrupt_on_call=3),
+            progress=False,
+        )
     prepared = prepare_search(search_config(tmp_path, pruner="none", confirm_seeds=0))
     states = [t.state for t in prepared.study.trials]
     assert states == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.FAIL]
@@ -347,12 +416,16 @@ def test_killed_worker_trial_is_failed_by_heartbeat_and_keeps_its_spend(tmp_path
 
 
 def test_multi_objective_reports_a_pareto_front_without_pruning(tmp_path):
-    cfg = search_config(tmp_path, multi_objective=True, pruner="hyperband", budget=Budget("steps", 800))
+    cfg = search_config(
+        tmp_path, multi_objective=True, pruner="hyperband", budget=Budget("steps", 800)
+    )
     prepared = prepare_search(cfg)
     outcome = run_search(prepared, store=FakeStore(), execute=FakeHarness(), progress=False)
     assert all(t.state == TrialState.COMPLETE for t in prepared.study.trials)
     front = outcome.summary["pareto_front"]
-    assert front and [row["trainable_params"] for row in front] == sorted(row["trainable_params"] for row in front)
+    assert front and [row["trainable_params"] for row in front] == sorted(
+        row["trainable_params"] for row in front
+    )
     # Pareto: no front member is beaten on both objectives by any trial
     for row in front:
         for t in prepared.study.trials:
@@ -361,7 +434,9 @@ def test_multi_objective_reports_a_pareto_front_without_pruning(tmp_path):
 
 def test_seeded_sampler_is_reproducible_and_differs_per_trial():
     def params(seed):
-        study = optuna.create_study(sampler=TrialSeededSampler(lambda s: optuna.samplers.RandomSampler(seed=s), seed))
+        study = optuna.create_study(
+            sampler=TrialSeededSampler(lambda s: optuna.samplers.RandomSampler(seed=s), seed)
+        )
         out = []
         for _ in range(4):
             trial = study.ask()
@@ -379,7 +454,10 @@ def test_tpe_is_the_default_sampler_and_is_seeded():
 
     space = build_search_space(
         "lora",
-        {"r": {"type": "categorical", "choices": [1, 2, 4, 8, 16]}, "train.learning_rate": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True}},
+        {
+            "r": {"type": "categorical", "choices": [1, 2, 4, 8, 16]},
+            "train.learning_rate": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True},
+        },
         config_fields=LORA_FIELDS,
     )
 
@@ -392,7 +470,9 @@ def test_tpe_is_the_default_sampler_and_is_seeded():
         for _ in range(13):  # past TPE's 10 random start-up trials, so the model proposes too
             trial = study.ask()
             params = space.suggest(trial)
-            study.tell(trial, 0.01 * params["r"] - abs(math.log10(params["train.learning_rate"]) + 3))
+            study.tell(
+                trial, 0.01 * params["r"] - abs(math.log10(params["train.learning_rate"]) + 3)
+            )
             out.append(params)
         return out
 
@@ -407,7 +487,9 @@ def test_tpe_is_the_default_sampler_and_is_seeded():
 
 def test_worker_with_a_different_budget_is_refused(tmp_path):
     prepare_search(search_config(tmp_path))
-    with pytest.raises(SearchError, match=r"created with search budget steps=1000, but this worker has steps=2000"):
+    with pytest.raises(
+        SearchError, match=r"created with search budget steps=1000, but this worker has steps=2000"
+    ):
         prepare_search(search_config(tmp_path, budget=Budget("steps", 2000)))
     with pytest.raises(SearchError, match="trial_budget"):
         prepare_search(search_config(tmp_path, trial_budget=Budget("steps", 50)))
@@ -445,48 +527,87 @@ def test_budget_below_one_trial_in_another_unit_is_refused_before_training(tmp_p
 
     for budget in ("tokens=10", "flops=1000", "seconds=0.000001"):
         kind = budget.split("=")[0]
-        with pytest.raises(SearchError, match=rf"search budget {kind}=\S+ is smaller than one trial \(estimated before training: {kind}[=~]"):
+        with pytest.raises(
+            SearchError,
+            match=(
+                rf"search budget {kind}=\S+ is smaller than one trial "
+                rf"\(estimated before training: {kind}[=~]"
+            ),
+        ):
             prepare_search(_tiny_search(tmp_path, tiny_bert_dir, budget))
     # Refusals leave no settings in the study, so the fix (a larger budget) is accepted.
-    study = optuna.load_study(study_name="probe/lora/rte", storage=f"sqlite:///{tmp_path / 'search.db'}")
+    study = optuna.load_study(
+        study_name="probe/lora/rte", storage=f"sqlite:///{tmp_path / 'search.db'}"
+    )
     assert study.trials == [] and STUDY_ATTR not in study.user_attrs
     prepared = prepare_search(_tiny_search(tmp_path, tiny_bert_dir, "tokens=100000"))
-    assert prepared.study.trials == [] and prepared.cache is not None  # loaded once, for the trials too
+    assert (
+        prepared.study.trials == [] and prepared.cache is not None
+    )  # loaded once, for the trials too
     with pytest.raises(SearchError, match="cannot load what a trial needs"):
-        prepare_search(_tiny_search(tmp_path, tiny_bert_dir, "seconds=60", data_dir=str(tmp_path / "no-glue"), study="nodata"))
+        prepare_search(
+            _tiny_search(
+                tmp_path,
+                tiny_bert_dir,
+                "seconds=60",
+                data_dir=str(tmp_path / "no-glue"),
+                study="nodata",
+            )
+        )
 
 
-@pytest.mark.skipif(not hasattr(runner, "execute_run"), reason="lorabench.harness.runner is not available")
+@pytest.mark.skipif(
+    not hasattr(runner, "execute_run"), reason="lorabench.harness.runner is not available"
+)
 def test_trial_estimate_matches_what_the_harness_spends(tiny_bert_dir):
     from pathlib import Path
 
     from lorabench.search.probe import estimate_trial
 
     run_cfg = RunConfig(
-        variant="lora", task="rte", seed=0, model=str(tiny_bert_dir), budget=Budget("tokens", 300),
+        variant="lora",
+        task="rte",
+        seed=0,
+        model=str(tiny_bert_dir),
+        budget=Budget("tokens", 300),
         train=TrainConfig(batch_size=2, eval_batch_size=4, max_length=32),
         data_dir=str(Path(__file__).parent / "fixtures" / "glue"),
     )
     cache = runner.RunCache()
-    steps, tokens, flops = (estimate_trial(run_cfg, unit, cache) for unit in ("steps", "tokens", "flops"))
+    steps, tokens, flops = (
+        estimate_trial(run_cfg, unit, cache) for unit in ("steps", "tokens", "flops")
+    )
     record = runner.execute_run(run_cfg, progress=False, cache=cache)
     assert record.status == "finished", record.error
     assert steps.exact and steps.amount == record.spent["steps"]
     assert tokens.exact and tokens.amount == record.spent["tokens"]
     assert not flops.exact and flops.amount == pytest.approx(record.spent["flops"], rel=0.1)
-    assert estimate_trial(RunConfig(**{**run_cfg.__dict__, "budget": Budget("seconds", 5)}), "steps", cache) is None
+    assert (
+        estimate_trial(
+            RunConfig(**{**run_cfg.__dict__, "budget": Budget("seconds", 5)}), "steps", cache
+        )
+        is None
+    )
 
 
 def test_unreachable_storage_fails_fast_with_the_url():
     started = time.monotonic()
-    with pytest.raises(StorageError, match=r"cannot reach search storage postgresql(\+\w+)?://nobody:\*\*\*@127.0.0.1:1/x"):
+    with pytest.raises(
+        StorageError,
+        match=r"cannot reach search storage postgresql(\+\w+)?://nobody:\*\*\*@127.0.0.1:1/x",
+    ):
         open_storage("postgresql://nobody:secret@127.0.0.1:1/x")
     assert time.monotonic() - started < 10
 
 
 def test_empty_space_and_bad_sampler_are_refused(tmp_path):
     with pytest.raises(SearchSpaceError, match="empty"):
-        prepare_search(search_config(tmp_path, space={"r": None, "alpha": None, "dropout": None, "train.learning_rate": None}))
+        prepare_search(
+            search_config(
+                tmp_path,
+                space={"r": None, "alpha": None, "dropout": None, "train.learning_rate": None},
+            )
+        )
     with pytest.raises(SearchError, match="sampler 'bayes' is unknown"):
         prepare_search(search_config(tmp_path, sampler="bayes"))
     with pytest.raises(SearchSpaceError, match="cannot enumerate"):
@@ -494,8 +615,20 @@ def test_empty_space_and_bad_sampler_are_refused(tmp_path):
 
 
 def test_grid_search_walks_the_grid_once(tmp_path):
-    space = {"r": {"type": "categorical", "choices": [2, 4, 8]}, "alpha": None, "dropout": None, "train.learning_rate": None}
-    cfg = search_config(tmp_path, sampler="grid", space=space, pruner="none", confirm_seeds=0, budget=Budget("steps", 10_000))
+    space = {
+        "r": {"type": "categorical", "choices": [2, 4, 8]},
+        "alpha": None,
+        "dropout": None,
+        "train.learning_rate": None,
+    }
+    cfg = search_config(
+        tmp_path,
+        sampler="grid",
+        space=space,
+        pruner="none",
+        confirm_seeds=0,
+        budget=Budget("steps", 10_000),
+    )
     prepared = prepare_search(cfg)
     harness = FakeHarness()
     run_search(prepared, store=FakeStore(), execute=harness, progress=False)
@@ -521,15 +654,28 @@ def test_cli_rejects_bad_input_before_training(tmp_path, capsys):
     base = ["--variants", "lora", "--tasks", "rte", "--results", str(tmp_path / "r.db")]
     code, err = _cli([*base, "--budget", "steps=50", "--trial-budget", "steps=100"], capsys)
     assert code == 2 and "smaller than one trial" in err
-    code, err = _cli([*base, "--budget", "steps=500", "--storage", "postgresql://u:pw@127.0.0.1:1/db"], capsys)
+    code, err = _cli(
+        [*base, "--budget", "steps=500", "--storage", "postgresql://u:pw@127.0.0.1:1/db"], capsys
+    )
     assert code == 2 and "cannot reach search storage" in err and "pw" not in err
-    results_down = ["--variants", "lora", "--tasks", "rte", "--storage", str(tmp_path / "s.db"), "--budget", "steps=500"]
+    results_down = [
+        "--variants",
+        "lora",
+        "--tasks",
+        "rte",
+        "--storage",
+        str(tmp_path / "s.db"),
+        "--budget",
+        "steps=500",
+    ]
     code, err = _cli([*results_down, "--results", "postgresql://u:pw@127.0.0.1:1/db"], capsys)
     assert code == 2 and "cannot use results database" in err and "pw" not in err
     code, err = _cli([*base, "--budget", "hours=3"], capsys)
     assert code == 2 and "budget kind 'hours' is unknown" in err
     config = tmp_path / "search.yaml"
-    config.write_text("budget: steps=500\nspace:\n  lora:\n    rank: {type: categorical, choices: [2, 4]}\n")
+    config.write_text(
+        "budget: steps=500\nspace:\n  lora:\n    rank: {type: categorical, choices: [2, 4]}\n"
+    )
     code, err = _cli([*base, "--config", str(config)], capsys)
     assert code == 2 and "'rank' is neither a field" in err
     config.write_text("budget: steps=500\nspaces: {}\n")
@@ -545,28 +691,48 @@ def test_cli_show_space_prints_the_merged_spaces_without_a_budget(tmp_path, caps
     import yaml
 
     config = tmp_path / "search.yaml"
-    config.write_text("space:\n  lora: {dropout: null, alpha: 16, r: {type: categorical, choices: [2, 4]}}\n")
+    config.write_text(
+        "space:\n  lora: {dropout: null, alpha: 16, r: {type: categorical, choices: [2, 4]}}\n"
+    )
     import argparse
 
     from lorabench.cli import search_cmd
 
     parser = argparse.ArgumentParser(prog="lorabench search")
     search_cmd.add_arguments(parser)
-    code = search_cmd.run(parser.parse_args(["--variants", "lora,adalora", "--config", str(config), "--show-space"]))
+    code = search_cmd.run(
+        parser.parse_args(["--variants", "lora,adalora", "--config", str(config), "--show-space"])
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     shown = yaml.safe_load(captured.out)
     assert shown["lora"]["params"]["r"] == {"type": "categorical", "choices": [2, 4]}
     assert "dropout" not in shown["lora"]["params"] and shown["lora"]["fixed"] == {"alpha": 16}
-    assert shown["adalora"]["params"]["target_r"]["high"] == "init_r"  # conditional bound, declared by AdaLoRA
+    assert (
+        shown["adalora"]["params"]["target_r"]["high"] == "r"
+    )  # conditional bound, declared by AdaLoRA
 
 
 def test_journal_storage_runs_and_resumes(tmp_path):
-    cfg = search_config(tmp_path, storage=f"journal:{tmp_path / 'search.journal'}", pruner="none", confirm_seeds=0, budget=Budget("steps", 300))
+    cfg = search_config(
+        tmp_path,
+        storage=f"journal:{tmp_path / 'search.journal'}",
+        pruner="none",
+        confirm_seeds=0,
+        budget=Budget("steps", 300),
+    )
     prepared = prepare_search(cfg)
     run_search(prepared, store=FakeStore(), execute=FakeHarness(), progress=False)
     assert len(prepared.study.trials) == 3
-    again = prepare_search(search_config(tmp_path, storage=f"journal:{tmp_path / 'search.journal'}", pruner="none", confirm_seeds=0, budget=Budget("steps", 300)))
+    again = prepare_search(
+        search_config(
+            tmp_path,
+            storage=f"journal:{tmp_path / 'search.journal'}",
+            pruner="none",
+            confirm_seeds=0,
+            budget=Budget("steps", 300),
+        )
+    )
     assert len(again.study.trials) == 3 and again.spend().exhausted(Budget("steps", 300))
 
 
@@ -584,14 +750,20 @@ def tiny_bert_dir(tmp_path_factory):
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(packaged_model_path()))
     tokenizer.save_pretrained(folder)
     config = transformers.BertConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=64, max_position_embeddings=64,
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
     )
     transformers.BertForSequenceClassification(config).save_pretrained(folder)
     return folder
 
 
-@pytest.mark.skipif(not hasattr(runner, "execute_run"), reason="lorabench.harness.runner is not available")
+@pytest.mark.skipif(
+    not hasattr(runner, "execute_run"), reason="lorabench.harness.runner is not available"
+)
 def test_search_end_to_end_tiny(tmp_path, tiny_bert_dir):
     from pathlib import Path
 
@@ -619,4 +791,8 @@ def test_search_end_to_end_tiny(tmp_path, tiny_bert_dir):
     assert 12 <= outcome.spend.committed < 12 + 4
     (summary,) = load_search_summaries(results)
     assert summary["best_rank"] in (1, 2, 4)
-    assert {row["rank"] for row in summary["score_vs_rank"] if row["state"] == "COMPLETE"} <= {1, 2, 4}
+    assert {row["rank"] for row in summary["score_vs_rank"] if row["state"] == "COMPLETE"} <= {
+        1,
+        2,
+        4,
+    }

@@ -20,7 +20,9 @@ import uuid
 import pytest
 
 URL = os.environ.get("LORABENCH_TEST_POSTGRES_URL")
-postgres = pytest.mark.skipif(not URL, reason="LORABENCH_TEST_POSTGRES_URL is not set (source scripts/ci_postgres.sh)")
+postgres = pytest.mark.skipif(
+    not URL, reason="LORABENCH_TEST_POSTGRES_URL is not set (source scripts/ci_postgres.sh)"
+)
 
 TRIAL_STEPS = 100
 # A worker: the real search loop and storage, with a harness that "trains" by sleeping, so the
@@ -32,7 +34,8 @@ from lorabench.harness.config import Budget, TrainConfig
 from lorabench.results.records import RunRecord
 from lorabench.search.loop import SearchConfig, prepare_search, run_search
 
-url, study, budget, trial_steps, tag = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
+url, study, budget = sys.argv[1], sys.argv[2], sys.argv[3]
+trial_steps, tag = int(sys.argv[4]), sys.argv[5]
 heartbeat, hang_at = int(sys.argv[6]), int(sys.argv[7])  # hang_at > 0: freeze after that eval
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 mine = []
@@ -47,10 +50,12 @@ def execute(cfg, *, on_eval=None, progress=True):
             print("HUNG", flush=True)
             time.sleep(3600)  # the test kills this worker here, mid-trial
     mine.append(cfg.run_id)
-    return RunRecord(run_id=cfg.run_id, status="finished", variant=cfg.variant, task=cfg.task, model="fake",
-                     seed=cfg.seed, config=cfg.to_dict(), score=0.5 + 0.01 * r + 1e-4 * cfg.train.learning_rate,
+    return RunRecord(run_id=cfg.run_id, status="finished", variant=cfg.variant, task=cfg.task,
+                     model="fake", seed=cfg.seed, config=cfg.to_dict(),
+                     score=0.5 + 0.01 * r + 1e-4 * cfg.train.learning_rate,
                      rank=r, trainable_params=100 * r,
-                     spent={"steps": trial_steps, "tokens": 0, "train_seconds": 0.2, "eval_seconds": 0.0, "flops": 0})
+                     spent={"steps": trial_steps, "tokens": 0, "train_seconds": 0.2,
+                            "eval_seconds": 0.0, "flops": 0})
 
 class Store:
     def add(self, record):
@@ -58,8 +63,9 @@ class Store:
     def get(self, run_id):
         return None
 
-cfg = SearchConfig(variant="lora", task="rte", budget=Budget.parse(budget), trial_budget=Budget("steps", trial_steps),
-                   train=TrainConfig(eval_every=25), storage=url, study=study, pruner="none", confirm_seeds=0,
+cfg = SearchConfig(variant="lora", task="rte", budget=Budget.parse(budget),
+                   trial_budget=Budget("steps", trial_steps), train=TrainConfig(eval_every=25),
+                   storage=url, study=study, pruner="none", confirm_seeds=0,
                    heartbeat_interval=heartbeat)
 outcome = run_search(prepare_search(cfg), store=Store(), execute=execute, progress=False)
 print("DONE " + json.dumps({"worker": tag, "committed": outcome.spend.committed}), flush=True)
@@ -67,10 +73,27 @@ print("DONE " + json.dumps({"worker": tag, "committed": outcome.spend.committed}
 
 
 def _worker(
-    study: str, budget: str, tag: str, *, storage: str | None = None, heartbeat: int = 2, hang_at: int = 0
+    study: str,
+    budget: str,
+    tag: str,
+    *,
+    storage: str | None = None,
+    heartbeat: int = 2,
+    hang_at: int = 0,
 ) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-c", WORKER, storage or URL, study, budget, str(TRIAL_STEPS), tag, str(heartbeat), str(hang_at)],
+        [
+            sys.executable,
+            "-c",
+            WORKER,
+            storage or URL,
+            study,
+            budget,
+            str(TRIAL_STEPS),
+            tag,
+            str(heartbeat),
+            str(hang_at),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -93,7 +116,9 @@ def _two_workers_share_one_study(storage_url: str, budget: int) -> None:
     from optuna.trial import TrialState
 
     study_prefix = f"w2-{uuid.uuid4().hex[:8]}"
-    workers = [_worker(study_prefix, f"steps={budget}", tag, storage=storage_url) for tag in ("a", "b")]
+    workers = [
+        _worker(study_prefix, f"steps={budget}", tag, storage=storage_url) for tag in ("a", "b")
+    ]
     outputs = [w.communicate(timeout=180) for w in workers]
     for w, (_, err) in zip(workers, outputs):
         assert w.returncode == 0, err[-3000:]
@@ -119,7 +144,12 @@ def _two_workers_share_one_study(storage_url: str, budget: int) -> None:
     spent = sum(t.user_attrs["spend"]["steps"] for t in trials)
     assert budget <= spent <= budget + 2 * TRIAL_STEPS  # at most one trial over per worker
     # Both workers saw the same total: no trial's spend counted twice or missed by either.
-    done = [json.loads(line[len("DONE ") :]) for out, _ in outputs for line in out.splitlines() if line.startswith("DONE ")]
+    done = [
+        json.loads(line[len("DONE ") :])
+        for out, _ in outputs
+        for line in out.splitlines()
+        if line.startswith("DONE ")
+    ]
     assert [d["committed"] for d in done] == [spent, spent]
 
 
@@ -145,12 +175,16 @@ def test_killed_worker_trial_is_failed_by_heartbeat_and_its_spend_counted():
         raise AssertionError(f"the worker ended before hanging: {doomed.communicate()[1][-3000:]}")
     doomed.send_signal(signal.SIGKILL)
     doomed.communicate(timeout=30)
-    time.sleep(3 * heartbeat + 0.5)  # past the grace period (3 beats), so the survivor fails it at once
+    time.sleep(
+        3 * heartbeat + 0.5
+    )  # past the grace period (3 beats), so the survivor fails it at once
 
     survivor = _worker(study_prefix, f"steps={budget}", "survivor", heartbeat=heartbeat)
     out, err = survivor.communicate(timeout=180)
     assert survivor.returncode == 0, err[-3000:]
-    study = optuna.load_study(study_name=f"{study_prefix}/lora/rte", storage=open_storage(URL, heartbeat_interval=None))
+    study = optuna.load_study(
+        study_name=f"{study_prefix}/lora/rte", storage=open_storage(URL, heartbeat_interval=None)
+    )
     trials = study.get_trials(deepcopy=False)
     failed = [t for t in trials if t.state == TrialState.FAIL]
     assert len(failed) == 1 and failed[0].number == 0, [t.state for t in trials]
@@ -158,7 +192,9 @@ def test_killed_worker_trial_is_failed_by_heartbeat_and_its_spend_counted():
     assert all(t.state == TrialState.COMPLETE for t in trials[1:])
     spent = 50 + sum(t.user_attrs["spend"]["steps"] for t in trials[1:])
     assert budget <= spent < budget + TRIAL_STEPS  # the killed trial's 50 steps count
-    (done,) = [json.loads(line[len("DONE ") :]) for line in out.splitlines() if line.startswith("DONE ")]
+    (done,) = [
+        json.loads(line[len("DONE ") :]) for line in out.splitlines() if line.startswith("DONE ")
+    ]
     assert done["committed"] == spent
 
 

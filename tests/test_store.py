@@ -14,17 +14,30 @@ from lorabench.results.records import CurvePoint, RunRecord
 from lorabench.results.store import ResultStore, ResultStoreError, load_results
 
 
-def make_record(run_id: str, *, status: str = "finished", variant: str = "lora", task: str = "rte",
-                seed: int = 0, score: float | None = 0.5, tag: str = "") -> RunRecord:
+def make_record(
+    run_id: str,
+    *,
+    status: str = "finished",
+    variant: str = "lora",
+    task: str = "rte",
+    seed: int = 0,
+    score: float | None = 0.5,
+    tag: str = "",
+) -> RunRecord:
     return RunRecord(
         run_id=run_id, status=status, variant=variant, task=task, model="tiny-bert", seed=seed,
         config={"variant": variant, "variant_config": {"r": 8}}, tag=tag,
-        metrics={} if score is None else {"accuracy": score, "f1": score / 2}, primary_metric="accuracy",
+        metrics={} if score is None else {"accuracy": score, "f1": score / 2},
+        primary_metric="accuracy",
         score=score, rank=8, budget={"kind": "steps", "limit": 10},
         spent={"steps": 10, "train_seconds": 1.5, "peak_memory_bytes": 1000},
         trainable_params=120, adapter_params=100, total_params=10_000,
-        curve=[CurvePoint(step=5, loss=0.7), CurvePoint(step=10, loss=0.6, metrics={"accuracy": score or 0.0})],
-        ranks={"layer.0.query": 8}, rank_scores={4: {"accuracy": 0.4}} if variant == "dylora" else None,
+        curve=[
+            CurvePoint(step=5, loss=0.7),
+            CurvePoint(step=10, loss=0.6, metrics={"accuracy": score or 0.0}),
+        ],
+        ranks={"layer.0.query": 8},
+        rank_scores={4: {"accuracy": 0.4}} if variant == "dylora" else None,
         started_at=f"2026-01-01T00:00:0{seed}", finished_at=f"2026-01-01T00:01:0{seed}",
     )  # fmt: skip
 
@@ -44,7 +57,9 @@ def test_replace_rules_finished_is_never_lost(tmp_path):
     assert store.add(make_record("a", status="failed", score=None))
     assert store.finished_ids() == set()
     assert store.add(make_record("a", score=0.6))  # finished replaces failed
-    assert not store.add(make_record("a", status="failed", score=None))  # failed never replaces finished
+    assert not store.add(
+        make_record("a", status="failed", score=None)
+    )  # failed never replaces finished
     assert not store.add(make_record("a", status="pruned", score=0.1))
     assert store.get("a").status == "finished" and store.get("a").score == 0.6
     assert store.add(make_record("a", score=0.7))  # a finished re-run replaces
@@ -57,9 +72,19 @@ def test_filters_and_dataframe(tmp_path):
     path = tmp_path / "r.db"
     store = ResultStore(path)
     for i, (variant, task, seed) in enumerate(
-        [("lora", "rte", 0), ("lora", "rte", 1), ("dora", "rte", 0), ("lora", "mrpc", 0), ("vera", "mrpc", 2)]
+        [
+            ("lora", "rte", 0),
+            ("lora", "rte", 1),
+            ("dora", "rte", 0),
+            ("lora", "mrpc", 0),
+            ("vera", "mrpc", 2),
+        ]
     ):
-        store.add(make_record(f"r{i}", variant=variant, task=task, seed=seed, tag="quick" if i < 2 else ""))
+        store.add(
+            make_record(
+                f"r{i}", variant=variant, task=task, seed=seed, tag="quick" if i < 2 else ""
+            )
+        )
     store.add(make_record("f", status="failed", score=None))
     assert {r.run_id for r in store.records()} == {"r0", "r1", "r2", "r3", "r4"}
     assert {r.run_id for r in store.records(tasks=["rte"], variants="lora")} == {"r0", "r1"}
@@ -73,7 +98,9 @@ def test_filters_and_dataframe(tmp_path):
     assert frame["metric.accuracy"].tolist() == [0.5, 0.5]
     assert frame["spent.train_seconds"].tolist() == [1.5, 1.5]
     assert frame["budget.limit"].tolist() == [10, 10]
-    assert isinstance(frame["config"].iloc[0], dict) and frame["ranks"].iloc[0] == {"layer.0.query": 8}
+    assert isinstance(frame["config"].iloc[0], dict) and frame["ranks"].iloc[0] == {
+        "layer.0.query": 8
+    }
     assert frame["curve"].iloc[0][1]["metrics"] == {"accuracy": 0.5}
 
     empty = load_results(path, tasks=["nope"])
@@ -132,7 +159,12 @@ def test_sqlite_uses_wal(tmp_path):
     ResultStore(path).add(make_record("a"))
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("SELECT value FROM lorabench_meta WHERE key='schema_version'").fetchone()[0] == "1"
+        assert (
+            conn.execute("SELECT value FROM lorabench_meta WHERE key='schema_version'").fetchone()[
+                0
+            ]
+            == "1"
+        )
 
 
 def _writer(path: str, worker: int, count: int) -> None:
@@ -140,7 +172,9 @@ def _writer(path: str, worker: int, count: int) -> None:
     for i in range(count):
         # Both workers write the shared ids too: one row each in the end, none lost.
         store.add(make_record(f"w{worker}-{i}", seed=worker))
-        store.add(make_record(f"shared-{i}", seed=i % 10, status="finished" if worker == 0 else "failed"))
+        store.add(
+            make_record(f"shared-{i}", seed=i % 10, status="finished" if worker == 0 else "failed")
+        )
 
 
 def test_several_processes_write_one_file(tmp_path):
@@ -161,7 +195,16 @@ def test_several_processes_write_one_file(tmp_path):
 
 def test_collect_environment_is_cached_and_complete():
     env = collect_environment()
-    for key in ("python", "platform", "packages", "git_commit", "git_dirty", "device", "hostname", "torch_threads"):
+    for key in (
+        "python",
+        "platform",
+        "packages",
+        "git_commit",
+        "git_dirty",
+        "device",
+        "hostname",
+        "torch_threads",
+    ):
         assert key in env
     assert env["packages"]["torch"] and env["packages"]["lorabench"]
     assert env["device"]["kind"] in ("cpu", "cuda") and env["device"]["name"]

@@ -55,7 +55,10 @@ def test_csv_train_and_jsonl_validation_classification():
     train, dev = data.split("train"), data.split("validation")
     assert list(train.columns) == ["text", "sentiment"]
     assert train["sentiment"].tolist() == [1, 0, 0, 1, 1]
-    assert train["text"].tolist()[2:4] == ["NA", 'Five stars, would buy "again"']  # "NA" is text, "" is unquoted
+    assert train["text"].tolist()[2:4] == [
+        "NA",
+        'Five stars, would buy "again"',
+    ]  # "NA" is text, "" is unquoted
     assert dev["sentiment"].tolist() == [0, 1, 1]
     assert dev["text"].iloc[0] == "Terrible, returned it"
 
@@ -63,7 +66,10 @@ def test_csv_train_and_jsonl_validation_classification():
 def test_jsonl_regression_pair_task_with_default_metrics():
     spec = register_custom_task(FIXTURES / "similarity.yaml")
     assert spec.task_type == "regression" and spec.num_labels == 1 and spec.label_names is None
-    assert [m.name for m in spec.metrics] == ["pearson", "spearman"] and spec.primary_metric == "pearson"
+    assert [m.name for m in spec.metrics] == [
+        "pearson",
+        "spearman",
+    ] and spec.primary_metric == "pearson"
     data = load_task(spec)
     assert list(data.split("train").columns) == ["left", "right", "score"]
     assert data.split("train")["score"].tolist() == [4.8, 0.2, 4.0]
@@ -83,20 +89,34 @@ def test_given_label_names_fix_the_ids(workdir):
 
 def test_numeric_labels_are_inferred_in_numeric_order(workdir):
     (workdir / "num.csv").write_text("text,label\na,10\nb,2\nc,3\nd,2\n", encoding="utf-8")
-    path = write_spec(workdir, train="num.csv", validation="num.csv", label_column="label", metrics=["accuracy", "f1_macro"])
+    path = write_spec(
+        workdir,
+        train="num.csv",
+        validation="num.csv",
+        label_column="label",
+        metrics=["accuracy", "f1_macro"],
+    )
     spec = register_custom_task(path)
     assert spec.label_names == ("2", "3", "10")
     assert load_task(spec).split("train")["label"].tolist() == [2, 0, 1, 0]
 
 
 def test_several_evaluation_splits(workdir):
-    spec = register_custom_task(write_spec(workdir, validation={"dev": "reviews_dev.jsonl", "test": "reviews_train.csv"}))
+    spec = register_custom_task(
+        write_spec(workdir, validation={"dev": "reviews_dev.jsonl", "test": "reviews_train.csv"})
+    )
     assert spec.eval_splits == ("dev", "test")
     assert set(load_task(spec).splits) == {"train", "dev", "test"}
 
 
 def test_missing_column_names_it_and_the_columns_present(workdir):
-    with pytest.raises(TaskDataError, match=r"missing column\(s\) \['review'\]; the columns present are \['id', 'text', 'sentiment'\]"):
+    with pytest.raises(
+        TaskDataError,
+        match=(
+            r"missing column\(s\) \['review'\]; "
+            r"the columns present are \['id', 'text', 'sentiment'\]"
+        ),
+    ):
         register_custom_task(write_spec(workdir, text_columns=["review"]))
 
 
@@ -129,14 +149,24 @@ def test_unsupported_file_format(workdir):
 def test_label_only_in_validation_fails_at_registration(workdir):
     with (workdir / "reviews_dev.jsonl").open("a", encoding="utf-8") as handle:
         handle.write('{"id": 9, "text": "meh", "sentiment": "neutral"}\n')
-    with pytest.raises(TaskDataError, match=r"'neutral'.*expected one of \['negative', 'positive'\]"):
+    with pytest.raises(
+        TaskDataError, match=r"'neutral'.*expected one of \['negative', 'positive'\]"
+    ):
         register_custom_task(write_spec(workdir))
 
 
 def test_binary_f1_on_three_classes_is_refused(workdir):
     (workdir / "three.csv").write_text("text,label\na,x\nb,y\nc,z\n", encoding="utf-8")
     with pytest.raises(TaskDataError, match="use 'f1_macro'"):
-        register_custom_task(write_spec(workdir, train="three.csv", validation="three.csv", label_column="label", metrics=["f1"]))
+        register_custom_task(
+            write_spec(
+                workdir,
+                train="three.csv",
+                validation="three.csv",
+                label_column="label",
+                metrics=["f1"],
+            )
+        )
 
 
 def test_a_custom_task_cannot_silently_replace_a_glue_task(workdir):

@@ -26,7 +26,10 @@ FIXTURES = Path(__file__).parent / "fixtures" / "glue"
 # fixture files by hand, with the nyu-mll/glue label ids.
 EXPECTED: dict[str, dict[str, tuple[dict[str, str], list]]] = {
     "cola": {
-        "train": ({"sentence": "Our friends won't buy this analysis, let alone the next one we propose."}, [1, 0, 1, 0]),
+        "train": (
+            {"sentence": "Our friends won't buy this analysis, let alone the next one we propose."},
+            [1, 0, 1, 0],
+        ),
         "validation": ({"sentence": "The sailors rode the breeze clear of the rocks."}, [1, 0]),
     },
     "sst2": {
@@ -36,8 +39,13 @@ EXPECTED: dict[str, dict[str, tuple[dict[str, str], list]]] = {
     "mrpc": {
         "train": (
             {
-                "sentence1": 'Amrozi accused his brother , whom he called " the witness , of distorting evidence .',
-                "sentence2": 'Referring to him as only " the witness " , Amrozi accused his brother .',
+                "sentence1": (
+                    'Amrozi accused his brother , whom he called " the witness , '
+                    "of distorting evidence ."
+                ),
+                "sentence2": (
+                    'Referring to him as only " the witness " , Amrozi accused his brother .'
+                ),
             },
             [1, 0, 1],
         ),
@@ -54,21 +62,39 @@ EXPECTED: dict[str, dict[str, tuple[dict[str, str], list]]] = {
         "validation": ({"question2": "Why are hispanics so beautiful?"}, [0, 0, 1]),
     },
     "stsb": {
-        "train": ({"sentence1": "A plane is taking off.", "sentence2": "An air plane is taking off."}, [5.0, 3.8, 0.5]),
+        "train": (
+            {"sentence1": "A plane is taking off.", "sentence2": "An air plane is taking off."},
+            [5.0, 3.8, 0.5],
+        ),
         "validation": ({"sentence1": "A man with a hard hat is dancing."}, [5.0, 4.75]),
     },
     "mnli": {
         "train": (
-            {"premise": "Conceptually cream skimming has two basic dimensions - product and geography."},
+            {
+                "premise": (
+                    "Conceptually cream skimming has two basic dimensions - product and geography."
+                )
+            },
             [1, 0, 2],
         ),
-        "validation_matched": ({"hypothesis": "Everyone really likes the newest benefits "}, [1, 2]),
+        "validation_matched": (
+            {"hypothesis": "Everyone really likes the newest benefits "},
+            [1, 2],
+        ),
         # Row 2's label1 says contradiction but its gold_label (last column) says entailment.
         "validation_mismatched": ({"hypothesis": "Your contributions were of no help."}, [2, 0]),
     },
     "qnli": {
         "train": ({"question": "When did the third Digimon series begin?"}, [1, 0]),
-        "validation": ({"sentence": "As of that day, the new constitution heralding the Second Republic came into force."}, [0, 1]),
+        "validation": (
+            {
+                "sentence": (
+                    "As of that day, the new constitution heralding the Second Republic "
+                    "came into force."
+                )
+            },
+            [0, 1],
+        ),
     },
     "rte": {
         "train": ({"sentence1": "No Weapons of Mass Destruction Found in Iraq Yet."}, [1, 0, 0]),
@@ -93,10 +119,15 @@ HUB_LABEL_NAMES = {
     "wnli": ("not_entailment", "entailment"),
 }
 HUB_COLUMNS = {
-    "cola": ("sentence",), "sst2": ("sentence",), "mrpc": ("sentence1", "sentence2"),
-    "qqp": ("question1", "question2"), "stsb": ("sentence1", "sentence2"),
-    "mnli": ("premise", "hypothesis"), "qnli": ("question", "sentence"),
-    "rte": ("sentence1", "sentence2"), "wnli": ("sentence1", "sentence2"),
+    "cola": ("sentence",),
+    "sst2": ("sentence",),
+    "mrpc": ("sentence1", "sentence2"),
+    "qqp": ("question1", "question2"),
+    "stsb": ("sentence1", "sentence2"),
+    "mnli": ("premise", "hypothesis"),
+    "qnli": ("question", "sentence"),
+    "rte": ("sentence1", "sentence2"),
+    "wnli": ("sentence1", "sentence2"),
 }
 PRIMARY = {"cola": "matthews", "stsb": "pearson"}
 
@@ -155,7 +186,10 @@ def test_mrpc_byte_order_mark_and_unbalanced_quotes():
     frame = load_fixture("mrpc").split("validation")
     # With CSV quoting on, the lone quote would swallow the following rows into one field.
     assert len(frame) == 2
-    assert frame["sentence2"].tolist()[0] == '" The pie business does not fit our long-term growth strategy .'
+    assert (
+        frame["sentence2"].tolist()[0]
+        == '" The pie business does not fit our long-term growth strategy .'
+    )
 
 
 def test_cola_has_no_header_so_the_first_row_is_an_example():
@@ -184,13 +218,18 @@ def test_stsb_score_is_the_last_of_ten_fields(tmp_path):
 def test_mnli_string_labels_and_both_eval_splits():
     data = load_fixture("mnli")
     assert set(data.splits) == {"train", "validation_matched", "validation_mismatched"}
-    assert data.split("validation_mismatched")["premise"].iloc[1] == "The answer has nothing to do with their cause."
+    assert (
+        data.split("validation_mismatched")["premise"].iloc[1]
+        == "The answer has nothing to do with their cause."
+    )
 
 
 def test_lower_case_and_hub_config_folder_names_and_the_task_folder_itself(tmp_path):
     shutil.copytree(FIXTURES / "RTE", tmp_path / "rte")
     shutil.copytree(FIXTURES / "SST-2", tmp_path / "sst2")
-    assert load_task("rte", LoadRequest(data_dir=str(tmp_path))).split("train")["label"].tolist() == [1, 0, 0]
+    assert load_task("rte", LoadRequest(data_dir=str(tmp_path))).split("train")[
+        "label"
+    ].tolist() == [1, 0, 0]
     assert len(load_task("sst2", LoadRequest(data_dir=str(tmp_path))).split("train")) == 3
     direct = load_task("rte", LoadRequest(data_dir=str(FIXTURES / "RTE")))
     assert direct.split("validation")["label"].tolist() == [1, 0]
@@ -199,7 +238,9 @@ def test_lower_case_and_hub_config_folder_names_and_the_task_folder_itself(tmp_p
 def test_example_limits_are_deterministic_nested_and_seed_independent():
     full = load_fixture("cola").split("train")
     a = load_fixture("cola", max_train_examples=2).split("train")
-    b = load_task("cola", LoadRequest(data_dir=str(FIXTURES), seed=123, max_train_examples=2)).split("train")
+    b = load_task(
+        "cola", LoadRequest(data_dir=str(FIXTURES), seed=123, max_train_examples=2)
+    ).split("train")
     c = load_fixture("cola", max_train_examples=3).split("train")
     pd.testing.assert_frame_equal(a, b)
     pd.testing.assert_frame_equal(a, c.head(2))
@@ -219,7 +260,9 @@ def test_missing_task_folder_names_what_is_there(tmp_path):
 def test_missing_split_file_is_named(tmp_path):
     shutil.copytree(FIXTURES / "MNLI", tmp_path / "MNLI")
     (tmp_path / "MNLI" / "dev_mismatched.tsv").unlink()
-    with pytest.raises(DataNotFoundError, match=r"dev_mismatched\.tsv not found.*'validation_mismatched'"):
+    with pytest.raises(
+        DataNotFoundError, match=r"dev_mismatched\.tsv not found.*'validation_mismatched'"
+    ):
         load_task("mnli", LoadRequest(data_dir=str(tmp_path)))
 
 
@@ -233,7 +276,9 @@ def test_unknown_label_value_is_reported(tmp_path):
     shutil.copytree(FIXTURES / "RTE", folder)
     with (folder / "dev.tsv").open("a", encoding="utf-8") as handle:
         handle.write("2\tA.\tB.\tcontradiction\n")
-    with pytest.raises(TaskDataError, match=r"'contradiction'.*expected one of \['entailment', 'not_entailment'\]"):
+    with pytest.raises(
+        TaskDataError, match=r"'contradiction'.*expected one of \['entailment', 'not_entailment'\]"
+    ):
         load_task("rte", LoadRequest(data_dir=str(tmp_path)))
 
 
@@ -244,10 +289,14 @@ def _as_datasetdict(task: str, label_names=None):
     spec = data.spec
     features = {c: datasets.Value("string") for c in spec.text_columns}
     names = label_names or spec.label_names
-    features["label"] = datasets.ClassLabel(names=list(names)) if names else datasets.Value("float32")
+    features["label"] = (
+        datasets.ClassLabel(names=list(names)) if names else datasets.Value("float32")
+    )
     return data, datasets.DatasetDict(
         {
-            split: datasets.Dataset.from_pandas(frame, features=datasets.Features(features), preserve_index=False)
+            split: datasets.Dataset.from_pandas(
+                frame, features=datasets.Features(features), preserve_index=False
+            )
             for split, frame in data.splits.items()
         }
     )
@@ -282,8 +331,16 @@ def test_parquet_copy_in_the_hub_snapshot_layout(tmp_path, task):
 def test_plain_parquet_files_with_string_labels(tmp_path):
     folder = tmp_path / "rte"
     folder.mkdir()
-    pd.DataFrame({"sentence1": ["a", "b"], "sentence2": ["c", "d"], "label": ["entailment", "not_entailment"]}).to_parquet(folder / "train.parquet")
-    pd.DataFrame({"sentence1": ["e"], "sentence2": ["f"], "label": ["not_entailment"]}).to_parquet(folder / "validation.parquet")
+    pd.DataFrame(
+        {
+            "sentence1": ["a", "b"],
+            "sentence2": ["c", "d"],
+            "label": ["entailment", "not_entailment"],
+        }
+    ).to_parquet(folder / "train.parquet")
+    pd.DataFrame({"sentence1": ["e"], "sentence2": ["f"], "label": ["not_entailment"]}).to_parquet(
+        folder / "validation.parquet"
+    )
     data = load_task("rte", LoadRequest(data_dir=str(tmp_path)))
     assert data.split("train")["label"].tolist() == [0, 1]
     assert data.split("validation")["label"].tolist() == [1]
@@ -301,16 +358,21 @@ def test_local_copy_with_other_columns_names_them(tmp_path):
     folder.mkdir()
     for split in ("train", "validation"):
         pd.DataFrame({"text": ["fine"], "label": [1]}).to_parquet(folder / f"{split}.parquet")
-    with pytest.raises(TaskDataError, match=r"missing column\(s\) \['sentence'\]; the columns present are \['text', 'label'\]"):
+    with pytest.raises(
+        TaskDataError,
+        match=r"missing column\(s\) \['sentence'\]; the columns present are \['text', 'label'\]",
+    ):
         load_task("sst2", LoadRequest(data_dir=str(tmp_path)))
 
 
-# -- the Hub, unreachable here ----------------------------------------------------------------------
+# -- the Hub, unreachable here ---------------------------------------------------------------------
 def test_offline_hub_fails_fast_and_says_to_pass_data_dir(monkeypatch):
     pytest.importorskip("datasets")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     start = time.monotonic()
-    with pytest.raises(DataNotFoundError, match=r"(?s)nyu-mll/glue/rte.*--data-dir.*DIR/RTE/train\.tsv"):
+    with pytest.raises(
+        DataNotFoundError, match=r"(?s)nyu-mll/glue/rte.*--data-dir.*DIR/RTE/train\.tsv"
+    ):
         load_task("rte")
     assert time.monotonic() - start < 30
 
@@ -327,7 +389,9 @@ def test_unreachable_hub_is_probed_before_datasets_is_asked(monkeypatch):
 
     monkeypatch.setattr(datasets, "load_dataset", must_not_be_called)
     start = time.monotonic()
-    with pytest.raises(DataNotFoundError, match=r"(?s)127\.0\.0\.1:9 unreachable.*HF_HUB_OFFLINE=1.*--data-dir"):
+    with pytest.raises(
+        DataNotFoundError, match=r"(?s)127\.0\.0\.1:9 unreachable.*HF_HUB_OFFLINE=1.*--data-dir"
+    ):
         load_task("mnli")
     assert time.monotonic() - start < 10
 
@@ -351,7 +415,9 @@ def test_hub_copy_when_datasets_can_load_it(monkeypatch):
     label_of = dict(zip(reference.split("train")["premise"], reference.split("train")["label"]))
     assert train["label"].tolist() == [label_of[p] for p in train["premise"]]
     pd.testing.assert_frame_equal(
-        loaded.split("validation_mismatched"), reference.split("validation_mismatched"), check_dtype=False
+        loaded.split("validation_mismatched"),
+        reference.split("validation_mismatched"),
+        check_dtype=False,
     )
 
 
@@ -360,7 +426,7 @@ def test_non_positive_example_limit_is_refused():
         load_task("rte", LoadRequest(data_dir=str(FIXTURES), max_train_examples=0))
 
 
-# -- lorabench list tasks ---------------------------------------------------------------------------
+# -- lorabench list tasks --------------------------------------------------------------------------
 def test_list_tasks_prints_each_glue_task_with_its_description(capsys):
     assert list_cmd.run(argparse.Namespace(what="tasks", pattern="*")) == 0
     lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}
@@ -370,7 +436,11 @@ def test_list_tasks_prints_each_glue_task_with_its_description(capsys):
 
 def test_list_tasks_shows_source_type_and_metrics_with_the_primary_starred(capsys):
     assert list_cmd.run(argparse.Namespace(what="tasks", pattern="*")) == 0
-    rows = {line.split()[0]: line.split()[:5] for line in capsys.readouterr().out.splitlines() if line.strip()}
+    rows = {
+        line.split()[0]: line.split()[:5]
+        for line in capsys.readouterr().out.splitlines()
+        if line.strip()
+    }
     assert rows["cola"][:4] == ["cola", "glue", "2-class", "matthews*,"]
     assert rows["stsb"][:4] == ["stsb", "glue", "regression", "pearson*,"]
     assert rows["mnli"][2] == "3-class"

@@ -70,8 +70,15 @@ def recording():
 
 def run_cfg(model_dir, task, *, variant="lora", budget="steps=12", seed=0, **train) -> RunConfig:
     train = {"batch_size": 16, "learning_rate": 5e-3, "eval_every": 6, **train}
-    return RunConfig(variant, task, seed=seed, variant_config={"r": 4}, model=str(model_dir),
-                     budget=Budget.parse(budget), train=TrainConfig(**train))
+    return RunConfig(
+        variant,
+        task,
+        seed=seed,
+        variant_config={"r": 4},
+        model=str(model_dir),
+        budget=Budget.parse(budget),
+        train=TrainConfig(**train),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +103,9 @@ def test_same_seed_same_numbers_and_other_seed_differs(tiny_model_dir, toy_task,
 
 def test_record_is_complete(tiny_model_dir, toy_task, cache, tmp_path):
     cfg = cache.resolve(run_cfg(tiny_model_dir, toy_task))  # the run as it happens: its identity
-    record = execute_run(run_cfg(tiny_model_dir, toy_task), progress=False, cache=cache, adapter_root=tmp_path)
+    record = execute_run(
+        run_cfg(tiny_model_dir, toy_task), progress=False, cache=cache, adapter_root=tmp_path
+    )
     assert record.run_id == cfg.run_id and record.status == "finished"
     assert record.data_fingerprint == cfg.data_fingerprint and len(record.data_fingerprint) == 16
     assert record.model_fingerprint == cfg.model_fingerprint and len(record.model_fingerprint) == 16
@@ -112,7 +121,17 @@ def test_record_is_complete(tiny_model_dir, toy_task, cache, tmp_path):
     assert record.adapter_bytes == saved.stat().st_size > 0
     assert (tmp_path / cfg.run_id / "head.safetensors").is_file()
     spent = record.spent
-    for key in ("steps", "tokens", "padded_tokens", "train_seconds", "eval_seconds", "flops", "flops_per_step", "peak_memory_bytes", "memory_kind"):
+    for key in (
+        "steps",
+        "tokens",
+        "padded_tokens",
+        "train_seconds",
+        "eval_seconds",
+        "flops",
+        "flops_per_step",
+        "peak_memory_bytes",
+        "memory_kind",
+    ):
         assert key in spent, key
     assert spent["padded_tokens"] >= spent["tokens"] > 0 and spent["flops"] > 0
     assert spent["memory_kind"] == "cpu_rss_peak" and spent["peak_memory_bytes"] > 0
@@ -121,16 +140,24 @@ def test_record_is_complete(tiny_model_dir, toy_task, cache, tmp_path):
 
 
 def test_hooks_called_in_documented_order(tiny_model_dir, toy_task, cache, recording):
-    record = execute_run(run_cfg(tiny_model_dir, toy_task, variant=recording, budget="steps=3"), progress=False, cache=cache)
+    record = execute_run(
+        run_cfg(tiny_model_dir, toy_task, variant=recording, budget="steps=3"),
+        progress=False,
+        cache=cache,
+    )
     assert record.status == "finished", record.error
     assert EVENTS[0] == ("on_train_begin", 3)
     steps = EVENTS[1:]
     assert [e[:2] for e in steps] == [
-        (name, step) for step in range(3) for name in ("before_step", "regularization_loss", "after_step")
+        (name, step)
+        for step in range(3)
+        for name in ("before_step", "regularization_loss", "after_step")
     ]
     for event in steps:
         if event[0] == "before_step":
-            assert event[2], "gradients left over at before_step: zero_grad did not run after the step"
+            assert event[2], (
+                "gradients left over at before_step: zero_grad did not run after the step"
+            )
         if event[0] == "after_step":
             assert event[2], "after_step ran without gradients (must run before zero_grad)"
             assert event[3], "after_step ran before optimizer.step()"
@@ -138,15 +165,23 @@ def test_hooks_called_in_documented_order(tiny_model_dir, toy_task, cache, recor
 
 def test_steps_budget_is_exact_and_runs_several_epochs(tiny_model_dir, toy_task, cache):
     # 200 examples / batch 16 = 13 steps per epoch: 30 steps is more than two passes.
-    record = execute_run(run_cfg(tiny_model_dir, toy_task, budget="steps=30", eval_every=None), progress=False, cache=cache)
+    record = execute_run(
+        run_cfg(tiny_model_dir, toy_task, budget="steps=30", eval_every=None),
+        progress=False,
+        cache=cache,
+    )
     assert record.spent["steps"] == record.spent["planned_steps"] == 30
     assert record.spent["stop_reason"] == "steps"
-    assert record.spent["tokens"] > 2 * sum(len(s.split()) + 2 for s in __import__("conftest").toy_rows(200, 1).sentence)
+    assert record.spent["tokens"] > 2 * sum(
+        len(s.split()) + 2 for s in __import__("conftest").toy_rows(200, 1).sentence
+    )
 
 
 def test_tokens_budget_never_exceeded_and_within_one_batch(tiny_model_dir, toy_task, cache):
     limit = 2500
-    record = execute_run(run_cfg(tiny_model_dir, toy_task, budget=f"tokens={limit}"), progress=False, cache=cache)
+    record = execute_run(
+        run_cfg(tiny_model_dir, toy_task, budget=f"tokens={limit}"), progress=False, cache=cache
+    )
     spent = record.spent
     assert record.status == "finished" and spent["stop_reason"] == "tokens"
     assert spent["tokens"] <= limit
@@ -157,7 +192,9 @@ def test_tokens_budget_never_exceeded_and_within_one_batch(tiny_model_dir, toy_t
 
 def test_flops_budget(tiny_model_dir, toy_task, cache):
     limit = 1e8
-    record = execute_run(run_cfg(tiny_model_dir, toy_task, budget=f"flops={limit:g}"), progress=False, cache=cache)
+    record = execute_run(
+        run_cfg(tiny_model_dir, toy_task, budget=f"flops={limit:g}"), progress=False, cache=cache
+    )
     spent = record.spent
     assert record.status == "finished" and spent["stop_reason"] == "flops"
     assert 0 < spent["flops"] <= limit
@@ -167,7 +204,11 @@ def test_flops_budget(tiny_model_dir, toy_task, cache):
 
 def test_seconds_budget_stops_on_time(tiny_model_dir, toy_task, cache):
     limit = 1.5
-    record = execute_run(run_cfg(tiny_model_dir, toy_task, budget=f"seconds={limit}", eval_every=None), progress=False, cache=cache)
+    record = execute_run(
+        run_cfg(tiny_model_dir, toy_task, budget=f"seconds={limit}", eval_every=None),
+        progress=False,
+        cache=cache,
+    )
     spent = record.spent
     assert record.status == "finished"
     assert spent["steps"] >= 1 and spent["planned_steps"] >= 1
@@ -181,15 +222,21 @@ def test_seconds_budget_stops_on_time(tiny_model_dir, toy_task, cache):
 
 def test_nan_loss_gives_failed_record_with_spend(tiny_model_dir, toy_task, cache, recording):
     Recording.fail_at = {"nan": 2}
-    record = execute_run(run_cfg(tiny_model_dir, toy_task, variant=recording), progress=False, cache=cache)
+    record = execute_run(
+        run_cfg(tiny_model_dir, toy_task, variant=recording), progress=False, cache=cache
+    )
     assert record.status == "failed"
     assert "NonFiniteLoss" in record.error and "step 2" in record.error
     assert record.spent["steps"] == 2 and record.score is None
 
 
-def test_exception_in_variant_gives_failed_record_with_traceback(tiny_model_dir, toy_task, cache, recording):
+def test_exception_in_variant_gives_failed_record_with_traceback(
+    tiny_model_dir, toy_task, cache, recording
+):
     Recording.fail_at = {"error": 1}
-    record = execute_run(run_cfg(tiny_model_dir, toy_task, variant=recording), progress=False, cache=cache)
+    record = execute_run(
+        run_cfg(tiny_model_dir, toy_task, variant=recording), progress=False, cache=cache
+    )
     assert record.status == "failed"
     assert "variant exploded on purpose" in record.error and "Traceback" in record.error
     assert "before_step" in record.error  # the tail says where
@@ -205,7 +252,9 @@ def test_bad_config_gives_failed_record(tiny_model_dir, toy_task):
 def test_keyboard_interrupt_propagates(tiny_model_dir, toy_task, cache, recording):
     Recording.fail_at = {"keyboard": 1}
     with pytest.raises(KeyboardInterrupt):
-        execute_run(run_cfg(tiny_model_dir, toy_task, variant=recording), progress=False, cache=cache)
+        execute_run(
+            run_cfg(tiny_model_dir, toy_task, variant=recording), progress=False, cache=cache
+        )
 
 
 def test_pruned_by_on_eval_keeps_spend(tiny_model_dir, toy_task, cache):
@@ -215,7 +264,9 @@ def test_pruned_by_on_eval_keeps_spend(tiny_model_dir, toy_task, cache):
         seen.append((step, score))
         raise RunPruned("not promising")
 
-    record = execute_run(run_cfg(tiny_model_dir, toy_task), on_eval=on_eval, progress=False, cache=cache)
+    record = execute_run(
+        run_cfg(tiny_model_dir, toy_task), on_eval=on_eval, progress=False, cache=cache
+    )
     assert record.status == "pruned"
     assert seen == [(6, record.score)] and record.spent["steps"] == 6
     assert record.metrics == {"accuracy": record.score}
@@ -223,7 +274,9 @@ def test_pruned_by_on_eval_keeps_spend(tiny_model_dir, toy_task, cache):
 
 
 def test_dylora_scores_every_rank(tiny_model_dir, toy_task, cache):
-    record = execute_run(run_cfg(tiny_model_dir, toy_task, variant="dylora"), progress=False, cache=cache)
+    record = execute_run(
+        run_cfg(tiny_model_dir, toy_task, variant="dylora"), progress=False, cache=cache
+    )
     assert record.status == "finished", record.error
     assert sorted(record.rank_scores) == [1, 2, 3, 4]
     assert all("accuracy" in m for m in record.rank_scores.values())
@@ -234,24 +287,49 @@ def test_task_head_state_is_loaded_and_frozen(tiny_model_dir, cache, tmp_path):
     from lorabench.tasks import TASKS, TaskData, TaskSpec, register_source
     from lorabench.tasks.data import SOURCES
 
-    head = {"classifier.weight": torch.full((2, 32), 0.01), "classifier.bias": torch.tensor([0.5, -0.5])}
-    frame = pd.DataFrame({"sentence": ["good day", "the cat", "nice dog", "a tree"] * 8, "label": [1, 0, 1, 0] * 8})
+    head = {
+        "classifier.weight": torch.full((2, 32), 0.01),
+        "classifier.bias": torch.tensor([0.5, -0.5]),
+    }
+    frame = pd.DataFrame(
+        {"sentence": ["good day", "the cat", "nice dog", "a tree"] * 8, "label": [1, 0, 1, 0] * 8}
+    )
 
     def load(spec, request):
-        return TaskData(spec, {"train": frame, "validation": frame}, source="head-test",
-                        extras={"head_state": head, "freeze_head": True, "true_ranks": {"x": 2}})
+        return TaskData(
+            spec,
+            {"train": frame, "validation": frame},
+            source="head-test",
+            extras={"head_state": head, "freeze_head": True, "true_ranks": {"x": 2}},
+        )
 
     register_source("head-test")(load)
-    TASKS.add(TaskSpec(name="head-test", version="1", source="head-test", text_columns=("sentence",), label_names=("n", "p")), overwrite=True)
+    TASKS.add(
+        TaskSpec(
+            name="head-test",
+            version="1",
+            source="head-test",
+            text_columns=("sentence",),
+            label_names=("n", "p"),
+        ),
+        overwrite=True,
+    )
     try:
-        record = execute_run(run_cfg(tiny_model_dir, "head-test", budget="steps=4"), progress=False, cache=cache, adapter_root=tmp_path)
+        record = execute_run(
+            run_cfg(tiny_model_dir, "head-test", budget="steps=4"),
+            progress=False,
+            cache=cache,
+            adapter_root=tmp_path,
+        )
     finally:
         TASKS.unregister("head-test")
         SOURCES.pop("head-test", None)
     assert record.status == "finished", record.error
     assert record.trainable_params == record.adapter_params
     assert record.true_ranks == {"x": 2}
-    assert not (tmp_path / record.run_id / "head.safetensors").exists()  # a frozen head is not saved
+    assert not (
+        tmp_path / record.run_id / "head.safetensors"
+    ).exists()  # a frozen head is not saved
 
 
 def test_several_eval_splits_prefix_metrics_and_score_the_first(tiny_model_dir, cache):
@@ -261,14 +339,26 @@ def test_several_eval_splits_prefix_metrics_and_score_the_first(tiny_model_dir, 
     from lorabench.tasks.data import SOURCES
 
     def load(spec, request):
-        return TaskData(spec, {"train": toy_rows(64, 1), "matched": toy_rows(20, 2), "mismatched": toy_rows(30, 3)}, source="two-splits")
+        return TaskData(
+            spec,
+            {"train": toy_rows(64, 1), "matched": toy_rows(20, 2), "mismatched": toy_rows(30, 3)},
+            source="two-splits",
+        )
 
     register_source("two-splits")(load)
-    spec = TaskSpec(name="two-splits", version="1", source="two-splits", text_columns=("sentence",),
-                    label_names=("n", "p"), eval_splits=("matched", "mismatched"))
+    spec = TaskSpec(
+        name="two-splits",
+        version="1",
+        source="two-splits",
+        text_columns=("sentence",),
+        label_names=("n", "p"),
+        eval_splits=("matched", "mismatched"),
+    )
     TASKS.add(spec, overwrite=True)
     try:
-        record = execute_run(run_cfg(tiny_model_dir, "two-splits", budget="steps=2"), progress=False, cache=cache)
+        record = execute_run(
+            run_cfg(tiny_model_dir, "two-splits", budget="steps=2"), progress=False, cache=cache
+        )
     finally:
         TASKS.unregister("two-splits")
         SOURCES.pop("two-splits", None)
@@ -289,13 +379,15 @@ def test_epoch_batches_cover_every_example_once_and_bucket_lengths():
     assert any(not np.array_equal(a, b) for a, b in zip(batches, next_epoch))
     padded = sum(len(b) * lengths[b].max() for b in batches)
     unbucketed = np.random.default_rng(1).permutation(1000)
-    padded_random = sum(16 * lengths[unbucketed[i:i + 16]].max() for i in range(0, 1000, 16))
+    padded_random = sum(16 * lengths[unbucketed[i : i + 16]].max() for i in range(0, 1000, 16))
     assert padded < 0.8 * padded_random
 
 
 def test_batch_plan_steps_within_and_epochs():
     lengths = np.array([5, 7, 9, 11] * 10)
-    split = TokenizedSplit([np.arange(n) for n in lengths], None, np.zeros(40, dtype=np.int64), lengths)
+    split = TokenizedSplit(
+        [np.arange(n) for n in lengths], None, np.zeros(40, dtype=np.int64), lengths
+    )
     plan = BatchPlan(split, 8, seed=0)
     assert plan.steps_per_epoch == 5
     assert plan.epoch(4) == 0 and plan.epoch(5) == 1
@@ -317,9 +409,21 @@ def test_linear_schedule_warms_up_then_decays_to_zero():
 def test_optimizer_groups_decay_matrices_only_and_head_lr():
     matrix, vector = torch.nn.Parameter(torch.zeros(3, 3)), torch.nn.Parameter(torch.zeros(3))
     head_w, head_b = torch.nn.Parameter(torch.zeros(2, 3)), torch.nn.Parameter(torch.zeros(2))
-    opt = build_optimizer([matrix, vector], [head_w, head_b], TrainConfig(learning_rate=1e-3, head_learning_rate=1e-2, weight_decay=0.1))
-    groups = {(g["lr"], g["weight_decay"]): [tuple(p.shape) for p in g["params"]] for g in opt.param_groups}
-    assert groups == {(1e-3, 0.1): [(3, 3)], (1e-3, 0.0): [(3,)], (1e-2, 0.1): [(2, 3)], (1e-2, 0.0): [(2,)]}
+    opt = build_optimizer(
+        [matrix, vector],
+        [head_w, head_b],
+        TrainConfig(learning_rate=1e-3, head_learning_rate=1e-2, weight_decay=0.1),
+    )
+    groups = {
+        (g["lr"], g["weight_decay"]): [tuple(p.shape) for p in g["params"]]
+        for g in opt.param_groups
+    }
+    assert groups == {
+        (1e-3, 0.1): [(3, 3)],
+        (1e-3, 0.0): [(3,)],
+        (1e-2, 0.1): [(2, 3)],
+        (1e-2, 0.0): [(2,)],
+    }
 
 
 def test_head_state_for_another_model_fails_clearly(tiny_model_dir):
@@ -337,7 +441,9 @@ def test_regression_task_trains_and_scores_pearson(tiny_model_dir, cache):
     from pathlib import Path
 
     spec_path = Path(__file__).parent / "fixtures" / "custom" / "similarity.yaml"
-    record = execute_run(run_cfg(tiny_model_dir, str(spec_path), budget="steps=3"), progress=False, cache=cache)
+    record = execute_run(
+        run_cfg(tiny_model_dir, str(spec_path), budget="steps=3"), progress=False, cache=cache
+    )
     assert record.status == "finished", record.error
     assert record.primary_metric == "pearson" and record.score == record.metrics["pearson"]
     assert record.trainable_params == record.adapter_params + 32 + 1  # a one-output head
@@ -345,7 +451,10 @@ def test_regression_task_trains_and_scores_pearson(tiny_model_dir, cache):
 
 def test_adalora_records_the_final_rank_of_every_matrix(tiny_model_dir, toy_task, cache):
     cfg = run_cfg(tiny_model_dir, toy_task, budget="steps=10")
-    cfg.variant, cfg.variant_config = "adalora", {"init_r": 4, "target_r": 2, "tinit": 1, "tfinal": 2, "deltaT": 1}
+    cfg.variant, cfg.variant_config = (
+        "adalora",
+        {"init_r": 4, "target_r": 2, "tinit": 1, "tfinal": 2, "deltaT": 1},
+    )
     record = execute_run(cfg, progress=False, cache=cache)
     assert record.status == "finished", record.error
     # 2 layers x (query, value); the allocator pruned from 4 each down to the budget 2 x 4 = 8.

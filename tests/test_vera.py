@@ -54,7 +54,9 @@ def randomise(adapter, seed: int = 0) -> None:
             p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype))
 
 
-def peft_vera(model: nn.Module, *, targets: list[str], r: int, fan_in_fan_out: bool = False, **kw) -> nn.Module:
+def peft_vera(
+    model: nn.Module, *, targets: list[str], r: int, fan_in_fan_out: bool = False, **kw
+) -> nn.Module:
     peft = pytest.importorskip("peft")
     cfg = peft.VeraConfig(r=r, target_modules=targets, fan_in_fan_out=fan_in_fan_out, **kw)
     return peft.get_peft_model(model, cfg)
@@ -76,14 +78,21 @@ def assert_adapter_grads_match(adapter, peft_model: nn.Module) -> None:
         for attr in VeRALayer.trainable_names:
             ours = getattr(layer, attr).grad
             assert ours is not None and ours.abs().sum() > 0, f"{name}.{attr} got no gradient"
-            torch.testing.assert_close(ours, getattr(theirs, attr)["default"].grad, **TOL, msg=f"{name}.{attr}")
+            torch.testing.assert_close(
+                ours, getattr(theirs, attr)["default"].grad, **TOL, msg=f"{name}.{attr}"
+            )
 
 
 def pair(kind: str = "linear", *, r: int = R, dtype=torch.float64, **cfg):
     torch.manual_seed(0)
     ours = TwoLayers(kind).to(dtype)
-    theirs = peft_vera(copy.deepcopy(ours), targets=["up", "down"], r=r, fan_in_fan_out=kind == "conv1d",
-                       **{"vera_dropout" if k == "dropout" else k: v for k, v in cfg.items()})
+    theirs = peft_vera(
+        copy.deepcopy(ours),
+        targets=["up", "down"],
+        r=r,
+        fan_in_fan_out=kind == "conv1d",
+        **{"vera_dropout" if k == "dropout" else k: v for k, v in cfg.items()},
+    )
     adapter = attach(ours, "vera", r=r, target_modules=["up", "down"], **cfg)
     randomise(adapter)
     copy_into_peft(adapter, theirs)
@@ -97,7 +106,13 @@ def x_batch(dtype=torch.float64) -> torch.Tensor:
 def test_registered_with_pefts_defaults() -> None:
     assert get_variant("vera") is VeRA
     cfg = VeRAConfig()
-    assert (cfg.r, cfg.d_initial, cfg.projection_prng_key, cfg.save_projection, cfg.dropout) == (256, 0.1, 0, True, 0.0)
+    assert (cfg.r, cfg.d_initial, cfg.projection_prng_key, cfg.save_projection, cfg.dropout) == (
+        256,
+        0.1,
+        0,
+        True,
+        0.0,
+    )
     assert VeRA(cfg).max_rank(32, 32) is None  # r is only the inner size of random matrices
 
 
@@ -105,7 +120,10 @@ def test_shared_matrices_are_held_once_sliced_per_layer_and_frozen() -> None:
     model = TwoLayers().double()
     adapter = attach(model, "vera", r=R, target_modules=["up", "down"])
     variant = adapter.variant
-    assert variant.vera_A.shape == (R, 20) and variant.vera_B.shape == (20, R)  # (r, in_max), (out_max, r)
+    assert variant.vera_A.shape == (R, 20) and variant.vera_B.shape == (
+        20,
+        R,
+    )  # (r, in_max), (out_max, r)
     assert not variant.vera_A.requires_grad and not variant.vera_B.requires_grad
     up, down = adapter.layers["up"], adapter.layers["down"]
     a_up, b_up = up.projections()
@@ -132,13 +150,19 @@ def test_matrices_follow_the_model_across_dtype_changes() -> None:
 
 def test_projections_are_kaiming_uniform_from_the_seed() -> None:
     model = TwoLayers()
-    variant = attach(model, "vera", r=64, target_modules=["up", "down"], projection_prng_key=3).variant
+    variant = attach(
+        model, "vera", r=64, target_modules=["up", "down"], projection_prng_key=3
+    ).variant
     for matrix, fan_in in ((variant.vera_A, 20), (variant.vera_B, 64)):
         bound = math.sqrt(6 / fan_in)
         assert matrix.abs().max() <= bound
         assert matrix.abs().max() > 0.9 * bound
-    again = attach(TwoLayers(), "vera", r=64, target_modules=["up", "down"], projection_prng_key=3).variant
-    other = attach(TwoLayers(), "vera", r=64, target_modules=["up", "down"], projection_prng_key=4).variant
+    again = attach(
+        TwoLayers(), "vera", r=64, target_modules=["up", "down"], projection_prng_key=3
+    ).variant
+    other = attach(
+        TwoLayers(), "vera", r=64, target_modules=["up", "down"], projection_prng_key=4
+    ).variant
     assert torch.equal(again.vera_A, variant.vera_A) and torch.equal(again.vera_B, variant.vera_B)
     assert not torch.equal(other.vera_A, variant.vera_A)
 
@@ -174,7 +198,9 @@ def test_starts_equal_to_the_base_model_bit_for_bit() -> None:
     base = model(x)
     adapter = attach(model, "vera", r=R, target_modules=["up", "down"])
     for layer in adapter.layers.values():
-        assert torch.all(layer.vera_lambda_d == 0.1) and torch.count_nonzero(layer.vera_lambda_b) == 0
+        assert (
+            torch.all(layer.vera_lambda_d == 0.1) and torch.count_nonzero(layer.vera_lambda_b) == 0
+        )
     assert torch.equal(model(x), base)
 
 
@@ -218,7 +244,9 @@ def test_dropout_path_matches_peft_with_the_same_mask() -> None:
 
 
 @pytest.mark.peft
-@pytest.mark.parametrize(("family", "targets"), [("bert", ["query", "value"]), ("gpt2", ["c_attn"])])
+@pytest.mark.parametrize(
+    ("family", "targets"), [("bert", ["query", "value"]), ("gpt2", ["c_attn"])]
+)
 def test_tiny_transformer_matches_peft(family: str, targets: list[str]) -> None:
     ours = build_model(family)
     theirs = peft_vera(build_model(family), targets=targets, r=16, fan_in_fan_out=family == "gpt2")
@@ -243,8 +271,12 @@ def test_merged_weights_match_peft(kind: str) -> None:
     adapter.merge()
     merged = theirs.merge_and_unload()
     for name in ("up", "down"):
-        torch.testing.assert_close(getattr(ours, name).base_layer.weight, getattr(merged, name).weight,
-                                   rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(
+            getattr(ours, name).base_layer.weight,
+            getattr(merged, name).weight,
+            rtol=1e-10,
+            atol=1e-10,
+        )
     torch.testing.assert_close(ours(x), y, rtol=1e-10, atol=1e-10)
 
 
@@ -252,8 +284,14 @@ def test_merged_weights_match_peft(kind: str) -> None:
 def test_save_and_load_reproduce_the_outputs(tmp_path, save_projection: bool) -> None:
     torch.manual_seed(0)
     model = TwoLayers("conv1d").double()
-    adapter = attach(model, "vera", r=R, target_modules=["up", "down"], projection_prng_key=11,
-                     save_projection=save_projection)
+    adapter = attach(
+        model,
+        "vera",
+        r=R,
+        target_modules=["up", "down"],
+        projection_prng_key=11,
+        save_projection=save_projection,
+    )
     randomise(adapter)
     x = x_batch()
     expected = model(x)

@@ -31,27 +31,50 @@ class TinyFamily:
 
 def _bert(hidden: int) -> nn.Module:
     cfg = transformers.BertConfig(
-        vocab_size=VOCAB, hidden_size=hidden, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=2 * hidden, max_position_embeddings=64, num_labels=NUM_LABELS,
-        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        vocab_size=VOCAB,
+        hidden_size=hidden,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=64,
+        num_labels=NUM_LABELS,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
     )
     return transformers.BertForSequenceClassification(cfg)
 
 
 def _roberta(hidden: int) -> nn.Module:
     cfg = transformers.RobertaConfig(
-        vocab_size=VOCAB, hidden_size=hidden, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=2 * hidden, max_position_embeddings=SEQ_LEN + 8, num_labels=NUM_LABELS,
-        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, pad_token_id=1,
-        bos_token_id=0, eos_token_id=2,
+        vocab_size=VOCAB,
+        hidden_size=hidden,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=SEQ_LEN + 8,
+        num_labels=NUM_LABELS,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
     )
     return transformers.RobertaForSequenceClassification(cfg)
 
 
 def _gpt2(hidden: int) -> nn.Module:
     cfg = transformers.GPT2Config(
-        vocab_size=VOCAB, n_embd=hidden, n_layer=2, n_head=4, n_positions=64, num_labels=NUM_LABELS,
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, pad_token_id=0, bos_token_id=1,
+        vocab_size=VOCAB,
+        n_embd=hidden,
+        n_layer=2,
+        n_head=4,
+        n_positions=64,
+        num_labels=NUM_LABELS,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        pad_token_id=0,
+        bos_token_id=1,
         eos_token_id=2,
     )
     return transformers.GPT2ForSequenceClassification(cfg)
@@ -59,9 +82,17 @@ def _gpt2(hidden: int) -> nn.Module:
 
 def _llama(hidden: int) -> nn.Module:
     cfg = transformers.LlamaConfig(
-        vocab_size=VOCAB, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-        num_labels=NUM_LABELS, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        vocab_size=VOCAB,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        num_labels=NUM_LABELS,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
     )
     return transformers.LlamaForSequenceClassification(cfg)
 
@@ -86,7 +117,9 @@ def build_model(
     return model.eval()
 
 
-def make_batch(*, batch: int = 2, seed: int = 0, with_labels: bool = True) -> dict[str, torch.Tensor]:
+def make_batch(
+    *, batch: int = 2, seed: int = 0, with_labels: bool = True
+) -> dict[str, torch.Tensor]:
     """Token ids avoiding the special ids 0..2 (so GPT-2/Llama see no padding)."""
     g = torch.Generator().manual_seed(seed)
     out = {

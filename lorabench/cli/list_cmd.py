@@ -44,7 +44,9 @@ def task_row(name: str) -> list[str]:
     spec = get_task(name)
     kind = "regression" if spec.task_type == "regression" else f"{spec.num_labels}-class"
     metrics = ", ".join(
-        m.name + ("*" if m.name == spec.primary_metric else "") + ("" if m.higher_is_better else " (lower)")
+        m.name
+        + ("*" if m.name == spec.primary_metric else "")
+        + ("" if m.higher_is_better else " (lower)")
         for m in spec.metrics
     )
     return [name, spec.source, kind, metrics, spec.description]
@@ -54,5 +56,9 @@ def print_task_table(names: list[str]) -> None:
     rows = [["task", "source", "type", "metrics", "description"], *(task_row(n) for n in names)]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[4])
-    print("\n* primary metric (what comparisons rank by); metrics are higher-is-better unless marked")
+        print(
+            "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[4]
+        )
+    print(
+        "\n* primary metric (what comparisons rank by); metrics are higher-is-better unless marked"
+    )

@@ -25,8 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lorabench",
         description=(
-            "Benchmark adaptive-rank LoRA variants (LoRA, AdaLoRA, DoRA, VeRA, DyLoRA) on GLUE-style "
-            "tasks under equal compute budgets."
+            "Benchmark adaptive-rank LoRA variants (LoRA, AdaLoRA, DoRA, VeRA, DyLoRA) on "
+            "GLUE-style tasks under equal compute budgets."
         ),
         epilog="Run 'lorabench COMMAND --help' for a command's options.",
     )
@@ -53,7 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args._module.run(args) or 0)
     except KeyboardInterrupt:
-        print("\ninterrupted: finished runs are saved; re-run the same command to resume.", file=sys.stderr)
+        print(
+            "\ninterrupted: finished runs are saved; re-run the same command to resume.",
+            file=sys.stderr,
+        )
         return 130
 
 

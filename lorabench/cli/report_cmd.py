@@ -1,4 +1,5 @@
-"""``lorabench report``: tables, figures and a self-contained HTML report from a results database."""
+"""``lorabench report``: tables, figures and a self-contained HTML report from a results
+database."""
 
 from __future__ import annotations
 
@@ -6,11 +7,15 @@ import argparse
 import sys
 
 HELP = "write tables (Markdown, LaTeX, CSV, HTML), figures and an HTML report from results"
-DESCRIPTION = """Summarise a results database the way papers do: a task x variant table (mean ± std over
-seeds, best in bold, # Params, time, memory, adapter size), figures (score vs parameters with the
-Pareto front, score vs rank incl. DyLoRA's one-run curve, AdaLoRA's rank allocation, learning
-curves, cost per variant, search history) and one self-contained report.html.
+DESCRIPTION = """Summarise a results database the way papers do: a task x variant table (mean ± std
+over seeds, best in bold, # Params, time, memory, adapter size), figures (score vs parameters
+with the Pareto front, score vs rank with the one-run curve of multi-rank variants such as
+DyLoRA, the final rank allocation of adaptive-rank variants such as AdaLoRA, learning curves,
+cost per variant, search history) and one self-contained report.html.
 
+Each variant labels its own rows ("LoRA r=8", "AdaLoRA r=12→8", "DyLoRA r≤8"). Runs are seeds of
+one row only when their settings, model and data agree; runs of other data or model files get
+their own rows, tagged "[data 1a2b3c4d]" or "[data not recorded]" (databases of release 0.1).
 A partial database still gives a report; it lists what is missing.
 
 examples:
@@ -20,14 +25,23 @@ examples:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--results", default="runs/results.db",
-                        help="results database: a SQLite path or a SQLAlchemy URL (default: runs/results.db)")
-    parser.add_argument("--out", required=True, help="folder to write the report into, e.g. reports/glue")
+    parser.add_argument(
+        "--results",
+        default="runs/results.db",
+        help="results database: a SQLite path or a SQLAlchemy URL (default: runs/results.db)",
+    )
+    parser.add_argument(
+        "--out", required=True, help="folder to write the report into, e.g. reports/glue"
+    )
     parser.add_argument("--tasks", nargs="+", metavar="TASK", help="only these tasks")
-    parser.add_argument("--variants", nargs="+", metavar="VARIANT", help="only these variants (registry names)")
+    parser.add_argument(
+        "--variants", nargs="+", metavar="VARIANT", help="only these variants (registry names)"
+    )
     parser.add_argument("--seeds", nargs="+", type=int, metavar="SEED", help="only these seeds")
     parser.add_argument("--tag", help="only runs with this tag")
-    parser.add_argument("--title", help="report title (default: 'lorabench report: OUT folder name')")  # fmt: skip
+    parser.add_argument(
+        "--title", help="report title (default: 'lorabench report: OUT folder name')"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,9 +50,14 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         report = generate_report(
-            args.results, args.out, tasks=args.tasks, variants=args.variants, seeds=args.seeds, tag=args.tag,
+            args.results,
+            args.out,
+            tasks=args.tasks,
+            variants=args.variants,
+            seeds=args.seeds,
+            tag=args.tag,
             title=args.title,
-        )  # fmt: skip
+        )
     except ResultStoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -49,41 +49,128 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     source = parser.add_argument_group("what to run")
     source.add_argument(
-        "--preset", metavar="NAME",
+        "--preset",
+        metavar="NAME",
         help=f"a suite shipped with lorabench: {', '.join(list_presets())} (described above)",
     )
-    source.add_argument("--config", metavar="YAML", help="a suite file (see docs: name, variants, tasks, seeds, budget, train, ...)")
-    source.add_argument("--variants", metavar="LIST", help="comma-separated variant names, e.g. lora,dora,adalora,vera,dylora")
-    source.add_argument("--tasks", metavar="LIST", help="comma-separated task names (lorabench list tasks) or custom task YAML paths")
-    source.add_argument("--seeds", metavar="N|LIST", help="a count (3 -> 0,1,2) or a list (0,5,7); default 1")
-    source.add_argument("--budget", metavar="KIND=N", help=f"steps=500 | tokens=1e6 | seconds=600 | flops=2e15 (default {DEFAULT_BUDGET})")
     source.add_argument(
-        "--variant-config", metavar="VARIANT.FIELD=VALUE", action="append", default=[],
-        help="override a variant setting for this suite, e.g. lora.r=16 (repeatable; '*.dropout=0.1' for all)",
+        "--config",
+        metavar="YAML",
+        help="a suite file (see docs: name, variants, tasks, seeds, budget, train, ...)",
     )
-    source.add_argument("--model", metavar="PATH|NAME", help="model folder or hub name (default: packaged all-MiniLM-L6-v2)")
-    source.add_argument("--data-dir", metavar="DIR", help="folder with the task data (GLUE TSV folders, local HF copies)")
+    source.add_argument(
+        "--variants",
+        metavar="LIST",
+        help="comma-separated variant names, e.g. lora,dora,adalora,vera,dylora",
+    )
+    source.add_argument(
+        "--tasks",
+        metavar="LIST",
+        help="comma-separated task names (lorabench list tasks) or custom task YAML paths",
+    )
+    source.add_argument(
+        "--seeds", metavar="N|LIST", help="a count (3 -> 0,1,2) or a list (0,5,7); default 1"
+    )
+    source.add_argument(
+        "--budget",
+        metavar="KIND=N",
+        help=f"steps=500 | tokens=1e6 | seconds=600 | flops=2e15 (default {DEFAULT_BUDGET})",
+    )
+    source.add_argument(
+        "--variant-config",
+        metavar="VARIANT.FIELD=VALUE",
+        action="append",
+        default=[],
+        help=(
+            "override a variant setting for this suite, e.g. lora.r=16 "
+            "(repeatable; '*.dropout=0.1' for all)"
+        ),
+    )
+    source.add_argument(
+        "--model",
+        metavar="PATH|NAME",
+        help="model folder or hub name (default: packaged all-MiniLM-L6-v2)",
+    )
+    source.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="folder with the task data (GLUE TSV folders, local HF copies)",
+    )
 
     defaults = TrainConfig()  # help shows the defaults where they are written
     train = parser.add_argument_group("training recipe (shared by every run)")
-    train.add_argument("--lr", type=float, metavar="LR", help=f"adapter learning rate (default {defaults.learning_rate:g})")
-    train.add_argument("--head-lr", type=float, metavar="LR", help="learning rate of the task head (default: --lr)")
-    train.add_argument("--batch-size", type=int, metavar="N", help=f"training batch size (default {defaults.batch_size})")
-    train.add_argument("--max-length", type=int, metavar="N", help=f"truncate inputs to N tokens (default {defaults.max_length})")
-    train.add_argument("--eval-every", type=int, metavar="STEPS", help="evaluate every STEPS steps (default: only at the end)")
-    train.add_argument("--max-train-examples", type=int, metavar="N", help="use the first N training examples")
-    train.add_argument("--max-eval-examples", type=int, metavar="N", help="evaluate on the first N examples of each eval split")
+    train.add_argument(
+        "--lr",
+        type=float,
+        metavar="LR",
+        help=f"adapter learning rate (default {defaults.learning_rate:g})",
+    )
+    train.add_argument(
+        "--head-lr", type=float, metavar="LR", help="learning rate of the task head (default: --lr)"
+    )
+    train.add_argument(
+        "--batch-size",
+        type=int,
+        metavar="N",
+        help=f"training batch size (default {defaults.batch_size})",
+    )
+    train.add_argument(
+        "--max-length",
+        type=int,
+        metavar="N",
+        help=f"truncate inputs to N tokens (default {defaults.max_length})",
+    )
+    train.add_argument(
+        "--eval-every",
+        type=int,
+        metavar="STEPS",
+        help="evaluate every STEPS steps (default: only at the end)",
+    )
+    train.add_argument(
+        "--max-train-examples", type=int, metavar="N", help="use the first N training examples"
+    )
+    train.add_argument(
+        "--max-eval-examples",
+        type=int,
+        metavar="N",
+        help="evaluate on the first N examples of each eval split",
+    )
 
     output = parser.add_argument_group("output")
-    output.add_argument("--out", metavar="DIR", help="output folder: results.db and adapters/<run_id>/ (default runs/)")
-    output.add_argument("--results", metavar="URL|PATH", help="results database: a path or any SQLAlchemy URL (default OUT/results.db)")
-    output.add_argument("--tag", help="a free label stored with every record (filter reports with it)")
-    output.add_argument("--no-adapters", action="store_true", help="do not keep trained adapters under OUT/adapters/")
-    output.add_argument("--dry-run", action="store_true", help="print the runs the suite would do (and which are finished), then stop")
-    output.add_argument("--quiet", action="store_true", help="no progress bars; print only the summary table")
     output.add_argument(
-        "--threads", type=int, metavar="N",
-        help="CPU threads for torch (default: torch's choice; on a shared machine fewer threads than cores avoids oversubscription)",
+        "--out",
+        metavar="DIR",
+        help="output folder: results.db and adapters/<run_id>/ (default runs/)",
+    )
+    output.add_argument(
+        "--results",
+        metavar="URL|PATH",
+        help="results database: a path or any SQLAlchemy URL (default OUT/results.db)",
+    )
+    output.add_argument(
+        "--tag", help="a free label stored with every record (filter reports with it)"
+    )
+    output.add_argument(
+        "--no-adapters",
+        action="store_true",
+        help="do not keep trained adapters under OUT/adapters/",
+    )
+    output.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the runs the suite would do (and which are finished), then stop",
+    )
+    output.add_argument(
+        "--quiet", action="store_true", help="no progress bars; print only the summary table"
+    )
+    output.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help=(
+            "CPU threads for torch (default: torch's choice; on a shared machine fewer threads "
+            "than cores avoids oversubscription)"
+        ),
     )
 
 
@@ -106,12 +193,14 @@ def build_suite(args: argparse.Namespace):
         raise SuiteConfigError("give --preset or --config, not both")
     base: dict = {}
     if args.preset or args.config:
-        loaded = SuiteConfig.preset(args.preset) if args.preset else SuiteConfig.from_yaml(args.config)
+        loaded = (
+            SuiteConfig.preset(args.preset) if args.preset else SuiteConfig.from_yaml(args.config)
+        )
         base = loaded.to_dict()
     elif not (args.variants and args.tasks):
         raise SuiteConfigError(
-            "nothing to run: give --preset quick, --config suite.yaml, or both --variants and --tasks "
-            "(e.g. --variants lora,dora --tasks rte)"
+            "nothing to run: give --preset quick, --config suite.yaml, "
+            "or both --variants and --tasks (e.g. --variants lora,dora --tasks rte)"
         )
     flags = {
         "variants": args.variants,
@@ -148,7 +237,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"lorabench run: {exc}", file=sys.stderr)
         return 2
     if args.threads is not None and args.threads < 1:
-        print(f"lorabench run: --threads {args.threads} must be >= 1 (e.g. --threads 1)", file=sys.stderr)
+        print(
+            f"lorabench run: --threads {args.threads} must be >= 1 (e.g. --threads 1)",
+            file=sys.stderr,
+        )
         return 2
     if not args.dry_run:
         # Before the store is created: a rejected command leaves nothing behind.
@@ -180,14 +272,18 @@ def run(args: argparse.Namespace) -> int:
             print(f"lorabench run: {exc}", file=sys.stderr)
             return 2
         finished = store.finished_ids()
-        print(f"suite {suite.name or '(unnamed)'}: {len(configs)} runs, budget {suite.budget}, results {store.name}")
+        print(
+            f"suite {suite.name or '(unnamed)'}: {len(configs)} runs, budget {suite.budget}, "
+            f"results {store.name}"
+        )
         for line in data_changes([c for c in configs if c.run_id not in finished], store):
             print(line)
         for cfg in configs:
             state = "finished" if cfg.run_id in finished else "to run"
             overrides = ",".join(f"{k}={v}" for k, v in sorted(cfg.variant_config.items()))
             print(
-                f"  {cfg.run_id}  {cfg.variant}{f'({overrides})' if overrides else ''}  {cfg.task}  "
+                f"  {cfg.run_id}  {cfg.variant}{f'({overrides})' if overrides else ''}  "
+                f"{cfg.task}  "
                 f"seed {cfg.seed}  data {cfg.data_fingerprint[:8]}  [{state}]"
             )
         return 0
@@ -206,6 +302,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"results: {store.name}")
     failed = [r for r in records if r.status == "failed"]
     if failed:
-        print(f"{len(failed)} run(s) failed; their errors are in the results database", file=sys.stderr)
+        print(
+            f"{len(failed)} run(s) failed; their errors are in the results database",
+            file=sys.stderr,
+        )
         return 1
     return 0

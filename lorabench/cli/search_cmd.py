@@ -50,48 +50,118 @@ YAML config (keys as the long options, plus per-variant search spaces and fixed 
 
 DEFAULT_RESULTS = "runs/results.db"
 _YAML_KEYS = {
-    "variants", "tasks", "budget", "trial_budget", "train", "model", "data_dir", "variant_config",
-    "space", "sampler", "pruner", "multi_objective", "seed", "confirm_seeds", "storage", "study",
-    "results", "heartbeat_interval", "grace_period",
+    "variants",
+    "tasks",
+    "budget",
+    "trial_budget",
+    "train",
+    "model",
+    "data_dir",
+    "variant_config",
+    "space",
+    "sampler",
+    "pruner",
+    "multi_objective",
+    "seed",
+    "confirm_seeds",
+    "storage",
+    "study",
+    "results",
+    "heartbeat_interval",
+    "grace_period",
 }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from lorabench.search.loop import DEFAULT_TRIAL_BUDGET
 
-    parser.add_argument("--variants", help="comma-separated variant names (see 'lorabench list variants')")
-    parser.add_argument("--tasks", help="comma-separated task names (see 'lorabench list tasks')")
-    parser.add_argument("--budget", help="total spend of each study: steps=N, tokens=N, seconds=N or flops=N")
-    parser.add_argument("--trial-budget", dest="trial_budget", help=f"training budget of one trial (default {DEFAULT_TRIAL_BUDGET})")
-    parser.add_argument("--config", type=Path, help="YAML file with any of the settings below and search-space overrides")
-    parser.add_argument("--model", help="model name or path (default: the packaged all-MiniLM-L6-v2)")
-    parser.add_argument("--data-dir", dest="data_dir", help="folder with the task data (e.g. GLUE TSVs)")
-    parser.add_argument("--sampler", choices=["tpe", "random", "grid"], help="default tpe (seeded)")
-    parser.add_argument("--pruner", choices=["hyperband", "sha", "median", "none"], help="default hyperband")
     parser.add_argument(
-        "--multi-objective", dest="multi_objective", action="store_true", default=None,
-        help="maximise the score and minimise trainable parameters; report the Pareto front (no pruning)",
+        "--variants", help="comma-separated variant names (see 'lorabench list variants')"
     )
-    parser.add_argument("--seed", type=int, help="training seed of every trial and the sampler's seed (default 0)")
-    parser.add_argument("--confirm-seeds", dest="confirm_seeds", type=int, help="fresh seeds the best config is re-run on (default 3)")
-    parser.add_argument("--results", help=f"results database, path or URL (default {DEFAULT_RESULTS})")
+    parser.add_argument("--tasks", help="comma-separated task names (see 'lorabench list tasks')")
+    parser.add_argument(
+        "--budget", help="total spend of each study: steps=N, tokens=N, seconds=N or flops=N"
+    )
+    parser.add_argument(
+        "--trial-budget",
+        dest="trial_budget",
+        help=f"training budget of one trial (default {DEFAULT_TRIAL_BUDGET})",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help="YAML file with any of the settings below and search-space overrides",
+    )
+    parser.add_argument(
+        "--model", help="model name or path (default: the packaged all-MiniLM-L6-v2)"
+    )
+    parser.add_argument(
+        "--data-dir", dest="data_dir", help="folder with the task data (e.g. GLUE TSVs)"
+    )
+    parser.add_argument("--sampler", choices=["tpe", "random", "grid"], help="default tpe (seeded)")
+    parser.add_argument(
+        "--pruner", choices=["hyperband", "sha", "median", "none"], help="default hyperband"
+    )
+    parser.add_argument(
+        "--multi-objective",
+        dest="multi_objective",
+        action="store_true",
+        default=None,
+        help=(
+            "maximise the score and minimise trainable parameters; "
+            "report the Pareto front (no pruning)"
+        ),
+    )
+    parser.add_argument(
+        "--seed", type=int, help="training seed of every trial and the sampler's seed (default 0)"
+    )
+    parser.add_argument(
+        "--confirm-seeds",
+        dest="confirm_seeds",
+        type=int,
+        help="fresh seeds the best config is re-run on (default 3)",
+    )
+    parser.add_argument(
+        "--results", help=f"results database, path or URL (default {DEFAULT_RESULTS})"
+    )
     parser.add_argument(
         "--storage",
-        help="Optuna storage: a SQLite path, journal:PATH, or a database URL (default: the results database)",
-    )
-    parser.add_argument("--study", help="study name prefix; studies are named PREFIX/VARIANT/TASK (default lorabench)")
-    parser.add_argument(
-        "--heartbeat", dest="heartbeat_interval", type=int,
-        help="seconds between trial heartbeats (database storages); a worker silent for 3 beats has its trial failed (default 60)",
+        help=(
+            "Optuna storage: a SQLite path, journal:PATH, or a database URL "
+            "(default: the results database)"
+        ),
     )
     parser.add_argument(
-        "--threads", type=int, metavar="N",
-        help="CPU threads for torch (default: torch's choice; on a shared machine fewer threads than cores avoids oversubscription)",
+        "--study",
+        help="study name prefix; studies are named PREFIX/VARIANT/TASK (default lorabench)",
+    )
+    parser.add_argument(
+        "--heartbeat",
+        dest="heartbeat_interval",
+        type=int,
+        help=(
+            "seconds between trial heartbeats (database storages); a worker silent for 3 beats "
+            "has its trial failed (default 60)"
+        ),
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help=(
+            "CPU threads for torch (default: torch's choice; on a shared machine fewer threads "
+            "than cores avoids oversubscription)"
+        ),
     )
     parser.add_argument("--quiet", action="store_true", help="print only the final summary")
     parser.add_argument(
-        "--show-space", dest="show_space", action="store_true",
-        help="print each variant's search space (declared by the variant, with the YAML overrides) and exit",
+        "--show-space",
+        dest="show_space",
+        action="store_true",
+        help=(
+            "print each variant's search space (declared by the variant, with the YAML overrides) "
+            "and exit"
+        ),
     )
 
 
@@ -132,7 +202,9 @@ def run(args: argparse.Namespace) -> int:
     outcomes = []
     for p in prepared:
         try:
-            outcomes.append(run_search(p, results=settings["results"], store=store, progress=not args.quiet))
+            outcomes.append(
+                run_search(p, results=settings["results"], store=store, progress=not args.quiet)
+            )
         except (BenchmarkConfigError, ResultStoreError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
@@ -155,11 +227,26 @@ def _settings(args: argparse.Namespace, *, need_budget: bool = True) -> dict[str
             raise BenchmarkConfigError(f"--config {args.config}: must be a mapping of settings")
         unknown = sorted(set(loaded) - _YAML_KEYS)
         if unknown:
-            raise BenchmarkConfigError(f"--config {args.config}: unknown key(s) {unknown}; valid: {sorted(_YAML_KEYS)}")
+            raise BenchmarkConfigError(
+                f"--config {args.config}: unknown key(s) {unknown}; valid: {sorted(_YAML_KEYS)}"
+            )
         settings.update(loaded)
     for key in (
-        "variants", "tasks", "budget", "trial_budget", "model", "data_dir", "sampler", "pruner",
-        "multi_objective", "seed", "confirm_seeds", "results", "storage", "study", "heartbeat_interval",
+        "variants",
+        "tasks",
+        "budget",
+        "trial_budget",
+        "model",
+        "data_dir",
+        "sampler",
+        "pruner",
+        "multi_objective",
+        "seed",
+        "confirm_seeds",
+        "results",
+        "storage",
+        "study",
+        "heartbeat_interval",
     ):
         value = getattr(args, key)
         if value is not None:
@@ -169,15 +256,21 @@ def _settings(args: argparse.Namespace, *, need_budget: bool = True) -> dict[str
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not value:
-            raise BenchmarkConfigError(f"no {key} given: use --{key} a,b (or '{key}:' in the YAML config)")
+            raise BenchmarkConfigError(
+                f"no {key} given: use --{key} a,b (or '{key}:' in the YAML config)"
+            )
         settings[key] = list(value)
     if settings.get("budget") is None and need_budget:
-        raise BenchmarkConfigError("no search budget: give --budget seconds=1800 (or steps=, tokens=, flops=)")
+        raise BenchmarkConfigError(
+            "no search budget: give --budget seconds=1800 (or steps=, tokens=, flops=)"
+        )
     # One file holds run records, summaries and (by default) the studies; a database URL given
     # as storage also receives the records, so workers on several machines share everything.
     storage = settings.get("storage")
     if settings.get("results") is None:
-        is_database = storage is not None and "://" in str(storage) and not str(storage).startswith("sqlite")
+        is_database = (
+            storage is not None and "://" in str(storage) and not str(storage).startswith("sqlite")
+        )
         settings["results"] = storage if is_database else DEFAULT_RESULTS
     if storage is None:
         settings["storage"] = settings["results"]
@@ -192,14 +285,29 @@ def _search_configs(settings: dict[str, Any]) -> list:
     fixed = settings.get("variant_config") or {}
     for name, mapping in (("space", spaces), ("variant_config", fixed)):
         if not isinstance(mapping, dict):
-            raise BenchmarkConfigError(f"{name} must map a variant name to its settings, got {mapping!r}")
+            raise BenchmarkConfigError(
+                f"{name} must map a variant name to its settings, got {mapping!r}"
+            )
         stray = sorted(set(mapping) - set(settings["variants"]))
         if stray:
-            raise BenchmarkConfigError(f"{name} names variant(s) {stray} not in --variants {settings['variants']}")
+            raise BenchmarkConfigError(
+                f"{name} names variant(s) {stray} not in --variants {settings['variants']}"
+            )
     train = TrainConfig.from_dict(settings.get("train") or {})
     optional = {
         key: settings[key]
-        for key in ("model", "data_dir", "sampler", "pruner", "multi_objective", "seed", "confirm_seeds", "study", "heartbeat_interval", "grace_period")
+        for key in (
+            "model",
+            "data_dir",
+            "sampler",
+            "pruner",
+            "multi_objective",
+            "seed",
+            "confirm_seeds",
+            "study",
+            "heartbeat_interval",
+            "grace_period",
+        )
         if settings.get(key) is not None
     }
     configs = []
@@ -231,12 +339,18 @@ def _spaces_text(settings: dict[str, Any]) -> str:
     spaces = settings.get("space") or {}
     if not isinstance(spaces, dict):
         raise BenchmarkConfigError(f"space must map a variant name to its settings, got {spaces!r}")
-    out = {variant: variant_search_space(variant, spaces.get(variant)).to_dict() for variant in settings["variants"]}
+    out = {
+        variant: variant_search_space(variant, spaces.get(variant)).to_dict()
+        for variant in settings["variants"]
+    }
     return yaml.safe_dump(out, sort_keys=False, default_flow_style=None).rstrip()
 
 
 def _print_summary(outcomes: list, results: str) -> None:
-    print(f"{'study':<32} {'trials':>6} {'spent':>12} {'best score':>10} {'rank':>5}  confirm (mean over seeds)")
+    print(
+        f"{'study':<32} {'trials':>6} {'spent':>12} {'best score':>10} {'rank':>5}  "
+        "confirm (mean over seeds)"
+    )
     for o in outcomes:
         s = o.summary
         best = s.get("best") or {}
@@ -251,6 +365,8 @@ def _print_summary(outcomes: list, results: str) -> None:
             f"{shown_score:>10} {s.get('best_rank') or '-':>5}  {confirmed}"
         )
         if s.get("pareto_front"):
-            front = ", ".join(f"{row['trainable_params']}:{row['score']:.4f}" for row in s["pareto_front"])
+            front = ", ".join(
+                f"{row['trainable_params']}:{row['score']:.4f}" for row in s["pareto_front"]
+            )
             print(f"  Pareto front (trainable params: score): {front}")
     print(f"results and search summaries: {results}")

@@ -79,7 +79,11 @@ def collate(split: TokenizedSplit, indices: np.ndarray, pad_id: int) -> dict[str
     width = int(split.lengths[indices].max())
     ids = np.full((len(indices), width), pad_id, dtype=np.int64)
     mask = np.zeros((len(indices), width), dtype=np.int64)
-    types = np.zeros((len(indices), width), dtype=np.int64) if split.token_type_ids is not None else None
+    types = (
+        np.zeros((len(indices), width), dtype=np.int64)
+        if split.token_type_ids is not None
+        else None
+    )
     for row, i in enumerate(indices):
         n = int(split.lengths[i])
         ids[row, :n] = split.input_ids[i]
@@ -129,7 +133,14 @@ class BatchPlan:
     runner can look ahead to compute how many steps a token or FLOP budget allows.
     """
 
-    def __init__(self, split: TokenizedSplit, batch_size: int, *, seed: int, bucket_batches: int = DEFAULT_BUCKET_BATCHES) -> None:
+    def __init__(
+        self,
+        split: TokenizedSplit,
+        batch_size: int,
+        *,
+        seed: int,
+        bucket_batches: int = DEFAULT_BUCKET_BATCHES,
+    ) -> None:
         self.split = split
         self.batch_size = batch_size
         self.seed = seed
@@ -140,7 +151,13 @@ class BatchPlan:
 
     def _extend(self) -> None:
         epoch = self._epochs
-        new = epoch_batches(self.split.lengths, self.batch_size, seed=self.seed, epoch=epoch, bucket_batches=self.bucket_batches)
+        new = epoch_batches(
+            self.split.lengths,
+            self.batch_size,
+            seed=self.seed,
+            epoch=epoch,
+            bucket_batches=self.bucket_batches,
+        )
         self._batches.extend(new)
         self._epoch_of.extend([epoch] * len(new))
         self._epochs += 1
@@ -174,7 +191,14 @@ class BatchPlan:
     def batch(self, step: int, pad_id: int) -> dict[str, torch.Tensor]:
         return collate(self.split, self.indices(step), pad_id)
 
-    def steps_within(self, limit: float, cost: str = "tokens", *, per_padded_token: float = 1.0, max_steps: int = 10_000_000) -> int:
+    def steps_within(
+        self,
+        limit: float,
+        cost: str = "tokens",
+        *,
+        per_padded_token: float = 1.0,
+        max_steps: int = 10_000_000,
+    ) -> int:
         """The most steps whose cumulative cost stays within ``limit``.
 
         ``cost="tokens"`` sums non-padding tokens; ``cost="padded"`` sums padded tokens times
@@ -183,7 +207,11 @@ class BatchPlan:
         total = 0.0
         step = 0
         while step < max_steps:
-            c = self.tokens(step) if cost == "tokens" else self.padded_tokens(step) * per_padded_token
+            c = (
+                self.tokens(step)
+                if cost == "tokens"
+                else self.padded_tokens(step) * per_padded_token
+            )
             if total + c > limit:
                 break
             total += c
@@ -197,7 +225,9 @@ def eval_batches(split: TokenizedSplit, batch_size: int) -> list[np.ndarray]:
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def iterate_eval(split: TokenizedSplit, batch_size: int, pad_id: int) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
+def iterate_eval(
+    split: TokenizedSplit, batch_size: int, pad_id: int
+) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
     """(indices, padded batch) pairs covering ``split`` once."""
     for idx in eval_batches(split, batch_size):
         yield idx, collate(split, idx, pad_id)

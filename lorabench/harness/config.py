@@ -44,10 +44,13 @@ class Budget:
     def __post_init__(self) -> None:
         if self.kind not in BUDGET_KINDS:
             raise BenchmarkConfigError(
-                f"budget kind {self.kind!r} is unknown; use one of {', '.join(BUDGET_KINDS)} (e.g. steps=500)"
+                f"budget kind {self.kind!r} is unknown; "
+                f"use one of {', '.join(BUDGET_KINDS)} (e.g. steps=500)"
             )
         if not (isinstance(self.limit, int | float) and self.limit > 0):
-            raise BenchmarkConfigError(f"budget {self.kind}={self.limit!r} must be a positive number")
+            raise BenchmarkConfigError(
+                f"budget {self.kind}={self.limit!r} must be a positive number"
+            )
 
     @classmethod
     def parse(cls, text: str | dict[str, Any] | Budget) -> Budget:
@@ -56,11 +59,15 @@ class Budget:
             return text
         if isinstance(text, dict):
             if len(text) != 1:
-                raise BenchmarkConfigError(f"budget {text!r} must have exactly one key, e.g. {{steps: 500}}")
+                raise BenchmarkConfigError(
+                    f"budget {text!r} must have exactly one key, e.g. {{steps: 500}}"
+                )
             ((kind, value),) = text.items()
             return cls(str(kind), _number(value, f"budget {kind}"))
         if not isinstance(text, str) or "=" not in text:
-            raise BenchmarkConfigError(f"budget {text!r} must look like KIND=NUMBER, e.g. steps=500 or seconds=600")
+            raise BenchmarkConfigError(
+                f"budget {text!r} must look like KIND=NUMBER, e.g. steps=500 or seconds=600"
+            )
         kind, _, value = text.partition("=")
         return cls(kind.strip(), _number(value.strip(), f"budget {kind.strip()}"))
 
@@ -82,7 +89,9 @@ def _is_int(value: Any) -> bool:
 
 def _is_number(value: Any) -> bool:
     # bool is an int subclass, but "learning_rate: true" is a mistake, not 1.0.
-    return isinstance(value, int | float) and not isinstance(value, bool) and value == value  # not NaN
+    return (
+        isinstance(value, int | float) and not isinstance(value, bool) and value == value
+    )  # not NaN
 
 
 def _number(value: Any, what: str) -> float:
@@ -112,7 +121,9 @@ class TrainConfig:
     eval_every: int | None = None  # optimiser steps between evaluations; None: only at the end
     max_train_examples: int | None = None
     max_eval_examples: int | None = None
-    train_head: bool = True  # the classification head trains alongside the adapter (as PEFT's modules_to_save)
+    train_head: bool = (
+        True  # the classification head trains alongside the adapter (as PEFT's modules_to_save)
+    )
 
     def validate(self) -> None:
         """Checks every setting; the error names the setting, its value and what it must be."""
@@ -123,28 +134,45 @@ class TrainConfig:
         for name in ("eval_every", "max_train_examples", "max_eval_examples"):
             value = getattr(self, name)
             if value is not None and (not _is_int(value) or value < 1):
-                raise BenchmarkConfigError(f"train.{name}={value!r} must be a positive integer or null")
+                raise BenchmarkConfigError(
+                    f"train.{name}={value!r} must be a positive integer or null"
+                )
         if not _is_number(self.learning_rate) or self.learning_rate <= 0:
-            raise BenchmarkConfigError(f"train.learning_rate={self.learning_rate!r} must be a number > 0, e.g. 5e-4")
-        if self.head_learning_rate is not None and (not _is_number(self.head_learning_rate) or self.head_learning_rate <= 0):
             raise BenchmarkConfigError(
-                f"train.head_learning_rate={self.head_learning_rate!r} must be a number > 0 or null (null: learning_rate)"
+                f"train.learning_rate={self.learning_rate!r} must be a number > 0, e.g. 5e-4"
+            )
+        if self.head_learning_rate is not None and (
+            not _is_number(self.head_learning_rate) or self.head_learning_rate <= 0
+        ):
+            raise BenchmarkConfigError(
+                f"train.head_learning_rate={self.head_learning_rate!r} must be a number > 0 "
+                "or null (null: learning_rate)"
             )
         if not _is_number(self.warmup_ratio) or not 0 <= self.warmup_ratio < 1:
-            raise BenchmarkConfigError(f"train.warmup_ratio={self.warmup_ratio!r} must be a number in [0, 1), e.g. 0.06")
+            raise BenchmarkConfigError(
+                f"train.warmup_ratio={self.warmup_ratio!r} must be a number in [0, 1), e.g. 0.06"
+            )
         if not _is_number(self.weight_decay) or self.weight_decay < 0:
-            raise BenchmarkConfigError(f"train.weight_decay={self.weight_decay!r} must be a number >= 0, e.g. 0.1")
+            raise BenchmarkConfigError(
+                f"train.weight_decay={self.weight_decay!r} must be a number >= 0, e.g. 0.1"
+            )
         if not _is_number(self.max_grad_norm) or self.max_grad_norm <= 0:
-            raise BenchmarkConfigError(f"train.max_grad_norm={self.max_grad_norm!r} must be a number > 0, e.g. 1.0")
+            raise BenchmarkConfigError(
+                f"train.max_grad_norm={self.max_grad_norm!r} must be a number > 0, e.g. 1.0"
+            )
         if not isinstance(self.train_head, bool):
-            raise BenchmarkConfigError(f"train.train_head={self.train_head!r} must be true or false")
+            raise BenchmarkConfigError(
+                f"train.train_head={self.train_head!r} must be true or false"
+            )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise BenchmarkConfigError(f"unknown training setting(s) {unknown}; valid: {sorted(known)}")
+            raise BenchmarkConfigError(
+                f"unknown training setting(s) {unknown}; valid: {sorted(known)}"
+            )
         cfg = cls(**data)
         cfg.validate()
         return cfg
@@ -165,7 +193,9 @@ class RunConfig:
     variant: str
     task: str
     seed: int = 0
-    variant_config: dict[str, Any] = field(default_factory=dict)  # overrides of the variant's defaults
+    variant_config: dict[str, Any] = field(
+        default_factory=dict
+    )  # overrides of the variant's defaults
     model: str | None = None  # None: the packaged all-MiniLM-L6-v2
     budget: Budget = DEFAULT_BUDGET
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -56,7 +56,9 @@ class Spend:
     tokens: int = 0
     padded_tokens: int = 0
     train_seconds: float = 0.0
-    max_step_seconds: float = 0.0  # the slowest optimiser step (a seconds budget overshoots by less)
+    max_step_seconds: float = (
+        0.0  # the slowest optimiser step (a seconds budget overshoots by less)
+    )
     eval_seconds: float = 0.0
     probe_seconds: float = 0.0
     flops: float = 0.0
@@ -151,7 +153,9 @@ def plan_steps(
                 "the FLOP counter saw no FLOPs in the sample step, so a flops budget cannot be "
                 "converted to steps; use a steps, tokens or seconds budget for this model"
             )
-        return max(1, plan.steps_within(budget.limit, "padded", per_padded_token=flops_per_padded_token))
+        return max(
+            1, plan.steps_within(budget.limit, "padded", per_padded_token=flops_per_padded_token)
+        )
     if budget.kind == "seconds":
         if not seconds_per_step or seconds_per_step <= 0:
             raise RuntimeError("a seconds budget needs the measured seconds per step")

@@ -42,8 +42,6 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-
-
 @dataclass
 class RunCache:
     """What the runs of one suite share: loaded tasks, tokenised splits, loaded base models.
@@ -53,7 +51,9 @@ class RunCache:
     """
 
     tasks: dict[tuple, TaskData] = field(default_factory=dict)
-    tokenized: dict[tuple, tuple[TokenizedSplit, dict[str, TokenizedSplit]]] = field(default_factory=dict)
+    tokenized: dict[tuple, tuple[TokenizedSplit, dict[str, TokenizedSplit]]] = field(
+        default_factory=dict
+    )
     models: dict[tuple, tuple[nn.Module, Any]] = field(default_factory=dict)
     fingerprints: dict[tuple, str] = field(default_factory=dict)
 
@@ -131,16 +131,19 @@ class RunCache:
         base, tokenizer = self.models[key]
         return copy.deepcopy(base), tokenizer
 
-    def splits(self, task_key: tuple, data: TaskData, tokenizer: Any, max_length: int) -> tuple[TokenizedSplit, dict[str, TokenizedSplit]]:
+    def splits(
+        self, task_key: tuple, data: TaskData, tokenizer: Any, max_length: int
+    ) -> tuple[TokenizedSplit, dict[str, TokenizedSplit]]:
         key = (*task_key, getattr(tokenizer, "name_or_path", id(tokenizer)), max_length)
         if key not in self.tokenized:
             spec = data.spec
             train = tokenize_split(data.split(spec.train_split), spec, tokenizer, max_length)
-            evals = {name: tokenize_split(data.split(name), spec, tokenizer, max_length) for name in spec.eval_splits}
+            evals = {
+                name: tokenize_split(data.split(name), spec, tokenizer, max_length)
+                for name in spec.eval_splits
+            }
             self.tokenized[key] = (train, evals)
         return self.tokenized[key]
-
-
 
 
 def _load_head_state(model: nn.Module, head_state: Mapping[str, torch.Tensor], task: str) -> None:

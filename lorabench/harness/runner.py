@@ -162,7 +162,11 @@ def execute_run(
         with PeakMemory(device) as memory:
             result = trainer.fit()
         spent = result.spend.to_dict()
-        spent.update(peak_memory_bytes=memory.peak, memory_kind=memory.kind, memory_baseline_bytes=memory.baseline)
+        spent.update(
+            peak_memory_bytes=memory.peak,
+            memory_kind=memory.kind,
+            memory_baseline_bytes=memory.baseline,
+        )
         record.spent = spent
         record.status = result.status  # type: ignore[assignment]
         record.error = result.error
@@ -213,7 +217,9 @@ def resolve_suite(suite: SuiteConfig, cache: RunCache) -> list[RunConfig]:
         try:
             resolved.append(cache.resolve(cfg))
         except Exception as exc:
-            raise SuiteInputError(f"{cfg.variant}/{cfg.task}/seed {cfg.seed}: {error_message(error_text(exc))}") from exc
+            raise SuiteInputError(
+                f"{cfg.variant}/{cfg.task}/seed {cfg.seed}: {error_message(error_text(exc))}"
+            ) from exc
     return resolved
 
 
@@ -239,8 +245,8 @@ def data_changes(configs: list[RunConfig], store: Any) -> list[str]:
             key = (cfg.task, record.data_fingerprint, cfg.data_fingerprint)
             changed[key] = changed.get(key, 0) + 1
     return [
-        f"{task}: the data differs from {n} finished run(s) with the same settings (data {old[:8]} -> "
-        f"{new[:8]}); training on the current data, the old runs are kept apart"
+        f"{task}: the data differs from {n} finished run(s) with the same settings "
+        f"(data {old[:8]} -> {new[:8]}); training on the current data, the old runs are kept apart"
         for (task, old, new), n in changed.items()
     ]
 
@@ -281,8 +287,10 @@ def run_suite(
         skipped = len(configs) - len(todo)
         print(
             f"suite {suite.name or '(unnamed)'}: {len(configs)} runs "
-            f"({len(suite.variants)} variant configs x {len(suite.tasks)} tasks x {len(suite.seeds)} seeds), "
-            f"budget {suite.budget}" + (f"; {skipped} already finished, skipped" if skipped else ""),
+            f"({len(suite.variants)} variant configs x {len(suite.tasks)} tasks "
+            f"x {len(suite.seeds)} seeds), "
+            f"budget {suite.budget}"
+            + (f"; {skipped} already finished, skipped" if skipped else ""),
             file=out,
         )
         for line in data_changes(todo, store):
@@ -298,7 +306,11 @@ def run_suite(
             new[cfg.run_id] = record
             bar.update(1)
             if record.status == "failed" and out is not None:
-                bar.write(f"run {cfg.run_id} ({cfg.variant}/{cfg.task}/seed {cfg.seed}) failed: {error_message(record.error)}", file=out)
+                bar.write(
+                    f"run {cfg.run_id} ({cfg.variant}/{cfg.task}/seed {cfg.seed}) failed: "
+                    f"{error_message(record.error)}",
+                    file=out,
+                )
     finally:
         bar.close()
     records: list[RunRecord] = []
@@ -343,7 +355,17 @@ def summary_table(records: list[RunRecord]):
         }
         for r in records
     ]
-    columns = ["variant", "task", "metric", "score_mean", "score_std", "seeds", "failed", "trainable_params", "train_seconds"]
+    columns = [
+        "variant",
+        "task",
+        "metric",
+        "score_mean",
+        "score_std",
+        "seeds",
+        "failed",
+        "trainable_params",
+        "train_seconds",
+    ]
     if not rows:
         return pd.DataFrame(columns=columns)
     frame = pd.DataFrame(rows)
@@ -376,5 +398,16 @@ def format_summary(records: list[RunRecord]) -> str:
         score=table.apply(score, axis=1),
         trainable_params=table.trainable_params.map(lambda n: f"{int(n):,}"),
         train_seconds=table.train_seconds.map(lambda s: "-" if s != s else f"{s:.1f}"),
-    )[["variant", "task", "metric", "score", "seeds", "failed", "trainable_params", "train_seconds"]]
+    )[
+        [
+            "variant",
+            "task",
+            "metric",
+            "score",
+            "seeds",
+            "failed",
+            "trainable_params",
+            "train_seconds",
+        ]
+    ]
     return shown.to_string(index=False)

@@ -13,7 +13,7 @@ when the suite is loaded, before anything runs; errors name the key, the bad val
     variants:                   # a name, or {name: {config overrides}}; a name may repeat
       - lora
       - lora: {r: 16}
-      - adalora: {init_r: 12, target_r: 8}
+      - adalora: {r: 12, target_r: 8}
     seeds: 3                    # a count (0, 1, 2) or a list [0, 5, 7]
     budget: steps=500           # or tokens=..., seconds=..., flops=...; every run gets the same
     train: {learning_rate: 5e-4, batch_size: 32, max_length: 128, eval_every: 100}
@@ -58,7 +58,11 @@ class VariantEntry:
     def label(self) -> str:
         if not self.config:
             return self.variant
-        return f"{self.variant}(" + ",".join(f"{k}={self.config[k]}" for k in sorted(self.config)) + ")"
+        return (
+            f"{self.variant}("
+            + ",".join(f"{k}={self.config[k]}" for k in sorted(self.config))
+            + ")"
+        )
 
 
 @dataclass
@@ -83,16 +87,23 @@ class SuiteConfig:
     def from_dict(cls, data: Any, *, where: str = "suite") -> SuiteConfig:
         """Builds and validates a suite from plain data (parsed YAML)."""
         if not isinstance(data, dict):
-            raise SuiteConfigError(f"{where}: a suite must be a mapping of settings, got {type(data).__name__}")
+            raise SuiteConfigError(
+                f"{where}: a suite must be a mapping of settings, got {type(data).__name__}"
+            )
         known = [f.name for f in dataclasses.fields(cls)]
         for key in data:
             if key not in known:
                 close = difflib.get_close_matches(str(key), known, n=1)
                 hint = f" Did you mean {close[0]!r}?" if close else ""
-                raise SuiteConfigError(f"{where}: unknown key {key!r}.{hint} Valid keys: {', '.join(known)}.")
+                raise SuiteConfigError(
+                    f"{where}: unknown key {key!r}.{hint} Valid keys: {', '.join(known)}."
+                )
         for required in ("variants", "tasks"):
             if not data.get(required):
-                raise SuiteConfigError(f"{where}: {required!r} is missing or empty; e.g. {required}: {'[lora, dora]' if required == 'variants' else '[rte]'}")
+                raise SuiteConfigError(
+                    f"{where}: {required!r} is missing or empty; "
+                    f"e.g. {required}: {'[lora, dora]' if required == 'variants' else '[rte]'}"
+                )
         suite = cls(
             variants=parse_variants(data["variants"], where=where),
             tasks=_string_list(data["tasks"], "tasks", where),
@@ -131,7 +142,9 @@ class SuiteConfig:
         if name not in available:
             close = difflib.get_close_matches(name, available, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise SuiteConfigError(f"unknown preset {name!r}.{hint} Presets: {', '.join(available)}.")
+            raise SuiteConfigError(
+                f"unknown preset {name!r}.{hint} Presets: {', '.join(available)}."
+            )
         import yaml
 
         text = resources.files(PRESET_PACKAGE).joinpath(f"{name}.yaml").read_text()
@@ -183,9 +196,10 @@ class SuiteConfig:
 
         if self.data_dir is not None and not Path(self.data_dir).expanduser().is_dir():
             raise SuiteConfigError(
-                f"data_dir={self.data_dir!r} is not a folder; give the folder holding the task data "
-                "(GLUE TSV layout DIR/RTE/train.tsv, or local Hugging Face copies), or leave it unset "
-                "for the Hugging Face Hub"
+                f"data_dir={self.data_dir!r} is not a folder; "
+                "give the folder holding the task data "
+                "(GLUE TSV layout DIR/RTE/train.tsv, or local Hugging Face copies), "
+                "or leave it unset for the Hugging Face Hub"
             )
         try:
             resolve_model(self.model)
@@ -224,7 +238,9 @@ class SuiteConfig:
             "model": self.model,
             "data_dir": self.data_dir,
             "tasks": list(self.tasks),
-            "variants": [{e.variant: dict(e.config)} if e.config else e.variant for e in self.variants],
+            "variants": [
+                {e.variant: dict(e.config)} if e.config else e.variant for e in self.variants
+            ],
             "seeds": list(self.seeds),
             "budget": str(self.budget),
             "train": self.train.to_dict(),
@@ -237,7 +253,9 @@ class SuiteConfig:
 def list_presets() -> list[str]:
     """Names of the presets shipped in ``lorabench/presets``."""
     return sorted(
-        p.name[: -len(".yaml")] for p in resources.files(PRESET_PACKAGE).iterdir() if p.name.endswith(".yaml")
+        p.name[: -len(".yaml")]
+        for p in resources.files(PRESET_PACKAGE).iterdir()
+        if p.name.endswith(".yaml")
     )
 
 
@@ -249,7 +267,9 @@ def preset_descriptions() -> dict[str, str]:
     out: dict[str, str] = {}
     for name in list_presets():
         try:
-            data = yaml.safe_load(resources.files(PRESET_PACKAGE).joinpath(f"{name}.yaml").read_text())
+            data = yaml.safe_load(
+                resources.files(PRESET_PACKAGE).joinpath(f"{name}.yaml").read_text()
+            )
             out[name] = str(data.get("description") or "") if isinstance(data, dict) else ""
         except (OSError, yaml.YAMLError):
             out[name] = ""
@@ -262,7 +282,9 @@ def parse_variants(value: Any, *, where: str = "suite") -> list[VariantEntry]:
     if isinstance(value, str):
         value = [v.strip() for v in value.split(",") if v.strip()]
     if not isinstance(value, list) or not value:
-        raise SuiteConfigError(f"{where}: variants={value!r} must be a non-empty list, e.g. [lora, dora]")
+        raise SuiteConfigError(
+            f"{where}: variants={value!r} must be a non-empty list, e.g. [lora, dora]"
+        )
     entries = []
     for i, item in enumerate(value):
         if isinstance(item, str):
@@ -273,12 +295,14 @@ def parse_variants(value: Any, *, where: str = "suite") -> list[VariantEntry]:
                 config = {}
             if not isinstance(name, str) or not isinstance(config, dict):
                 raise SuiteConfigError(
-                    f"{where}: variants[{i}]={item!r} must map a variant name to its overrides, e.g. {{lora: {{r: 16}}}}"
+                    f"{where}: variants[{i}]={item!r} must map a variant name to its overrides, "
+                    "e.g. {lora: {r: 16}}"
                 )
             entries.append(VariantEntry(name.strip().lower(), dict(config)))
         else:
             raise SuiteConfigError(
-                f"{where}: variants[{i}]={item!r} must be a name (lora) or one name with overrides ({{lora: {{r: 16}}}})"
+                f"{where}: variants[{i}]={item!r} must be a name (lora) "
+                "or one name with overrides ({lora: {r: 16}})"
             )
     return entries
 
@@ -294,20 +318,33 @@ def parse_seeds(value: Any, *, where: str = "suite") -> list[int]:
             try:
                 return [int(s) for s in text.split(",") if s.strip()]
             except ValueError:
-                raise SuiteConfigError(f"{where}: seeds={value!r} must be integers, e.g. 0,5,7") from None
+                raise SuiteConfigError(
+                    f"{where}: seeds={value!r} must be integers, e.g. 0,5,7"
+                ) from None
         try:
             value = int(text)
         except ValueError:
-            raise SuiteConfigError(f"{where}: seeds={value!r} must be a count (3) or a list (0,5,7)") from None
+            raise SuiteConfigError(
+                f"{where}: seeds={value!r} must be a count (3) or a list (0,5,7)"
+            ) from None
     if isinstance(value, bool):
         raise SuiteConfigError(f"{where}: seeds={value!r} must be a count (3) or a list (0,5,7)")
     if isinstance(value, int):
         if value < 1:
-            raise SuiteConfigError(f"{where}: seeds={value} must be a count >= 1 (3 means seeds 0, 1, 2)")
+            raise SuiteConfigError(
+                f"{where}: seeds={value} must be a count >= 1 (3 means seeds 0, 1, 2)"
+            )
         return list(range(value))
-    if isinstance(value, list) and value and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value):
+    if (
+        isinstance(value, list)
+        and value
+        and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value)
+    ):
         return list(value)
-    raise SuiteConfigError(f"{where}: seeds={value!r} must be a count (3) or a list of non-negative integers ([0, 5, 7])")
+    raise SuiteConfigError(
+        f"{where}: seeds={value!r} must be a count (3) "
+        "or a list of non-negative integers ([0, 5, 7])"
+    )
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:
@@ -318,7 +355,8 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     variant, dot, name = key.strip().partition(".")
     if not sep or not dot or not variant or not name:
         raise SuiteConfigError(
-            f"variant override {text!r} must look like VARIANT.FIELD=VALUE, e.g. lora.r=16 or adalora.target_r=4"
+            f"variant override {text!r} must look like VARIANT.FIELD=VALUE, "
+            "e.g. lora.r=16 or adalora.target_r=4"
         )
     try:
         value = yaml.safe_load(raw)
@@ -327,24 +365,51 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     return variant.lower(), name, value
 
 
-def apply_overrides(entries: list[VariantEntry], overrides: list[str], *, where: str = "--variant-config") -> None:
+def apply_overrides(
+    entries: list[VariantEntry], overrides: list[str], *, where: str = "--variant-config"
+) -> None:
     """Sets ``VARIANT.FIELD=VALUE`` on every entry of that variant (``*.FIELD`` on all)."""
     for text in overrides:
         variant, name, value = parse_override(text)
         matched = [e for e in entries if variant in ("*", e.variant)]
         if not matched:
             raise SuiteConfigError(
-                f"{where} {text!r}: no variant {variant!r} in this suite (it has {', '.join(e.variant for e in entries)})"
+                f"{where} {text!r}: no variant {variant!r} in this suite "
+                f"(it has {', '.join(e.variant for e in entries)})"
             )
         for entry in matched:
             entry.config[name] = value
+            _canonical_overrides(entry, name)
+
+
+def _canonical_overrides(entry: VariantEntry, given: str) -> None:
+    """The entry's overrides under their current field names: a legacy name (AdaLoRA's
+    ``init_r``) in a preset, replaced by the field given on the command line (``r``), is one
+    setting, not two that disagree. The value given last wins."""
+    from lorabench.registry import UnknownNameError
+    from lorabench.variants import VARIANTS
+
+    try:
+        config_class = VARIANTS.get(entry.variant).config_class
+    except UnknownNameError:
+        return  # reported by validate(), naming the variant
+    aliases = config_class.legacy_aliases
+    field = aliases.get(given, given)
+    names = {field, *(alias for alias, target in aliases.items() if target == field)}
+    value = entry.config[given]
+    for name in names - {given}:
+        entry.config.pop(name, None)
+    entry.config.pop(given)
+    entry.config[field] = value
 
 
 def _string_list(value: Any, key: str, where: str) -> list[str]:
     if isinstance(value, str):
         value = [v.strip() for v in value.split(",") if v.strip()]
     if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
-        raise SuiteConfigError(f"{where}: {key}={value!r} must be a non-empty list of names, e.g. [rte, mrpc]")
+        raise SuiteConfigError(
+            f"{where}: {key}={value!r} must be a non-empty list of names, e.g. [rte, mrpc]"
+        )
     return list(value)
 
 
@@ -364,14 +429,25 @@ def _budget(value: Any, where: str) -> Budget:
 
 def _train(value: Any, where: str) -> TrainConfig:
     if not isinstance(value, dict):
-        raise SuiteConfigError(f"{where}: train={value!r} must be a mapping, e.g. {{learning_rate: 5e-4, batch_size: 32}}")
+        raise SuiteConfigError(
+            f"{where}: train={value!r} must be a mapping, "
+            "e.g. {learning_rate: 5e-4, batch_size: 32}"
+        )
     known = [f.name for f in dataclasses.fields(TrainConfig)]
     for key in value:
         if key not in known:
             close = difflib.get_close_matches(str(key), known, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise SuiteConfigError(f"{where}: unknown training setting train.{key}.{hint} Valid: {', '.join(known)}.")
-    types = {"learning_rate": float, "head_learning_rate": float, "weight_decay": float, "warmup_ratio": float, "max_grad_norm": float}
+            raise SuiteConfigError(
+                f"{where}: unknown training setting train.{key}.{hint} Valid: {', '.join(known)}."
+            )
+    types = {
+        "learning_rate": float,
+        "head_learning_rate": float,
+        "weight_decay": float,
+        "warmup_ratio": float,
+        "max_grad_norm": float,
+    }
     data = dict(value)
     for key, kind in types.items():
         # YAML reads 5e-4 (no dot) as a string; accept numeric strings for float settings.
@@ -379,7 +455,9 @@ def _train(value: Any, where: str) -> TrainConfig:
             try:
                 data[key] = kind(data[key])
             except ValueError:
-                raise SuiteConfigError(f"{where}: train.{key}={value[key]!r} must be a number") from None
+                raise SuiteConfigError(
+                    f"{where}: train.{key}={value[key]!r} must be a number"
+                ) from None
     for key, val in data.items():
         if key == "train_head":
             if not isinstance(val, bool):

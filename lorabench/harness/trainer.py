@@ -94,7 +94,9 @@ def build_optimizer(
         if no_decay:
             groups.append({"params": no_decay, "lr": lr, "weight_decay": 0.0})
     if not groups:
-        raise ValueError("nothing to train: the adapter declares no parameters and the head is frozen")
+        raise ValueError(
+            "nothing to train: the adapter declares no parameters and the head is frozen"
+        )
     return torch.optim.AdamW(groups)
 
 
@@ -250,12 +252,16 @@ class Trainer:
             self.adapter.set_eval_rank(None)
         return scores
 
-    def _evaluate_and_report(self, step: int, loss: float | None) -> tuple[dict[str, float], float | None]:
+    def _evaluate_and_report(
+        self, step: int, loss: float | None
+    ) -> tuple[dict[str, float], float | None]:
         metrics, score = self.evaluate()
         if self.curve and self.curve[-1].step == step:
             self.curve[-1].metrics = metrics
         else:
-            self.curve.append(CurvePoint(step=step, loss=loss, metrics=metrics, seconds=self.spend.train_seconds))
+            self.curve.append(
+                CurvePoint(step=step, loss=loss, metrics=metrics, seconds=self.spend.train_seconds)
+            )
         if self.on_eval is not None:
             self.on_eval(step, metrics, score)
         return metrics, score
@@ -305,7 +311,14 @@ class Trainer:
         self.adapter.on_train_begin(total)
         self._zero_grad()
         running: list[float] = []
-        bar = tqdm(total=total, desc=self.progress_desc or "train", unit="step", leave=False, disable=not self.progress, dynamic_ncols=True)
+        bar = tqdm(
+            total=total,
+            desc=self.progress_desc or "train",
+            unit="step",
+            leave=False,
+            disable=not self.progress,
+            dynamic_ncols=True,
+        )
         try:
             for step in range(total):
                 # Checked before the step, and never before the first: every run takes one step.
@@ -328,17 +341,27 @@ class Trainer:
                     scheduler.step()
                     self.adapter.after_step(step)
                     optimizer.zero_grad(set_to_none=True)
-                self.spend.add_step(self.plan.tokens(step), self.plan.padded_tokens(step), self._train_watch.last)
+                self.spend.add_step(
+                    self.plan.tokens(step), self.plan.padded_tokens(step), self._train_watch.last
+                )
                 running.append(value)
                 done = step + 1
                 bar.update(1)
                 if done % log_every == 0 or done == total:
-                    self.curve.append(CurvePoint(step=done, loss=float(np.mean(running)), seconds=self.spend.train_seconds))
+                    self.curve.append(
+                        CurvePoint(
+                            step=done,
+                            loss=float(np.mean(running)),
+                            seconds=self.spend.train_seconds,
+                        )
+                    )
                     bar.set_postfix(loss=f"{self.curve[-1].loss:.4f}")
                     running = []
                 if eval_every and done % eval_every == 0 and done < total:
                     self._evaluate_and_report(done, None)
-            self.spend.stop_reason = self.budget.kind if self.budget.kind != "seconds" else "planned_steps"
+            self.spend.stop_reason = (
+                self.budget.kind if self.budget.kind != "seconds" else "planned_steps"
+            )
         finally:
             bar.close()
 
@@ -362,5 +385,12 @@ class Trainer:
             key = f"{next(iter(self.eval_splits))}/{key}"
         return metrics.get(key)
 
-    def _result(self, status: str, metrics: dict[str, float], score: float | None, rank_scores: Any, error: str | None = None) -> TrainResult:
+    def _result(
+        self,
+        status: str,
+        metrics: dict[str, float],
+        score: float | None,
+        rank_scores: Any,
+        error: str | None = None,
+    ) -> TrainResult:
         return TrainResult(status, self.spend, metrics, score, self.curve, rank_scores, error)

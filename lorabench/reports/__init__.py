@@ -57,11 +57,29 @@ def generate_report(
     tables = write_tables(table, out_dir)
     figures, skipped = write_figures(data, out_dir / "figures")
     page = out_dir / "report.html"
-    page.write_text(render_html(data, table, figures, skipped, title=title or f"lorabench report: {out_dir.name}"), encoding="utf-8")
+    page.write_text(
+        render_html(
+            data, table, figures, skipped, title=title or f"lorabench report: {out_dir.name}"
+        ),
+        encoding="utf-8",
+    )
     return Report(
-        out_dir=out_dir, html=page, tables=tables, figures={f.name: f.png for f in figures},
-        skipped_figures=skipped, notes=data.notes, runs=len(data.records), table=table,
-    )  # fmt: skip
+        out_dir=out_dir,
+        html=page,
+        tables=tables,
+        figures={f.name: f.png for f in figures},
+        skipped_figures=skipped,
+        notes=data.notes,
+        runs=len(data.records),
+        table=table,
+    )
 
 
-__all__ = ["Report", "ReportData", "ResultsTable", "build_results_table", "generate_report", "load_report_data"]
+__all__ = [
+    "Report",
+    "ReportData",
+    "ResultsTable",
+    "build_results_table",
+    "generate_report",
+    "load_report_data",
+]

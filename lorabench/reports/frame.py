@@ -1,22 +1,33 @@
 """Loading run records for a report and aggregating them over seeds.
 
-A report row is a *variant config*: the variant plus its nominal rank ("LoRA r=8"), as in the
-LoRA/AdaLoRA papers' tables. When runs of one variant differ in anything else that changes the score
-(another learning rate, alpha, AdaLoRA schedule: a search's confirmation runs beside a plain run),
-each row names what differs ("LoRA r=2 (alpha=32, lr=0.000416)") so that different experiments are
-never averaged together as if they were seeds of one. Search trials (``search.role == "trial"``) are excluded from the
+A report row is a *variant config*: the variant plus its rank ("LoRA r=8"), as in the
+LoRA/AdaLoRA papers' tables. How a variant is named and how its rank reads ("AdaLoRA r=12→8",
+"DyLoRA r≤8") are facts of the variant (:meth:`~lorabench.variants.Variant.report_name`,
+:meth:`~lorabench.variants.Variant.rank_label`), computed from each record's resolved config;
+a record of a variant this process does not know keeps its registered name and ``r=<rank>``.
+
+Runs are seeds of one row only when everything that changes the score agrees: the variant's
+resolved settings, the training recipe, the model (name and fingerprint), the budget and, per
+task, the data fingerprint. When runs of one variant differ in a setting (another learning
+rate, alpha, AdaLoRA schedule: a search's confirmation runs beside a plain run), each row names
+what differs ("LoRA r=2 (alpha=32, lr=0.000416)"); runs of another model, budget or data get a
+bracketed tag ("[data not recorded]"), so that different experiments are never averaged together
+as if they were seeds of one. Search trials (``search.role == "trial"``) are excluded from the
 tables (they are many configs tried once) and kept apart for the search-history figure; the
 confirmation runs of a search's best config count as ordinary runs.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -24,15 +35,89 @@ import pandas as pd
 from lorabench.results.records import RunRecord, config_hash
 from lorabench.results.store import ResultStore
 
-# How papers print variant names; unknown (plugin) variants keep their registry name.
-VARIANT_NAMES = {"lora": "LoRA", "dora": "DoRA", "adalora": "AdaLoRA", "dylora": "DyLoRA", "vera": "VeRA"}
-VARIANT_ORDER = ("lora", "dora", "adalora", "dylora", "vera")
+if TYPE_CHECKING:
+    from lorabench.variants.base import Variant
+
 # Bounded metrics that papers print x100 with one decimal (accuracy, F1, MCC, correlations).
-PERCENT_METRICS = frozenset({"accuracy", "f1", "f1_macro", "matthews", "mcc", "pearson", "spearman", "auc"})
+PERCENT_METRICS = frozenset(
+    {"accuracy", "f1", "f1_macro", "matthews", "mcc", "pearson", "spearman", "auc"}
+)
 # GLUE's usual column order; other tasks follow alphabetically.
-TASK_ORDER = ("cola", "sst2", "sst-2", "mrpc", "qqp", "stsb", "sts-b", "mnli", "qnli", "rte", "wnli")
-METRIC_LABELS = {"accuracy": "Acc", "f1": "F1", "f1_macro": "F1", "matthews": "Mcc", "pearson": "Corr",
-                 "spearman": "Corr", "mse": "MSE"}  # fmt: skip
+TASK_ORDER = (
+    "cola", "sst2", "sst-2", "mrpc", "qqp", "stsb", "sts-b", "mnli", "qnli", "rte", "wnli",
+)  # fmt: skip
+METRIC_LABELS = {
+    "accuracy": "Acc", "f1": "F1", "f1_macro": "F1", "matthews": "Mcc", "pearson": "Corr",
+    "spearman": "Corr", "mse": "MSE",
+}  # fmt: skip
+# Characters of a fingerprint a label shows (16 are stored; 8 tell runs apart in one report).
+FINGERPRINT_CHARS = 8
+NOT_RECORDED = "not recorded"  # records written before fingerprints (release 0.1) have ""
+
+
+# -- variant facts, from the registry -------------------------------------------------------------
+def variant_class(variant: str) -> type[Variant] | None:
+    """The registered class of ``variant``, or None when this process does not know it (a
+    record written with a plugin that is not installed here)."""
+    from lorabench.variants import VARIANTS, Variant
+
+    try:
+        cls = VARIANTS.get(variant)
+    except KeyError:  # UnknownNameError: not registered here
+        return None
+    return cls if isinstance(cls, type) and issubclass(cls, Variant) else None
+
+
+def variant_name(variant: str) -> str:
+    """How a report names ``variant`` ("LoRA"); the registry name when it is not known here."""
+    cls = variant_class(variant)
+    return cls.report_name() if cls is not None else variant
+
+
+def variant_position(variant: str) -> int | None:
+    """The variant's ``report_order`` (None: unordered, after the ordered ones)."""
+    cls = variant_class(variant)
+    return cls.report_position() if cls is not None else None
+
+
+def variant_sort_key(variant: str) -> tuple[float, str]:
+    """Ordered variants first (LoRA, DoRA, AdaLoRA, DyLoRA, VeRA), then the others by name."""
+    position = variant_position(variant)
+    return (math.inf if position is None else position, variant)
+
+
+def stored_variant_config(record: RunRecord) -> dict[str, Any]:
+    """The variant config as the record stored it: resolved, or (older records) the overrides."""
+    config = record.config or {}
+    return dict(config.get("resolved_variant_config") or config.get("variant_config") or {})
+
+
+def resolved_variant_config(record: RunRecord) -> dict[str, Any]:
+    """The record's variant config as the variant resolves it today (legacy names mapped,
+    defaults filled in); as stored for a variant not known here."""
+    cls = variant_class(record.variant)
+    stored = stored_variant_config(record)
+    return cls.config_class.resolve_stored(stored) if cls is not None else stored
+
+
+def rank_label(record: RunRecord, ranks: Mapping[str, float] | None = None) -> str:
+    """The rank part of a record's label ("r=8", "r=12→8"): the variant's own, else ``r=<rank>``."""
+    cls = variant_class(record.variant)
+    if cls is not None:
+        return cls.rank_label(resolved_variant_config(record), ranks)
+    return "" if record.rank is None else f"r={record.rank}"
+
+
+def record_label(record: RunRecord, ranks: Mapping[str, float] | None = None) -> str:
+    """A record's label without its row's tags: ``"LoRA r=8"`` (just the name without a rank)."""
+    cls = variant_class(record.variant)
+    name = cls.report_name(resolved_variant_config(record)) if cls else record.variant
+    return " ".join(p for p in (name, rank_label(record, ranks)) if p)
+
+
+def short_fingerprint(fingerprint: str) -> str:
+    """``"1a2b3c4d"`` (the first characters), or ``"not recorded"`` for a legacy record's ``""``."""
+    return fingerprint[:FINGERPRINT_CHARS] if fingerprint else NOT_RECORDED
 
 
 @dataclass
@@ -65,7 +150,7 @@ class ReportData:
     def config_of(self, record: RunRecord) -> str:
         """The table row label of one of :attr:`records` (the plain label for anything else)."""
         match = self.runs.loc[self.runs["run_id"] == record.run_id, "config"]
-        return str(match.iloc[0]) if len(match) else config_label(record.variant, record.rank)
+        return str(match.iloc[0]) if len(match) else record_label(record)
 
 
 def load_report_data(
@@ -82,7 +167,12 @@ def load_report_data(
     raises :class:`~lorabench.results.store.ResultStoreError`; an empty one gives empty data
     with notes saying so.
     """
-    filters = {"tasks": _list(tasks), "variants": _list(variants), "seeds": _list(seeds), "tag": tag}
+    filters = {
+        "tasks": _list(tasks),
+        "variants": _list(variants),
+        "seeds": _list(seeds),
+        "tag": tag,
+    }
     store = results if isinstance(results, ResultStore) else ResultStore(results, create=False)
     try:
         everything = store.records(**filters, status=None)
@@ -93,12 +183,19 @@ def load_report_data(
         if store is not results:
             store.close()
     main = [r for r in everything if (r.search or {}).get("role") != "trial"]
-    finished = [r for r in main if r.status == "finished" and r.score is not None and math.isfinite(r.score)]
+    finished = [
+        r for r in main if r.status == "finished" and r.score is not None and math.isfinite(r.score)
+    ]
     unfinished = [r for r in main if r.status != "finished"]
     data = ReportData(
-        runs=runs_frame(finished), records=finished, trials=trials, unfinished=unfinished,
-        source=store.name, filters=filters, search_budgets=search_budgets,
-    )  # fmt: skip
+        runs=runs_frame(finished),
+        records=finished,
+        trials=trials,
+        unfinished=unfinished,
+        source=store.name,
+        filters=filters,
+        search_budgets=search_budgets,
+    )
     data.notes = missing_notes(data, summary)
     return data
 
@@ -112,7 +209,9 @@ def _search_budgets(url: str) -> dict[str, str]:
         summaries = load_search_summaries(url)
     except Exception:  # no optuna, or an older database: the search history falls back to steps
         return {}
-    return {str(s.get("study")): str((s.get("budget") or {}).get("kind") or "steps") for s in summaries}
+    return {
+        str(s.get("study")): str((s.get("budget") or {}).get("kind") or "steps") for s in summaries
+    }
 
 
 def _list(values: Iterable[Any] | None) -> list[Any] | None:
@@ -120,15 +219,6 @@ def _list(values: Iterable[Any] | None) -> list[Any] | None:
         return None
     values = [values] if isinstance(values, str | int) else list(values)
     return values or None
-
-
-def variant_name(variant: str) -> str:
-    return VARIANT_NAMES.get(variant, variant)
-
-
-def config_label(variant: str, rank: int | None) -> str:
-    """The row key of the tables: ``"LoRA r=8"`` (just the name when the rank is unknown)."""
-    return variant_name(variant) if rank is None else f"{variant_name(variant)} r={rank}"
 
 
 def is_percent(metric: str) -> bool:
@@ -150,21 +240,32 @@ def metric_value(metrics: Mapping[str, Any] | None, metric: str) -> float | None
 
 
 def runs_frame(records: list[RunRecord]) -> pd.DataFrame:
-    """One row per record: identity, config label, score in display units and resources.
+    """One row per record: identity, row label, score in display units and resources.
 
-    ``display`` is the score as papers print it (x100 for accuracy-like metrics); ``config`` is
-    the row label, suffixed with the model or budget when runs of several models/budgets are mixed.
+    ``display`` is the score as papers print it (x100 for accuracy-like metrics). ``config`` is
+    the row label (:func:`row_labels`), ``series`` the same label without the rank (the runs of
+    one score-vs-rank line), ``rank_label`` the rank part alone ("r=12→8").
     """
     rows = []
     for r in records:
         memory = r.spent.get("peak_memory_bytes")
         rows.append(
             {
-                "run_id": r.run_id, "variant": r.variant, "rank": r.rank, "task": r.task, "seed": r.seed,
-                "model": r.model, "budget": _budget_label(r.budget), "metric": r.primary_metric or "score",
-                "higher_is_better": bool(r.higher_is_better), "score": float(r.score),  # type: ignore[arg-type]
+                "run_id": r.run_id,
+                "variant": r.variant,
+                "rank": r.rank,
+                "task": r.task,
+                "seed": r.seed,
+                "model": r.model,
+                "budget": _budget_label(r.budget),
+                "data_fingerprint": r.data_fingerprint or "",
+                "model_fingerprint": r.model_fingerprint or "",
+                "metric": r.primary_metric or "score",
+                "higher_is_better": bool(r.higher_is_better),
+                "score": float(r.score),  # type: ignore[arg-type]
                 "percent": is_percent(r.primary_metric or ""),
-                "adapter_params": r.adapter_params or np.nan, "trainable_params": r.trainable_params or np.nan,
+                "adapter_params": r.adapter_params or np.nan,
+                "trainable_params": r.trainable_params or np.nan,
                 "total_params": r.total_params or np.nan,
                 "train_seconds": _float(r.spent.get("train_seconds")),
                 "peak_memory_mb": np.nan if memory is None else float(memory) / 2**20,
@@ -172,43 +273,209 @@ def runs_frame(records: list[RunRecord]) -> pd.DataFrame:
                 "adapter_kb": r.adapter_bytes / 1024 if r.adapter_bytes else np.nan,
                 "steps": _float(r.spent.get("steps")),
             }
-        )  # fmt: skip
-    columns = ["run_id", "variant", "rank", "task", "seed", "model", "budget", "metric", "higher_is_better",
-               "score", "percent", "adapter_params", "trainable_params", "total_params", "train_seconds",
-               "peak_memory_mb", "memory_kind", "adapter_kb", "steps"]  # fmt: skip
+        )
+    columns = [
+        "run_id", "variant", "rank", "task", "seed", "model", "budget", "data_fingerprint",
+        "model_fingerprint", "metric", "higher_is_better", "score", "percent", "adapter_params",
+        "trainable_params", "total_params", "train_seconds", "peak_memory_mb", "memory_kind",
+        "adapter_kb", "steps",
+    ]  # fmt: skip
     frame = pd.DataFrame(rows, columns=columns)
     frame["rank"] = frame["rank"].astype("Int64")
     frame["display"] = np.where(frame["percent"], frame["score"] * 100, frame["score"])
-    frame["config"] = [
-        config_label(v, None if pd.isna(k) else int(k)) for v, k in zip(frame["variant"], frame["rank"])
+    labels = row_labels(records)
+    frame["config"] = [label.config for label in labels]
+    frame["series"] = [label.series for label in labels]
+    frame["rank_label"] = [label.rank for label in labels]
+    frame["data_tag"] = [label.data_tag for label in labels]
+    frame["model_tag"] = [label.model_tag for label in labels]
+    frame["config_order"] = [
+        (*variant_sort_key(v), -1 if pd.isna(k) else int(k))
+        for v, k in zip(frame["variant"], frame["rank"], strict=True)
     ]
-    # Runs of different models or budgets are different experiments: keep them on separate rows.
-    for column in ("model", "budget"):
-        if frame[column].nunique() > 1:
-            frame["config"] = frame["config"] + " [" + frame[column].map(_short) + "]"
-    frame["config"] = frame["config"] + recipe_suffixes(records, frame["variant"].tolist())
-    frame["config_order"] = [_config_sort_key(v, k) for v, k in zip(frame["variant"], frame["rank"])]
     return frame
+
+
+@dataclass(frozen=True)
+class RowLabel:
+    """The labels of one record's report row.
+
+    Attributes:
+        config: the row label, ``"AdaLoRA r=12→8 [data not recorded] (lr=0.001)"``.
+        series: the same without the rank part: the score-vs-rank line the row belongs to.
+        rank: the rank part alone, from the config only (``"r=12→8"``; "" when unknown).
+        data_tag: ``"data 1a2b3c4d"`` when the row is tagged with its data fingerprint, else "".
+        model_tag: ``"model 1a2b3c4d"`` likewise for the model fingerprint.
+    """
+
+    config: str
+    series: str
+    rank: str
+    data_tag: str = ""
+    model_tag: str = ""
 
 
 # Training settings that change when or how fast a run is evaluated, never its score.
 _NON_SCORING_TRAIN = frozenset({"eval_batch_size", "eval_every"})
-# Variant fields that hold the nominal rank (VariantConfig.nominal_rank): already in the label.
-_RANK_FIELDS = frozenset({"r", "init_r"})
 _SHORT_KEYS = {"train.learning_rate": "lr", "train.head_learning_rate": "head_lr"}
 MAX_SUFFIX_ITEMS = 3  # settings named in a row label; more get a short hash instead
 
 
+def row_labels(records: list[RunRecord]) -> list[RowLabel]:
+    """Per record, the label of the report row it is a seed of.
+
+    Records share a row exactly when they share the variant, its resolved settings, the
+    training recipe, the model name and fingerprint, the budget and (per task) the data
+    fingerprint. The label is the variant's own (:func:`record_label`, with the final ranks
+    averaged over the row's runs of every task), then a bracketed tag for what tells rows of
+    otherwise equal settings apart (the model or budget when several are mixed; the model or
+    data fingerprint when runs of one model or task read different ones: the fingerprint most
+    of them read stays untagged), then the settings in which one variant's rows differ.
+    """
+    if not records:
+        return []
+    resolved = [resolved_variant_config(r) for r in records]
+    recipes = [recipe(r) for r in records]
+    keys = [_row_key(r, cfg) for r, cfg in zip(records, resolved, strict=True)]
+    # Final ranks averaged per matrix over the runs of one config (all tasks, all seeds), so
+    # that one config reads the same in every task column.
+    pooled: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for key, r in zip(keys, records, strict=True):
+        for matrix, value in (r.ranks or {}).items():
+            pooled[key][matrix].append(float(value))
+    mean_ranks = {
+        k: {m: float(np.mean(v)) for m, v in ranks.items()} for k, ranks in pooled.items()
+    }
+
+    tags = _tags(records)
+    suffixes = recipe_suffixes(records, [r.variant for r in records], recipes)
+    out: list[RowLabel] = []
+    for i, r in enumerate(records):
+        cls = variant_class(r.variant)
+        name = cls.report_name(resolved[i]) if cls is not None else r.variant
+        tag_text = f" [{', '.join(tags[i].values())}]" if tags[i] else ""
+        rank_part = rank_label(r, mean_ranks.get(keys[i]) or None)
+        config = " ".join(p for p in (name, rank_part) if p) + tag_text + suffixes[i]
+        out.append(
+            RowLabel(
+                config,
+                name + tag_text + suffixes[i],
+                rank_label(r),
+                data_tag=tags[i].get("data", ""),
+                model_tag=tags[i].get("model_fingerprint", ""),
+            )
+        )
+    return _disambiguated(out, keys, records)
+
+
+def _row_key(record: RunRecord, resolved: Mapping[str, Any]) -> str:
+    """What makes runs seeds of one config (the task and its data aside)."""
+    identity = {
+        "variant": record.variant,
+        "rank": record.rank,
+        "variant_config": {str(k): _setting(v) for k, v in resolved.items() if k != "seed"},
+        "train": _train_recipe(record),
+        "model": record.model,
+        "model_fingerprint": record.model_fingerprint or "",
+        "budget": _budget_label(record.budget),
+    }
+    return config_hash(identity)
+
+
+def _tags(records: list[RunRecord]) -> list[dict[str, str]]:
+    """Per record, the bracketed tags of its row, in order: the model (when several are mixed),
+    its fingerprint, the budget (when several are mixed) and the data fingerprint (see
+    :func:`_odd_fingerprints` for when a fingerprint is shown)."""
+    tags: list[dict[str, str]] = [{} for _ in records]
+    models = {r.model for r in records}
+    budgets = {_budget_label(r.budget) for r in records}
+    odd_model = _odd_fingerprints(records, lambda r: r.model, lambda r: r.model_fingerprint)
+    odd_data = _odd_fingerprints(records, lambda r: r.task, lambda r: r.data_fingerprint)
+    for i, r in enumerate(records):
+        if len(models) > 1:
+            tags[i]["model"] = _short(r.model)
+        if i in odd_model:
+            tags[i]["model_fingerprint"] = f"model {short_fingerprint(r.model_fingerprint)}"
+        if len(budgets) > 1:
+            tags[i]["budget"] = _budget_label(r.budget)
+        if i in odd_data:
+            tags[i]["data"] = f"data {short_fingerprint(r.data_fingerprint)}"
+    return tags
+
+
+def _odd_fingerprints(
+    records: list[RunRecord],
+    group: Callable[[RunRecord], Any],
+    fingerprint: Callable[[RunRecord], str],
+) -> set[int]:
+    """Indices of records whose fingerprint is not the one most records of their group (model
+    name, task) have: those rows get a tag. Ties go to the most recently finished."""
+    by_group: dict[str, list[int]] = defaultdict(list)
+    for i, r in enumerate(records):
+        by_group[str(group(r))].append(i)
+    odd: set[int] = set()
+    for indices in by_group.values():
+        prints = {fingerprint(records[i]) or "" for i in indices}
+        if len(prints) < 2:
+            continue
+        main = _majority_fingerprint(records, indices, fingerprint)
+        odd.update(i for i in indices if (fingerprint(records[i]) or "") != main)
+    return odd
+
+
+def _majority_fingerprint(
+    records: list[RunRecord], indices: list[int], fingerprint: Callable[[RunRecord], str]
+) -> str:
+    counts: dict[str, int] = defaultdict(int)
+    latest: dict[str, str] = defaultdict(str)
+    for i in indices:
+        value = fingerprint(records[i]) or ""
+        counts[value] += 1
+        latest[value] = max(latest[value], records[i].finished_at or "")
+    return max(counts, key=lambda v: (counts[v], latest[v], v))
+
+
+def _disambiguated(
+    labels: list[RowLabel], keys: list[str], records: list[RunRecord]
+) -> list[RowLabel]:
+    """Appends ``#abcd`` to labels that different configs share (e.g. two plugins printing the
+    same name): a row label must name exactly one config."""
+    owners: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for label, key, r in zip(labels, keys, records, strict=True):
+        owners[(label.config, r.task)].add(key + (r.data_fingerprint or ""))
+        owners[(label.config, "")].add(key)
+    clashing = {config for (config, _), owned in owners.items() if len(owned) > 1}
+    if not clashing:
+        return labels
+    out = []
+    for label, key in zip(labels, keys, strict=True):
+        if label.config in clashing:
+            mark = f" #{key[:4]}"
+            label = dataclasses.replace(
+                label, config=label.config + mark, series=label.series + mark
+            )
+        out.append(label)
+    return out
+
+
 def recipe(record: RunRecord) -> dict[str, str]:
     """What decides a run's score besides its variant, rank, task, seed, model and budget: the
-    variant's resolved settings and the training recipe, as ``{"alpha": "32", "train.lr": ...}``."""
-    config = record.config or {}
-    variant_config = config.get("resolved_variant_config") or config.get("variant_config") or {}
-    out = {str(k): _setting(v) for k, v in variant_config.items() if k not in _RANK_FIELDS and k != "seed"}
-    for key, value in (config.get("train") or {}).items():
-        if key not in _NON_SCORING_TRAIN:
-            out[f"train.{key}"] = _setting(value)
+    variant's resolved settings (those its label does not already show) and the training
+    recipe, as ``{"alpha": "32", "train.learning_rate": ...}``."""
+    cls = variant_class(record.variant)
+    shown = cls.label_fields if cls is not None else frozenset({"r"})
+    out = {
+        str(k): _setting(v)
+        for k, v in resolved_variant_config(record).items()
+        if k not in shown and k != "seed"
+    }
+    out.update(_train_recipe(record))
     return out
+
+
+def _train_recipe(record: RunRecord) -> dict[str, str]:
+    train = (record.config or {}).get("train") or {}
+    return {f"train.{k}": _setting(v) for k, v in train.items() if k not in _NON_SCORING_TRAIN}
 
 
 def _setting(value: Any) -> str:
@@ -216,16 +483,20 @@ def _setting(value: Any) -> str:
         return f"{value:.3g}"
     if isinstance(value, list | tuple):
         return ",".join(map(str, value))
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True, default=str)
     return str(value)
 
 
-def recipe_suffixes(records: list[RunRecord], variants: list[str]) -> list[str]:
+def recipe_suffixes(
+    records: list[RunRecord], variants: list[str], recipes: list[dict[str, str]] | None = None
+) -> list[str]:
     """Per record, "" or " (k=v, ...)" naming the settings in which its variant's runs differ.
 
-    Computed per variant (not per rank) so that one variant's rows across ranks share a suffix and
-    a score-vs-rank series stays one line.
+    Computed per variant (not per rank) so that one variant's rows across ranks share a suffix
+    and a score-vs-rank series stays one line.
     """
-    recipes = [recipe(r) for r in records]
+    recipes = [recipe(r) for r in records] if recipes is None else recipes
     by_variant: dict[str, list[int]] = {}
     for i, variant in enumerate(variants):
         by_variant.setdefault(variant, []).append(i)
@@ -234,11 +505,17 @@ def recipe_suffixes(records: list[RunRecord], variants: list[str]) -> list[str]:
         distinct = {tuple(sorted(recipes[i].items())) for i in indices}
         if len(distinct) < 2:
             continue
-        keys = sorted({k for i in indices for k in recipes[i]} - _same_everywhere(recipes, indices), key=_key_order)
+        differing = {k for i in indices for k in recipes[i]} - _same_everywhere(recipes, indices)
+        keys = sorted(differing, key=_key_order)
         for i in indices:
-            items = [f"{_SHORT_KEYS.get(k, k.removeprefix('train.'))}={recipes[i].get(k, '-')}" for k in keys]
+            items = [
+                f"{_SHORT_KEYS.get(k, k.removeprefix('train.'))}={recipes[i].get(k, '-')}"
+                for k in keys
+            ]
             text = ", ".join(items[:MAX_SUFFIX_ITEMS])
-            if len(items) > MAX_SUFFIX_ITEMS:  # the hash keeps rows apart that differ in hidden settings
+            if (
+                len(items) > MAX_SUFFIX_ITEMS
+            ):  # the hash keeps rows apart that differ in hidden settings
                 text += f", … #{config_hash(recipes[i])[:4]}"
             suffixes[i] = f" ({text})"
     return suffixes
@@ -258,7 +535,9 @@ def _budget_label(budget: Mapping[str, Any]) -> str:
     if not budget or "kind" not in budget:
         return ""
     limit = budget.get("limit")
-    return f"{budget['kind']}={limit:g}" if isinstance(limit, int | float) else f"{budget['kind']}={limit}"
+    if isinstance(limit, int | float):
+        return f"{budget['kind']}={limit:g}"
+    return f"{budget['kind']}={limit}"
 
 
 def _short(text: str) -> str:
@@ -272,11 +551,6 @@ def _float(value: Any) -> float:
         return np.nan
 
 
-def _config_sort_key(variant: str, rank: Any) -> tuple[int, str, int]:
-    position = VARIANT_ORDER.index(variant) if variant in VARIANT_ORDER else len(VARIANT_ORDER)
-    return (position, variant, -1 if pd.isna(rank) else int(rank))
-
-
 def ordered_tasks(tasks: Iterable[str]) -> list[str]:
     """GLUE order first, then the rest alphabetically."""
     known = {name: i for i, name in enumerate(TASK_ORDER)}
@@ -284,7 +558,8 @@ def ordered_tasks(tasks: Iterable[str]) -> list[str]:
 
 
 def ordered_configs(runs: pd.DataFrame) -> list[str]:
-    """Row order: LoRA, DoRA, AdaLoRA, DyLoRA, VeRA, plugins; rank ascending within a variant."""
+    """Row order: variants by their ``report_order`` (then unordered ones by name), rank
+    ascending within a variant."""
     if runs.empty:
         return []
     firsts = runs.drop_duplicates("config").sort_values(["config_order", "config"])
@@ -294,37 +569,51 @@ def ordered_configs(runs: pd.DataFrame) -> list[str]:
 def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
     """Mean and sample standard deviation (ddof=1) over seeds, per (config, task).
 
-    Columns: config, variant, rank, task, metric, percent, higher_is_better, mean, std (NaN for
-    one seed), n, seeds, and the means of adapter/trainable/total params, train seconds, peak
-    memory (MiB) and adapter size (KiB). ``mean``/``std`` are in display units.
+    Columns: config, series, variant, rank, rank_label, task, metric, percent,
+    higher_is_better, mean, std (NaN for one seed), n, seeds, and the means of
+    adapter/trainable/total params, train seconds, peak memory (MiB) and adapter size (KiB).
+    ``mean``/``std`` are in display units.
     """
-    columns = ["config", "variant", "rank", "task", "metric", "percent", "higher_is_better", "mean", "std",
-               "n", "seeds", "adapter_params", "trainable_params", "total_params", "train_seconds",
-               "peak_memory_mb", "adapter_kb"]  # fmt: skip
+    columns = [
+        "config", "series", "variant", "rank", "rank_label", "task", "metric", "percent",
+        "higher_is_better", "mean", "std", "n", "seeds", "adapter_params", "trainable_params",
+        "total_params", "train_seconds", "peak_memory_mb", "adapter_kb",
+    ]  # fmt: skip
     if runs.empty:
         return pd.DataFrame(columns=columns)
     grouped = runs.groupby(["config", "task"], sort=False)
     out = grouped.agg(
-        variant=("variant", "first"), rank=("rank", "first"), metric=("metric", "first"),
-        percent=("percent", "first"), higher_is_better=("higher_is_better", "first"),
-        mean=("display", "mean"), std=("display", "std"), n=("display", "size"),
-        seeds=("seed", lambda s: sorted(set(int(x) for x in s))),
-        adapter_params=("adapter_params", "mean"), trainable_params=("trainable_params", "mean"),
-        total_params=("total_params", "mean"), train_seconds=("train_seconds", "mean"),
-        peak_memory_mb=("peak_memory_mb", "mean"), adapter_kb=("adapter_kb", "mean"),
-    ).reset_index()  # fmt: skip
+        series=("series", "first"),
+        variant=("variant", "first"),
+        rank=("rank", "first"),
+        rank_label=("rank_label", "first"),
+        metric=("metric", "first"),
+        percent=("percent", "first"),
+        higher_is_better=("higher_is_better", "first"),
+        mean=("display", "mean"),
+        std=("display", "std"),
+        n=("display", "size"),
+        seeds=("seed", lambda s: sorted({int(x) for x in s})),
+        adapter_params=("adapter_params", "mean"),
+        trainable_params=("trainable_params", "mean"),
+        total_params=("total_params", "mean"),
+        train_seconds=("train_seconds", "mean"),
+        peak_memory_mb=("peak_memory_mb", "mean"),
+        adapter_kb=("adapter_kb", "mean"),
+    ).reset_index()
     return out[columns]
 
 
 def missing_notes(data: ReportData, summary: Mapping[str, Any]) -> list[str]:
-    """Plain sentences on what the report lacks: no runs, filters matching nothing, missing cells,
-    fewer seeds than elsewhere, failed or pruned runs."""
+    """Plain sentences on what the report lacks or mixes: no runs, filters matching nothing,
+    missing cells, fewer seeds than elsewhere, runs that read different data or model files,
+    failed or pruned runs."""
     notes: list[str] = []
     f = data.filters
     if summary.get("runs", 0) == 0:
         notes.append(
-            f"The results database {data.source} holds no runs yet. Run 'lorabench run' (or 'lorabench search') "
-            "with --results pointing at it, then report again."
+            f"The results database {data.source} holds no runs yet. Run 'lorabench run' (or "
+            "'lorabench search') with --results pointing at it, then report again."
         )
         return notes
     for key, present in (("tasks", "task"), ("variants", "variant"), ("seeds", "seed")):
@@ -335,10 +624,13 @@ def missing_notes(data: ReportData, summary: Mapping[str, Any]) -> list[str]:
                 f"{', '.join(map(str, summary.get(present, [])))}."
             )
     if f.get("tag") is not None and f["tag"] not in summary.get("tag", []):
-        notes.append(f"No runs have tag {f['tag']!r}; tags present: {', '.join(repr(t) for t in summary.get('tag', []))}.")
+        present_tags = ", ".join(repr(t) for t in summary.get("tag", []))
+        notes.append(f"No runs have tag {f['tag']!r}; tags present: {present_tags}.")
     if not data.records:
         statuses = ", ".join(f"{n} {s}" for s, n in sorted(summary.get("status", {}).items()))
-        notes.append(f"No finished runs match the filters (the database has {statuses} run(s) in all).")
+        notes.append(
+            f"No finished runs match the filters (the database has {statuses} run(s) in all)."
+        )
     runs = data.runs
     if not runs.empty:
         tasks = ordered_tasks(runs["task"])
@@ -351,7 +643,10 @@ def missing_notes(data: ReportData, summary: Mapping[str, Any]) -> list[str]:
             if absent:
                 lacking_tasks.setdefault(absent, []).append(config)
         for absent, configs in lacking_tasks.items():
-            notes.append(f"{', '.join(configs)}: no finished run on {', '.join(absent)} (cells shown as '–').")
+            notes.append(
+                f"{', '.join(configs)}: no finished run on {', '.join(absent)} "
+                f"(cells shown as '{MISSING_CELL}')."
+            )
         for config in ordered_configs(runs):
             mine = runs[runs["config"] == config]
             for task in tasks:
@@ -362,12 +657,49 @@ def missing_notes(data: ReportData, summary: Mapping[str, Any]) -> list[str]:
                         f"{config} on {task}: {len(seeds)} of {len(all_seeds)} seeds (missing seed "
                         f"{', '.join(map(str, lacking))})."
                     )
+        notes += fingerprint_notes(runs)
     for record in data.unfinished:
-        reason = (record.error or "").strip().splitlines()[0][:200] if record.error else "no error recorded"
+        error = (record.error or "").strip()
+        reason = error.splitlines()[0][:200] if error else "no error recorded"
         notes.append(
-            f"{config_label(record.variant, record.rank)} on {record.task}, seed {record.seed}: {record.status} "
+            f"{record_label(record)} on {record.task}, seed {record.seed}: {record.status} "
             f"({reason}); not in the tables."
         )
+    return notes
+
+
+MISSING_CELL = "\u2013"  # an en dash, as papers mark a missing cell
+
+
+def fingerprint_notes(runs: pd.DataFrame) -> list[str]:
+    """One sentence per task whose runs read different data, and per model whose runs loaded
+    different files (their fingerprints differ), naming the fingerprints and how many runs read
+    each. Such runs are never seeds of one row; rows of a fingerprint other than the one most
+    runs read carry a ``[data …]`` / ``[model …]`` tag."""
+    notes = []
+    for column, group, what, tag in (
+        ("data_fingerprint", "task", "data", "data"),
+        ("model_fingerprint", "model", "model files", "model"),
+    ):
+        for name in sorted(set(runs[group])):
+            mine = runs[runs[group] == name]
+            counts = mine[column].fillna("").value_counts()
+            if len(counts) < 2:
+                continue
+            tag_column = f"{tag}_tag"
+            parts = []
+            for fingerprint, n in counts.items():
+                short = short_fingerprint(str(fingerprint))
+                tagged = bool((mine.loc[mine[column].fillna("") == fingerprint, tag_column]).any())
+                where = f"rows tagged [{tag} {short}]" if tagged else "untagged rows"
+                if not fingerprint:
+                    where += "; written before fingerprints were recorded"
+                parts.append(f"{short} ({n} run(s), {where})")
+            notes.append(
+                f"{_short(str(name))}: the runs read {len(counts)} different {what} "
+                f"(fingerprints {'; '.join(parts)}). Runs of different {what} are never "
+                "averaged together; compare their rows with care."
+            )
     return notes
 
 

@@ -13,14 +13,15 @@ from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 
-from lorabench.reports.frame import ReportData, config_label
+from lorabench.reports.frame import MISSING_CELL, ReportData, record_label
 from lorabench.reports.plots import FigureFile
 from lorabench.reports.tables import ResultsTable, to_html
 
 _CSS = """
-body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;margin:2em auto;max-width:1200px;
-     padding:0 1em;color:#222;line-height:1.45}
-h1{font-size:1.6em;margin-bottom:.2em} h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.8em}
+body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;margin:2em auto;
+     max-width:1200px;padding:0 1em;color:#222;line-height:1.45}
+h1{font-size:1.6em;margin-bottom:.2em}
+h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.8em}
 .meta{color:#555;font-size:.9em}
 table{border-collapse:collapse;margin:1em 0;font-size:.9em}
 table.results{border-top:2px solid #222;border-bottom:2px solid #222}
@@ -53,7 +54,8 @@ def render_html(
         f"<title>{esc(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{esc(title)}</h1>",
         f"<p class='meta'>Results: <code>{esc(data.source)}</code> · generated "
-        f"{_dt.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')} · filters: {esc(_filters_text(data.filters))}</p>",
+        f"{_dt.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')} · "
+        f"filters: {esc(_filters_text(data.filters))}</p>",
         _overview(data),
     ]
     if data.notes:
@@ -61,19 +63,26 @@ def render_html(
         parts += [f"<li class='missing'>{esc(n)}</li>" for n in data.notes]
         parts.append("</ul>")
     parts.append("<h2 id='results'>Results</h2>")
-    parts.append(to_html(table) if not table.empty else "<p class='empty'>No finished runs match: no table.</p>")
+    parts.append(
+        to_html(table)
+        if not table.empty
+        else "<p class='empty'>No finished runs match: no table.</p>"
+    )
     if figures or skipped:
         parts.append("<h2 id='figures'>Figures</h2>")
     for fig in figures:
         encoded = base64.b64encode(fig.png.read_bytes()).decode("ascii")
         parts.append(
-            f"<figure id='fig-{fig.name}'><img alt='{esc(fig.title)}' src='data:image/png;base64,{encoded}'>"
+            f"<figure id='fig-{fig.name}'>"
+            f"<img alt='{esc(fig.title)}' src='data:image/png;base64,{encoded}'>"
             f"<figcaption>{esc(fig.title)} (also <code>{esc(_beside(fig.svg))}</code> and "
             f"<code>{esc(_beside(fig.png))}</code> beside this report)</figcaption></figure>"
         )
     if skipped:
         parts.append("<p>Not drawn:</p><ul class='notes'>")
-        parts += [f"<li>{esc(name.replace('_', ' '))}: {esc(why)}.</li>" for name, why in skipped.items()]
+        parts += [
+            f"<li>{esc(name.replace('_', ' '))}: {esc(why)}.</li>" for name, why in skipped.items()
+        ]
         parts.append("</ul>")
     parts.append(_environment(data))
     parts.append("</body></html>\n")
@@ -81,12 +90,17 @@ def render_html(
 
 
 def _beside(path: Path) -> str:
-    """``figures/costs.svg``: where the file lies relative to report.html (figures are one folder down)."""
+    """``figures/costs.svg``: where the file lies relative to report.html (figures are one
+    folder down)."""
     return f"{path.parent.name}/{path.name}"
 
 
 def _filters_text(filters: Mapping[str, object]) -> str:
-    used = [f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in filters.items() if v not in (None, [])]
+    used = [
+        f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}"
+        for k, v in filters.items()
+        if v not in (None, [])
+    ]
     return "; ".join(used) if used else "none"
 
 
@@ -104,25 +118,39 @@ def _overview(data: ReportData) -> str:
         "variant configs": str(runs["config"].nunique()),
         "seeds": ", ".join(map(str, sorted(set(runs["seed"])))),
         "models": ", ".join(sorted(set(runs["model"]))),
-        "budgets": ", ".join(sorted(b for b in set(runs["budget"]) if b)) or "–",
+        "budgets": ", ".join(sorted(b for b in set(runs["budget"]) if b)) or MISSING_CELL,
         "failed / pruned runs": str(len(data.unfinished)),
         "search trials": str(len(data.trials)),
     }
-    rows = "".join(f"<tr><th class='left'>{html.escape(k)}</th><td class='left'>{html.escape(v)}</td></tr>" for k, v in items.items())
+    rows = "".join(
+        f"<tr><th class='left'>{html.escape(k)}</th><td class='left'>{html.escape(v)}</td></tr>"
+        for k, v in items.items()
+    )
     return f"<table class='plain'>{rows}</table>"
+
+
+def _first_line(text: str | None, limit: int) -> str:
+    """The first line of an error message, at most ``limit`` characters ("" for none)."""
+    return text.strip().splitlines()[0][:limit] if text and text.strip() else ""
 
 
 def _environment(data: ReportData) -> str:
     """Where the runs ran: commits, devices and package versions, counted over records."""
     if not data.records:
         return ""
-    counters: dict[str, Counter[str]] = {k: Counter() for k in ("git commit", "device", "torch", "transformers", "python")}
+    counters: dict[str, Counter[str]] = {
+        k: Counter() for k in ("git commit", "device", "torch", "transformers", "python")
+    }
     for r in data.records:
         env = r.environment or {}
         commit = env.get("git_commit")
-        counters["git commit"][f"{commit[:10]}{' (dirty)' if env.get('git_dirty') else ''}" if commit else "unknown"] += 1
+        counters["git commit"][
+            f"{commit[:10]}{' (dirty)' if env.get('git_dirty') else ''}" if commit else "unknown"
+        ] += 1
         device = env.get("device") or {}
-        counters["device"][str(device.get("name") or "unknown") if isinstance(device, dict) else str(device)] += 1
+        counters["device"][
+            str(device.get("name") or "unknown") if isinstance(device, dict) else str(device)
+        ] += 1
         packages = env.get("packages") or {}
         counters["torch"][str(packages.get("torch") or "unknown")] += 1
         counters["transformers"][str(packages.get("transformers") or "unknown")] += 1
@@ -136,13 +164,14 @@ def _environment(data: ReportData) -> str:
     failed = ""
     if data.unfinished:
         body = "".join(
-            f"<tr><td>{html.escape(config_label(r.variant, r.rank))}</td><td>{html.escape(r.task)}</td>"
+            f"<tr><td>{html.escape(record_label(r))}</td><td>{html.escape(r.task)}</td>"
             f"<td>{r.seed}</td><td>{html.escape(r.status)}</td>"
-            f"<td>{html.escape((r.error or '').strip().splitlines()[0][:300] if r.error else '')}</td></tr>"
+            f"<td>{html.escape(_first_line(r.error, 300))}</td></tr>"
             for r in data.unfinished
         )
         failed = (
-            "<h2 id='unfinished'>Failed and pruned runs</h2><table class='plain'><thead><tr><th>config</th>"
-            f"<th>task</th><th>seed</th><th>status</th><th>error</th></tr></thead><tbody>{body}</tbody></table>"
+            "<h2 id='unfinished'>Failed and pruned runs</h2><table class='plain'><thead><tr>"
+            "<th>config</th><th>task</th><th>seed</th><th>status</th><th>error</th></tr></thead>"
+            f"<tbody>{body}</tbody></table>"
         )
     return f"{failed}<h2 id='environment'>Environment</h2><table class='plain'>{rows}</table>"

@@ -7,7 +7,6 @@ missing instead of showing an empty axis).
 
 from __future__ import annotations
 
-import re
 import textwrap
 import zlib
 from collections import defaultdict
@@ -25,7 +24,6 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from lorabench.reports.frame import (
-    VARIANT_ORDER,
     ReportData,
     aggregate,
     is_percent,
@@ -34,7 +32,10 @@ from lorabench.reports.frame import (
     ordered_tasks,
     short_matrix_labels,
     split_module_name,
+    variant_class,
     variant_name,
+    variant_position,
+    variant_sort_key,
 )
 from lorabench.results.records import RunRecord
 
@@ -44,10 +45,32 @@ _LINESTYLES = ("-", "--", ":", "-.")
 MAX_HEATMAPS = 6  # (task, config) panels in the rank-allocation figure
 
 
+PLUGIN_STYLE_SLOTS = 5  # a variant without report_order takes one of the palette's last five
+
+
 def variant_style(variant: str) -> dict[str, object]:
-    """A fixed colour and marker per variant, the same in every figure."""
-    position = VARIANT_ORDER.index(variant) if variant in VARIANT_ORDER else len(VARIANT_ORDER) + zlib.crc32(variant.encode()) % 5
-    return {"color": _PALETTE[position % len(_PALETTE)], "marker": _MARKERS[position % len(_MARKERS)]}
+    """A fixed colour and marker per variant, the same in every figure: the variant's
+    ``report_order`` picks them; others get one from a hash of the name (stable across runs)."""
+    position = variant_position(variant)
+    if position is None:
+        position = len(_PALETTE) - PLUGIN_STYLE_SLOTS + zlib.crc32(variant.encode()) % 5
+    return {
+        "color": _PALETTE[position % len(_PALETTE)],
+        "marker": _MARKERS[position % len(_MARKERS)],
+    }
+
+
+def variants_with(fact: str, present: set[str] | None = None) -> list[str]:
+    """Display names of the variants (among ``present``, or all registered) whose class sets
+    the boolean ``fact`` (``adaptive_rank``, ``multi_rank_eval``), in report order."""
+    from lorabench.variants import VARIANTS
+
+    names = sorted(VARIANTS.list() if present is None else present, key=variant_sort_key)
+    return [
+        variant_name(v)
+        for v in names
+        if (cls := variant_class(v)) is not None and bool(getattr(cls, fact, False))
+    ]
 
 
 def _score_label(metric: str, percent: bool) -> str:
@@ -55,11 +78,18 @@ def _score_label(metric: str, percent: bool) -> str:
     return f"{name} (%)" if percent else name
 
 
-def _grid(n: int, ncols_max: int = 3, size: tuple[float, float] = (4.6, 3.6)) -> tuple[Figure, list[plt.Axes]]:
+def _grid(
+    n: int, ncols_max: int = 3, size: tuple[float, float] = (4.6, 3.6)
+) -> tuple[Figure, list[plt.Axes]]:
     ncols = min(n, ncols_max)
     nrows = (n + ncols - 1) // ncols
-    fig, axes = plt.subplots(nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows), squeeze=False,
-                             layout="constrained")  # fmt: skip
+    fig, axes = plt.subplots(
+        nrows,
+        ncols,
+        figsize=(size[0] * ncols, size[1] * nrows),
+        squeeze=False,
+        layout="constrained",
+    )
     flat = list(axes.ravel())
     for ax in flat[n:]:
         ax.set_visible(False)
@@ -75,27 +105,41 @@ def _suptitle(fig: Figure, text: str) -> None:
     fig.suptitle("\n".join(lines))
 
 
-def _legend_below(fig: Figure, axes: list[plt.Axes], ncols_max: int = 3, order: list[str] | None = None) -> None:
+def _legend_below(
+    fig: Figure, axes: list[plt.Axes], ncols_max: int = 3, order: list[str] | None = None
+) -> None:
     """One legend for the whole figure, under the panels: long config labels ("LoRA r=2 (lr=...,
     alpha=32)") would cover the data inside a panel. Entries of every panel, each label once."""
     handles: dict[str, object] = {}
     for ax in axes:
-        for handle, label in zip(*ax.get_legend_handles_labels()):
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
             handles.setdefault(label, handle)
     if order:  # the table's row order, whichever panel a config first appeared in
         rank = {label: i for i, label in enumerate(order)}
         handles = dict(sorted(handles.items(), key=lambda kv: rank.get(kv[0], len(rank))))
     if handles:
         longest = max(len(label) for label in handles)
-        per_row = max(1, min(ncols_max, len(handles), int(fig.get_figwidth() * 72 / (8 * 0.6) / (longest + 6))))
+        per_row = max(
+            1,
+            min(ncols_max, len(handles), int(fig.get_figwidth() * 72 / (8 * 0.6) / (longest + 6))),
+        )
         rows = -(-len(handles) // per_row)
-        fig.set_figheight(fig.get_figheight() + 0.2 * rows + 0.15)  # room for the legend, not taken from panels
-        fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=per_row, fontsize=8)
+        fig.set_figheight(
+            fig.get_figheight() + 0.2 * rows + 0.15
+        )  # room for the legend, not taken from panels
+        fig.legend(
+            list(handles.values()),
+            list(handles),
+            loc="outside lower center",
+            ncols=per_row,
+            fontsize=8,
+        )
 
 
 def _spread_labels(fig: Figure, ax: plt.Axes, texts: list[plt.Text]) -> None:
     """Moves point labels apart vertically until none overlaps another (points of similar
-    parameter count and score, e.g. LoRA r=8 and DoRA r=8, would print "r=8" on top of each other)."""
+    parameter count and score, e.g. LoRA r=8 and DoRA r=8, would print "r=8" on top of each
+    other)."""
     if len(texts) < 2:
         return
     renderer = fig.canvas.get_renderer()
@@ -111,7 +155,9 @@ def _spread_labels(fig: Figure, ax: plt.Axes, texts: list[plt.Text]) -> None:
         placed.append(text.get_window_extent(renderer))
 
 
-def pareto_front(params: np.ndarray, scores: np.ndarray, higher_is_better: bool = True) -> np.ndarray:
+def pareto_front(
+    params: np.ndarray, scores: np.ndarray, higher_is_better: bool = True
+) -> np.ndarray:
     """Indices of the points no other point beats on both fewer parameters and a better score."""
     sign = 1.0 if higher_is_better else -1.0
     order = np.lexsort((-sign * scores, params))  # by params, then best score first
@@ -132,32 +178,69 @@ def plot_score_vs_params(data: ReportData) -> Figure | str:
     tasks = ordered_tasks(agg["task"])
     fig, axes = _grid(len(tasks))
     point_labels: list[tuple[plt.Axes, list[plt.Text]]] = []
-    for ax, task in zip(axes, tasks):
+    for ax, task in zip(axes, tasks, strict=True):
         mine = agg[agg["task"] == task].reset_index(drop=True)
         labels: list[plt.Text] = []
         point_labels.append((ax, labels))
         for variant in _variants_in_order(mine["variant"]):
             rows = mine[mine["variant"] == variant]
             style = variant_style(variant)
-            ax.errorbar(rows["adapter_params"], rows["mean"], yerr=rows["std"].fillna(0), linestyle="none",
-                        capsize=3, markersize=7, label=variant_name(variant), **style)  # fmt: skip
+            ax.errorbar(
+                rows["adapter_params"],
+                rows["mean"],
+                yerr=rows["std"].fillna(0),
+                linestyle="none",
+                capsize=3,
+                markersize=7,
+                label=variant_name(variant),
+                **style,
+            )
             for _, row in rows.iterrows():
-                if pd.notna(row["rank"]):  # in the variant's colour, so "r=8" says whose r=8 it is
-                    labels.append(ax.annotate(f"r={row['rank']}", (row["adapter_params"], row["mean"]), fontsize=7,
-                                              xytext=(5, 3), textcoords="offset points", color=style["color"]))  # fmt: skip
-        front = pareto_front(mine["adapter_params"].to_numpy(float), mine["mean"].to_numpy(float),
-                             bool(mine["higher_is_better"].iloc[0]))  # fmt: skip
+                if row["rank_label"]:  # in the variant's colour, so "r=8" says whose r=8 it is
+                    point = (row["adapter_params"], row["mean"])
+                    labels.append(
+                        ax.annotate(
+                            row["rank_label"],
+                            point,
+                            fontsize=7,
+                            xytext=(5, 3),
+                            textcoords="offset points",
+                            color=style["color"],
+                        )
+                    )
+        front = pareto_front(
+            mine["adapter_params"].to_numpy(float),
+            mine["mean"].to_numpy(float),
+            bool(mine["higher_is_better"].iloc[0]),
+        )
         points = mine.iloc[front]
-        ax.step(points["adapter_params"], points["mean"], where="post", color="0.4", linestyle="--", linewidth=1,
-                label="Pareto front", zorder=0)  # fmt: skip
-        ax.scatter(points["adapter_params"], points["mean"], s=160, facecolors="none", edgecolors="0.3", zorder=0)
+        ax.step(
+            points["adapter_params"],
+            points["mean"],
+            where="post",
+            color="0.4",
+            linestyle="--",
+            linewidth=1,
+            label="Pareto front",
+            zorder=0,
+        )
+        ax.scatter(
+            points["adapter_params"],
+            points["mean"],
+            s=160,
+            facecolors="none",
+            edgecolors="0.3",
+            zorder=0,
+        )
         ax.set_xscale("log")
         ax.set_xlabel("trainable adapter parameters (count, log scale)")
         ax.set_ylabel(_score_label(mine["metric"].iloc[0], bool(mine["percent"].iloc[0])))
         ax.set_title(task.upper())
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    _suptitle(fig, "Score vs trainable adapter parameters (mean ± std over seeds; circled: Pareto front)")
+    _suptitle(
+        fig, "Score vs trainable adapter parameters (mean ± std over seeds; circled: Pareto front)"
+    )
     fig.draw_without_rendering()  # lay the panels out first: overlaps are judged where they print
     for ax, labels in point_labels:
         _spread_labels(fig, ax, labels)
@@ -165,15 +248,13 @@ def plot_score_vs_params(data: ReportData) -> Figure | str:
 
 
 def _variants_in_order(variants: pd.Series) -> list[str]:
-    """LoRA, DoRA, AdaLoRA, DyLoRA, VeRA, then plugins: the same legend order in every figure."""
-    present = set(variants)
-    known = [v for v in VARIANT_ORDER if v in present]
-    return known + sorted(present - set(known))
+    """By ``report_order``, then the others by name: the same legend order in every figure."""
+    return sorted(set(variants), key=variant_sort_key)
 
 
 # -- score vs rank ---------------------------------------------------------------------------------
 def plot_score_vs_rank(data: ReportData) -> Figure | str:
-    curves = _dylora_curves(data)
+    curves = _one_run_curves(data)
     # A config with a one-run curve is drawn as that curve, not again as a single point.
     with_curves = {r.run_id for r in data.records if r.rank_scores}
     runs = data.runs[~data.runs["run_id"].isin(with_curves)]
@@ -181,34 +262,60 @@ def plot_score_vs_rank(data: ReportData) -> Figure | str:
     agg = agg[agg["rank"].notna()] if not agg.empty else agg
     if agg.empty and not curves:
         return "no finished run records its rank"
-    tasks = ordered_tasks(list(agg["task"]) + [task for task, _ in curves])
+    tasks = ordered_tasks(list(agg["task"]) + [task for task, _, _ in curves])
     fig, axes = _grid(len(tasks))
-    for ax, task in zip(axes, tasks):
-        mine = agg[agg["task"] == task].assign(series=lambda f: f["config"].map(_without_rank))
+    for ax, task in zip(axes, tasks, strict=False):
+        mine = agg[agg["task"] == task]
         percent, metric = True, "score"
         seen: dict[str, int] = defaultdict(int)
-        # Within a variant, the series with most ranks first: it gets the solid line.
-        for series in sorted(set(mine["series"]), key=lambda s: (_variant_position(mine, s), -(mine["series"] == s).sum(), s)):
+
+        def series_order(series: str, mine: pd.DataFrame = mine) -> tuple:
+            # Within a variant, the series with most ranks first: it gets the solid line.
+            rows = mine[mine["series"] == series]
+            return (variant_sort_key(str(rows["variant"].iloc[0])), -len(rows), series)
+
+        for series in sorted(set(mine["series"]), key=series_order):
             rows = mine[mine["series"] == series].sort_values("rank")
             variant = str(rows["variant"].iloc[0])
             percent, metric = bool(rows["percent"].iloc[0]), str(rows["metric"].iloc[0])
-            # One line per variant and recipe: a variant's other recipes keep its colour, another dash.
+            # One line per variant and recipe: a variant's other recipes keep its colour, another
+            # dash.
             dash = _LINESTYLES[seen[variant] % len(_LINESTYLES)]
             seen[variant] += 1
-            ax.errorbar(rows["rank"].astype(float), rows["mean"], yerr=rows["std"].fillna(0), capsize=3,
-                        linestyle=dash, label=f"{series} (trained at each rank)", **variant_style(variant))  # fmt: skip
-        for (curve_task, label), points in curves.items():
+            ax.errorbar(
+                rows["rank"].astype(float),
+                rows["mean"],
+                yerr=rows["std"].fillna(0),
+                capsize=3,
+                linestyle=dash,
+                label=f"{series} (trained at each rank)",
+                **variant_style(variant),
+            )
+        for (curve_task, label, variant), points in curves.items():
             if curve_task != task:
                 continue
             ranks = sorted(points)
             means = np.array([np.mean(points[r][0]) for r in ranks])
-            stds = np.array([np.std(points[r][0], ddof=1) if len(points[r][0]) > 1 else 0.0 for r in ranks])
+            stds = np.array(
+                [np.std(points[r][0], ddof=1) if len(points[r][0]) > 1 else 0.0 for r in ranks]
+            )
             percent, metric = points[ranks[0]][1], points[ranks[0]][2]
-            style = variant_style("dylora")
-            ax.plot(ranks, means, linestyle="--", label=label, color=style["color"], marker=".", markersize=5)
+            style = variant_style(variant)
+            ax.plot(
+                ranks,
+                means,
+                linestyle="--",
+                label=label,
+                color=style["color"],
+                marker=".",
+                markersize=5,
+            )
             if stds.any():  # the seed spread as a band, as the error bars of the separate runs
-                upper = np.minimum(means + stds, 100.0) if percent else means + stds  # no band above 100 %
-                ax.fill_between(ranks, means - stds, upper, color=style["color"], alpha=0.12, linewidth=0)
+                # no band above 100 %
+                upper = np.minimum(means + stds, 100.0) if percent else means + stds
+                ax.fill_between(
+                    ranks, means - stds, upper, color=style["color"], alpha=0.12, linewidth=0
+                )
         ax.set_xscale("log", base=2)
         ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _pos: f"{x:g}"))
         ax.set_xlabel("rank r (log2 scale)")
@@ -216,24 +323,23 @@ def plot_score_vs_rank(data: ReportData) -> Figure | str:
         ax.set_title(task.upper())
         ax.grid(alpha=0.3)
     _legend_below(fig, axes)
-    _suptitle(fig, "Score vs rank (mean ± std over seeds): separate runs per rank, and DyLoRA's one-run curve "
-                   "over its eval ranks")  # fmt: skip
+    multi = variants_with("multi_rank_eval", {variant for _, _, variant in curves})
+    title = "Score vs rank (mean ± std over seeds): separate runs per rank"
+    if curves:
+        who = ", ".join(multi) or "multi-rank runs"
+        title += f", and the one-run curve of {who} over its eval ranks"
+    _suptitle(fig, title)
     return fig
 
 
-def _without_rank(config: str) -> str:
-    """ "LoRA r=8 (lr=0.001)" -> "LoRA (lr=0.001)": the series a config belongs to across ranks."""
-    return re.sub(r" r=\d+", "", config, count=1)
+Curves = dict[tuple[str, str, str], dict[int, tuple[list[float], bool, str]]]
 
 
-def _variant_position(frame: pd.DataFrame, series: str) -> int:
-    variant = str(frame.loc[frame["series"] == series, "variant"].iloc[0])
-    return VARIANT_ORDER.index(variant) if variant in VARIANT_ORDER else len(VARIANT_ORDER)
-
-
-def _dylora_curves(data: ReportData) -> dict[tuple[str, str], dict[int, tuple[list[float], bool, str]]]:
-    """(task, label) -> eval rank -> (display scores over seeds, percent, metric), from rank_scores."""
-    curves: dict[tuple[str, str], dict[int, tuple[list[float], bool, str]]] = defaultdict(dict)
+def _one_run_curves(data: ReportData) -> Curves:
+    """(task, label, variant) -> eval rank -> (display scores over seeds, percent, metric), from
+    the records that evaluated one training at several ranks (``rank_scores``: the variants with
+    ``multi_rank_eval``, DyLoRA)."""
+    curves: Curves = defaultdict(dict)
     for r in data.records:
         if not r.rank_scores:
             continue
@@ -243,16 +349,26 @@ def _dylora_curves(data: ReportData) -> dict[tuple[str, str], dict[int, tuple[li
             value = metric_value(metrics, r.primary_metric)
             if value is None:
                 continue
-            entry = curves[(r.task, label)].setdefault(int(rank), ([], percent, r.primary_metric))
+            entry = curves[(r.task, label, r.variant)].setdefault(
+                int(rank), ([], percent, r.primary_metric)
+            )
             entry[0].append(value * 100 if percent else value)
     return dict(curves)
 
 
 # -- rank allocation heatmaps ----------------------------------------------------------------------
 def is_adaptive(records: list[RunRecord]) -> bool:
-    """Whether a config's runs chose their own ranks (AdaLoRA, or a plugin whose final ranks are
-    not all its nominal rank): a fixed-rank variant's allocation is the same number everywhere."""
-    return any(r.variant == "adalora" or any(int(v) != r.rank for v in r.ranks.values()) for r in records if r.ranks)
+    """Whether a config's runs chose their own ranks: a variant with ``adaptive_rank``
+    (AdaLoRA), or any run whose final ranks are not all its nominal rank (a plugin this process
+    does not know, say). A fixed-rank variant's allocation is the same number everywhere."""
+
+    def adaptive(r: RunRecord) -> bool:
+        cls = variant_class(r.variant)
+        return (cls is not None and cls.adaptive_rank) or any(
+            int(v) != r.rank for v in r.ranks.values()
+        )
+
+    return any(adaptive(r) for r in records if r.ranks)
 
 
 def plot_rank_allocation(data: ReportData) -> Figure | str:
@@ -262,25 +378,38 @@ def plot_rank_allocation(data: ReportData) -> Figure | str:
             groups[(r.task, data.config_of(r))].append(r)
     groups = {key: records for key, records in groups.items() if is_adaptive(records)}
     if not groups:
-        return "no AdaLoRA (or other adaptive-rank) run recorded its final rank allocation"
+        known = ", ".join(variants_with("adaptive_rank"))
+        return (
+            f"no adaptive-rank run{f' ({known})' if known else ''} recorded its final rank "
+            "allocation"
+        )
     task_order = ordered_tasks(t for t, _ in groups)
     config_order = {c: i for i, c in enumerate(ordered_configs(data.runs))}
-    keys = sorted(groups, key=lambda k: (task_order.index(k[0]), config_order.get(k[1], len(config_order)), k[1]))
+    keys = sorted(
+        groups,
+        key=lambda k: (task_order.index(k[0]), config_order.get(k[1], len(config_order)), k[1]),
+    )
     keys = keys[:MAX_HEATMAPS]
     # Per task: the planted (true) ranks once, then each adaptive config's found ranks beside them.
     panels: list[tuple[str, pd.DataFrame]] = []
     for task in ordered_tasks(t for t, _ in keys):
         found = [(label, groups[(t, label)]) for t, label in keys if t == task]
-        matrices = [(label, records, _rank_matrix([r.ranks for r in records])) for label, records in found]
+        matrices = [
+            (label, records, _rank_matrix([r.ranks for r in records])) for label, records in found
+        ]
         matrices = [(label, records, m) for label, records, m in matrices if not m.empty]
         truths = [r.true_ranks for _, records in found for r in records if r.true_ranks]
         if truths and matrices:
             union = matrices[0][2]
             for _, _, m in matrices[1:]:
                 union = union.combine_first(m)
-            panels.append((f"{task.upper()}: planted (true) ranks", _rank_matrix(truths).reindex_like(union)))
+            panels.append(
+                (f"{task.upper()}: planted (true) ranks", _rank_matrix(truths).reindex_like(union))
+            )
         for label, records, matrix in matrices:
-            panels.append((f"{task.upper()}: {label}, found (mean of {len(records)} seed(s))", matrix))
+            panels.append(
+                (f"{task.upper()}: {label}, found (mean of {len(records)} seed(s))", matrix)
+            )
     panels = [(title, m) for title, m in panels if not m.empty]
     if not panels:
         return "the recorded rank allocations name no layer index (.layer.N. / .layers.N. / .h.N.)"
@@ -288,7 +417,7 @@ def plot_rank_allocation(data: ReportData) -> Figure | str:
     rows = max(m.shape[0] for _, m in panels)
     fig, axes = _grid(len(panels), ncols_max=3, size=(4.2, 1.6 + 0.32 * rows))
     image = None
-    for ax, (title, matrix) in zip(axes, panels):
+    for ax, (title, matrix) in zip(axes, panels, strict=True):
         values = matrix.to_numpy(float)
         image = ax.imshow(values, cmap="viridis", vmin=0, vmax=vmax, aspect="auto")
         ax.set_xticks(range(matrix.shape[1]), matrix.columns, rotation=30, ha="right", fontsize=8)
@@ -299,10 +428,25 @@ def plot_rank_allocation(data: ReportData) -> Figure | str:
         if matrix.size <= 120:
             for (i, j), value in np.ndenumerate(values):
                 if np.isfinite(value):
-                    ax.text(j, i, f"{value:.3g}", ha="center", va="center", fontsize=7,
-                            color="white" if value < 0.6 * vmax else "black")  # fmt: skip
+                    ax.text(
+                        j,
+                        i,
+                        f"{value:.3g}",
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if value < 0.6 * vmax else "black",
+                    )
     fig.colorbar(image, ax=axes, label="rank", shrink=0.9)
-    _suptitle(fig, "Final rank allocation per layer and adapted matrix (AdaLoRA), beside the planted ranks where known")
+    shown = variants_with(
+        "adaptive_rank", {r.variant for records in groups.values() for r in records}
+    )
+    which = f" ({', '.join(shown)})" if shown else ""
+    _suptitle(
+        fig,
+        f"Final rank allocation per layer and adapted matrix{which}, beside the planted ranks "
+        "where known",
+    )
     return fig
 
 
@@ -329,9 +473,18 @@ def plot_learning_curves(data: ReportData) -> Figure | str:
         percent = is_percent(r.primary_metric)
         for p in r.curve:
             value = metric_value(p.metrics, r.primary_metric)
-            rows.append({"task": r.task, "config": config, "variant": r.variant, "seed": r.seed, "step": p.step,
-                         "loss": p.loss, "eval": None if value is None else (value * 100 if percent else value),
-                         "metric": _score_label(r.primary_metric, percent)})  # fmt: skip
+            rows.append(
+                {
+                    "task": r.task,
+                    "config": config,
+                    "variant": r.variant,
+                    "seed": r.seed,
+                    "step": p.step,
+                    "loss": p.loss,
+                    "eval": None if value is None else (value * 100 if percent else value),
+                    "metric": _score_label(r.primary_metric, percent),
+                }
+            )
     if not rows:
         return "no finished run recorded a learning curve"
     frame = pd.DataFrame(rows)
@@ -339,23 +492,46 @@ def plot_learning_curves(data: ReportData) -> Figure | str:
     tasks = ordered_tasks(frame["task"])
     has_eval = frame["eval"].notna().any()
     nrows = 2 if has_eval else 1
-    fig, axes = plt.subplots(nrows, len(tasks), figsize=(max(6.0, 4.6 * len(tasks)), 3.2 * nrows + 0.6),
-                             squeeze=False, layout="constrained", sharex="col")  # fmt: skip
+    fig, axes = plt.subplots(
+        nrows,
+        len(tasks),
+        figsize=(max(6.0, 4.6 * len(tasks)), 3.2 * nrows + 0.6),
+        squeeze=False,
+        layout="constrained",
+        sharex="col",
+    )
     order = {c: i for i, c in enumerate(ordered_configs(data.runs))}
     for col, task in enumerate(tasks):
         mine = frame[frame["task"] == task]
         seen: dict[str, int] = defaultdict(int)
-        for config, curve in sorted(mine.groupby("config"), key=lambda kv: order.get(kv[0], len(order))):
+        for config, curve in sorted(
+            mine.groupby("config"), key=lambda kv: order.get(kv[0], len(order))
+        ):
             style = variant_style(curve["variant"].iloc[0])
             # Configs of one variant share its colour; the line style tells their ranks apart.
             dash = _LINESTYLES[seen[curve["variant"].iloc[0]] % len(_LINESTYLES)]
             seen[curve["variant"].iloc[0]] += 1
             loss = curve.dropna(subset=["loss"]).groupby("step")["loss"].mean()
-            axes[0][col].plot(loss.index, loss.values, label=config, color=style["color"], linestyle=dash, linewidth=1.4)
+            axes[0][col].plot(
+                loss.index,
+                loss.values,
+                label=config,
+                color=style["color"],
+                linestyle=dash,
+                linewidth=1.4,
+            )
             if has_eval:
                 ev = curve.dropna(subset=["eval"]).groupby("step")["eval"].mean()
-                axes[1][col].plot(ev.index, ev.values, label=config, marker=style["marker"], markersize=4,
-                                  color=style["color"], linestyle=dash, linewidth=1.4)  # fmt: skip
+                axes[1][col].plot(
+                    ev.index,
+                    ev.values,
+                    label=config,
+                    marker=style["marker"],
+                    markersize=4,
+                    color=style["color"],
+                    linestyle=dash,
+                    linewidth=1.4,
+                )
         axes[0][col].set_title(task.upper())
         axes[0][col].set_ylabel("training loss")
         axes[-1][col].set_xlabel("optimiser step")
@@ -364,30 +540,45 @@ def plot_learning_curves(data: ReportData) -> Figure | str:
         for row in range(nrows):
             axes[row][col].grid(alpha=0.3)
     _legend_below(fig, [ax for row in axes for ax in row], order=list(order))
-    _suptitle(fig, "Learning curves (mean over seeds): training loss (the variant's regulariser included) and the "
-                   "eval score at each evaluation")  # fmt: skip
+    _suptitle(
+        fig,
+        "Learning curves (mean over seeds): training loss (the variant's regulariser included) "
+        "and the eval score at each evaluation",
+    )
     return fig
 
 
 # -- cost per variant ------------------------------------------------------------------------------
 def plot_costs(data: ReportData) -> Figure | str:
     runs = data.runs
-    metrics = [("train_seconds", "training time (s)"), ("peak_memory_mb", "peak memory (MiB)"),
-               ("adapter_kb", "saved adapter size (KiB)")]  # fmt: skip
+    metrics = [
+        ("train_seconds", "training time (s)"),
+        ("peak_memory_mb", "peak memory (MiB)"),
+        ("adapter_kb", "saved adapter size (KiB)"),
+    ]
     metrics = [(c, label) for c, label in metrics if not runs.empty and runs[c].notna().any()]
     if not metrics:
         return "no finished run recorded its training time, memory or adapter size"
     configs = ordered_configs(runs)
     # One shared config axis: the labels print once, left of the first panel.
-    fig, axes = plt.subplots(1, len(metrics), figsize=(max(6.0, 3.6 * len(metrics) + 2.0), 0.4 * len(configs) + 1.8),
-                             squeeze=False, layout="constrained", sharey=True)  # fmt: skip
+    fig, axes = plt.subplots(
+        1,
+        len(metrics),
+        figsize=(max(6.0, 3.6 * len(metrics) + 2.0), 0.4 * len(configs) + 1.8),
+        squeeze=False,
+        layout="constrained",
+        sharey=True,
+    )
     grouped = runs.groupby("config")
     axes[0][0].set_yticks(range(len(configs)), configs, fontsize=8)
     axes[0][0].invert_yaxis()  # shared: once for all panels
-    for ax, (column, label) in zip(axes[0], metrics):
+    for ax, (column, label) in zip(axes[0], metrics, strict=True):
         means = grouped[column].mean().reindex(configs)
         stds = grouped[column].std().reindex(configs).fillna(0)
-        colors = [variant_style(runs.loc[runs["config"] == c, "variant"].iloc[0])["color"] for c in configs]
+        colors = [
+            variant_style(runs.loc[runs["config"] == c, "variant"].iloc[0])["color"]
+            for c in configs
+        ]
         ax.barh(range(len(configs)), means.fillna(0), xerr=stds, color=colors, capsize=3)
         ax.set_xlabel(label)
         ax.grid(axis="x", alpha=0.3)
@@ -405,7 +596,9 @@ def plot_search_history(data: ReportData) -> Figure | str:
     if not studies:
         return "no search trials match (run 'lorabench search' to get a search history)"
     names = sorted(studies)
-    fig, axes = plt.subplots(len(names), 2, figsize=(10, 3.4 * len(names) + 0.6), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        len(names), 2, figsize=(10, 3.4 * len(names) + 0.6), squeeze=False, layout="constrained"
+    )
     for row, study in enumerate(names):
         trials = sorted(studies[study], key=lambda r: int((r.search or {}).get("trial", 0)))
         higher = trials[0].higher_is_better
@@ -413,17 +606,32 @@ def plot_search_history(data: ReportData) -> Figure | str:
         scale = 100.0 if percent else 1.0
         number = np.array([int((r.search or {}).get("trial", i)) for i, r in enumerate(trials)])
         # Spend in the unit of the study's own budget (steps, tokens, seconds or FLOPs).
-        key, spend_label = SPEND_AXES.get(data.search_budgets.get(study, "steps"), SPEND_AXES["steps"])
+        key, spend_label = SPEND_AXES.get(
+            data.search_budgets.get(study, "steps"), SPEND_AXES["steps"]
+        )
         spend = np.cumsum([float(r.spent.get(key) or 0) for r in trials])
-        score = np.array([np.nan if r.score is None or r.status != "finished" else r.score * scale for r in trials])
+        score = np.array(
+            [
+                np.nan if r.score is None or r.status != "finished" else r.score * scale
+                for r in trials
+            ]
+        )
         finished = np.isfinite(score)
         best = _best_so_far(score, higher)
-        for ax, x, xlabel in ((axes[row][0], number, "trial number"), (axes[row][1], spend, spend_label)):
+        for ax, x, xlabel in (
+            (axes[row][0], number, "trial number"),
+            (axes[row][1], spend, spend_label),
+        ):
             ax.scatter(x[finished], score[finished], s=22, color="tab:blue", label="finished trial")
             for s in sorted({r.status for r in trials} - {"finished"}):
                 mask = np.array([r.status == s for r in trials])
-                ax.scatter(x[mask], np.full(mask.sum(), np.nanmin(score) if finished.any() else 0), marker="x",
-                           color="0.5", label=f"{s} (no final score)")  # fmt: skip
+                ax.scatter(
+                    x[mask],
+                    np.full(mask.sum(), np.nanmin(score) if finished.any() else 0),
+                    marker="x",
+                    color="0.5",
+                    label=f"{s} (no final score)",
+                )
             ax.step(x, best, where="post", color="tab:red", label="best so far")
             ax.set_xlabel(xlabel)
             ax.set_ylabel(_score_label(trials[0].primary_metric, percent))

@@ -15,9 +15,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lorabench.reports.frame import METRIC_LABELS, aggregate, ordered_configs, ordered_tasks
+from lorabench.reports.frame import (
+    METRIC_LABELS,
+    MISSING_CELL,
+    aggregate,
+    ordered_configs,
+    ordered_tasks,
+)
 
-MISSING = "–"
+MISSING = MISSING_CELL
 
 
 @dataclass
@@ -25,7 +31,8 @@ class ResultsTable:
     """A rendered-agnostic table: cell text, which cells are bold, and the numbers behind it.
 
     ``cells`` has one row per config (index) and one column per header; ``bold`` has the same
-    shape. ``numbers`` is the long numeric table (config x task) that the CSV holds.
+    shape. ``numbers`` is the long numeric table (config x task) that the CSV holds;
+    ``row_variants`` maps each row to its variant's registry name (rules between variants).
     """
 
     cells: pd.DataFrame
@@ -33,6 +40,7 @@ class ResultsTable:
     numbers: pd.DataFrame
     caption: str
     task_columns: list[str] = field(default_factory=list)
+    row_variants: dict[str, str] = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:
@@ -68,14 +76,33 @@ def build_results_table(runs: pd.DataFrame) -> ResultsTable:
     bold = bold.reindex(columns=cells.columns, fill_value=False)
     seeds = sorted(set(runs["seed"]))
     caption = (
-        f"Mean ± sample std over {len(seeds)} seed(s) ({', '.join(map(str, seeds))}); accuracy-like metrics x100; "
-        "best per task in bold. # Params: adapter parameters (task head excluded) and their share of the model."
+        f"Mean ± sample std over {len(seeds)} seed(s) ({', '.join(map(str, seeds))}); "
+        "accuracy-like metrics x100; best per task in bold. # Params: adapter parameters (task "
+        "head excluded) and their share of the model."
     )
     memory_kinds = sorted(k for k in set(runs["memory_kind"]) if k)
     if memory_kinds:
         caption += f" Peak memory: {', '.join(memory_kinds)}."
-    numbers = agg.drop(columns=["seeds"]).assign(seeds=agg["seeds"].map(lambda s: " ".join(map(str, s))))
-    return ResultsTable(cells, bold, numbers, caption, list(headers.values()))
+    caption += _mixed_data_caption(runs, tasks)
+    numbers = agg.drop(columns=["seeds"]).assign(
+        seeds=agg["seeds"].map(lambda s: " ".join(map(str, s)))
+    )
+    row_variants = dict(zip(runs["config"], runs["variant"], strict=True))
+    return ResultsTable(cells, bold, numbers, caption, list(headers.values()), row_variants)
+
+
+def _mixed_data_caption(runs: pd.DataFrame, tasks: list[str]) -> str:
+    """A caption sentence naming the tasks whose runs read different data (fingerprints)."""
+    if "data_fingerprint" not in runs:
+        return ""
+    mixed = [t for t in tasks if runs.loc[runs["task"] == t, "data_fingerprint"].nunique() > 1]
+    if not mixed:
+        return ""
+    names = ", ".join(t.upper() for t in mixed)
+    return (
+        f" Runs on {names} read different data (their data fingerprints differ): rows tagged"
+        " [data …] are kept apart; see the notes."
+    )
 
 
 def _task_header(task: str, rows: pd.DataFrame) -> str:
@@ -100,7 +127,9 @@ def format_mean_std(mean: float, std: float, decimals: int) -> str:
     return f"{mean:.{decimals}f} ± {std:.{decimals}f}"
 
 
-def _add_average(cells: pd.DataFrame, bold: pd.DataFrame, agg: pd.DataFrame, tasks: list[str]) -> None:
+def _add_average(
+    cells: pd.DataFrame, bold: pd.DataFrame, agg: pd.DataFrame, tasks: list[str]
+) -> None:
     """Average over tasks, only when it means something: every task x100 and higher-is-better."""
     if len(tasks) < 2 or not bool(agg["percent"].all()) or not bool(agg["higher_is_better"].all()):
         return
@@ -153,7 +182,10 @@ def to_markdown(table: ResultsTable) -> str:
     if table.empty:
         return f"_{table.caption}_\n"
     header = ["Method", *table.cells.columns]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|"]
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|",
+    ]
     for config, row in table.cells.iterrows():
         values = [f"**{v}**" if table.bold.loc[config, c] else str(v) for c, v in row.items()]
         lines.append("| " + " | ".join([_md_escape(str(config)), *values]) + " |")
@@ -164,9 +196,13 @@ def _md_escape(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-_LATEX_SPECIALS = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
-                   "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}",
-                   "±": r"$\pm$", "–": "--", "—": "---"}  # fmt: skip
+# Characters of labels and captions that plain pdflatex cannot print as they are.
+_LATEX_SPECIALS = {
+    "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
+    "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}",
+    "±": r"$\pm$", MISSING_CELL: "--", "\u2014": "---", "→": r"$\rightarrow$", "≤": r"$\leq$",
+    "≥": r"$\geq$", "…": r"\ldots{}", "\u00d7": r"$\times$",
+}  # fmt: skip
 
 
 def latex_escape(text: str) -> str:
@@ -202,7 +238,7 @@ def to_latex(table: ResultsTable, label: str = "tab:lorabench-results") -> str:
     ]
     previous_variant = None
     for config, row in table.cells.iterrows():
-        variant = str(config).split(" ")[0]
+        variant = table.row_variants.get(str(config), str(config))
         if previous_variant is not None and variant != previous_variant:
             lines.append(r"\midrule")  # a rule between variants, as the papers group them
         previous_variant = variant
@@ -224,14 +260,22 @@ def to_html(table: ResultsTable, table_id: str = "results") -> str:
     """An HTML ``<table>`` (escaped; best cells in ``<b>``) with the caption."""
     if table.empty:
         return f"<p class='empty'>{html.escape(table.caption)}</p>"
-    parts = [f"<table id='{table_id}' class='results'>", f"<caption>{html.escape(table.caption)}</caption>", "<thead><tr>"]
+    parts = [
+        f"<table id='{table_id}' class='results'>",
+        f"<caption>{html.escape(table.caption)}</caption>",
+        "<thead><tr>",
+    ]
     parts += ["<th>Method</th>"] + [f"<th>{html.escape(str(c))}</th>" for c in table.cells.columns]
     parts.append("</tr></thead><tbody>")
     for config, row in table.cells.iterrows():
         parts.append(f"<tr><th scope='row'>{html.escape(str(config))}</th>")
         for column, value in row.items():
             text = html.escape(str(value))
-            parts.append(f"<td class='best'><b>{text}</b></td>" if table.bold.loc[config, column] else f"<td>{text}</td>")
+            parts.append(
+                f"<td class='best'><b>{text}</b></td>"
+                if table.bold.loc[config, column]
+                else f"<td>{text}</td>"
+            )
         parts.append("</tr>")
     parts.append("</tbody></table>")
     return "".join(parts)
@@ -245,8 +289,8 @@ def write_tables(table: ResultsTable, out_dir: Path, stem: str = "results") -> d
     paths["tex"].write_text(to_latex(table), encoding="utf-8")
     table.numbers.to_csv(paths["csv"], index=False)
     paths["html"].write_text(
-        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>lorabench results</title></head><body>"
-        + to_html(table) + "</body></html>\n",
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>lorabench results</title>"
+        "</head><body>" + to_html(table) + "</body></html>\n",
         encoding="utf-8",
-    )  # fmt: skip
+    )
     return paths

@@ -65,7 +65,9 @@ class RunRecord:
     primary_metric: str = ""
     score: float | None = None  # primary metric on the primary eval split
     higher_is_better: bool = True
-    rank: int | None = None  # the variant config's nominal rank (r, init_r, r_max)
+    rank: int | None = (
+        None  # the variant config's nominal rank (r: AdaLoRA's initial, DyLoRA's maximum)
+    )
     budget: dict[str, Any] = field(default_factory=dict)  # {"kind": "steps", "limit": 500}
     # steps, tokens, train_seconds, eval_seconds, flops, flops_per_step, peak_memory_bytes,
     # memory_kind ("cuda_peak_allocated" | "cpu_rss_peak")

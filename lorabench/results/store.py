@@ -52,7 +52,18 @@ META = sa.Table(
     sa.Column("key", sa.String(64), primary_key=True),
     sa.Column("value", sa.Text, nullable=False),
 )
-_KEY_COLUMNS = ("run_id", "status", "variant", "task", "model", "seed", "tag", "score", "started_at", "finished_at")
+_KEY_COLUMNS = (
+    "run_id",
+    "status",
+    "variant",
+    "task",
+    "model",
+    "seed",
+    "tag",
+    "score",
+    "started_at",
+    "finished_at",
+)
 
 
 class ResultStoreError(RuntimeError):
@@ -60,7 +71,8 @@ class ResultStoreError(RuntimeError):
 
 
 def results_database_url(url_or_path: str | Path) -> str:
-    """A SQLAlchemy URL for the results database (see :func:`lorabench.results.urls.database_url`)."""
+    """A SQLAlchemy URL for the results database (see
+    :func:`lorabench.results.urls.database_url`)."""
     try:
         return database_url(url_or_path, what="results database")
     except DatabaseURLError as exc:
@@ -87,7 +99,8 @@ class ResultStore:
         if self.path is not None:
             if not create and not self.path.exists():
                 raise ResultStoreError(
-                    f"no results database at {self.path}; run 'lorabench run' (or pass the right --results) first"
+                    f"no results database at {self.path}; "
+                    "run 'lorabench run' (or pass the right --results) first"
                 )
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self.engine = self._make_engine(parsed)
@@ -105,14 +118,15 @@ class ResultStore:
             engine = sa.create_engine(self.url, **kwargs)
         except ModuleNotFoundError as exc:
             raise ResultStoreError(
-                f"results database {self.name}: its driver is not installed ({exc.name}); for PostgreSQL: "
-                "pip install 'lorabench[postgres]'"
+                f"results database {self.name}: its driver is not installed ({exc.name}); "
+                "for PostgreSQL: pip install 'lorabench[postgres]'"
             ) from None
         if self.is_sqlite:
 
             @sa.event.listens_for(engine, "connect")
             def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-                # WAL: readers never block the writer; busy_timeout: writers queue instead of failing.
+                # WAL: readers never block the writer; busy_timeout: writers queue instead of
+                # failing.
                 cursor = dbapi_conn.cursor()
                 cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_S * 1000}")
                 cursor.execute("PRAGMA journal_mode=WAL")
@@ -121,7 +135,8 @@ class ResultStore:
         return engine
 
     def _check_and_create(self, create: bool) -> bool:
-        """Checks that the database is a lorabench one (creating tables if asked); True if runs exist."""
+        """Checks that the database is a lorabench one (creating tables if asked); True if runs
+        exist."""
         for attempt in range(_CREATE_RETRIES):
             try:
                 tables = set(sa.inspect(self.engine).get_table_names())
@@ -129,7 +144,8 @@ class ResultStore:
                     self._check_meta()
                 elif RUNS.name in tables:
                     raise ResultStoreError(
-                        f"{self.name} has a 'runs' table that lorabench did not create (no {META.name} table); "
+                        f"{self.name} has a 'runs' table that lorabench did not create "
+                        f"(no {META.name} table); "
                         "give lorabench its own results file, e.g. --results runs/results.db"
                     )
                 if not create:
@@ -139,7 +155,10 @@ class ResultStore:
                     present = {k for (k,) in conn.execute(sa.select(META.c.key))}
                     missing = [
                         {"key": k, "value": v}
-                        for k, v in (("app", APP_NAME), ("schema_version", str(STORE_SCHEMA_VERSION)))
+                        for k, v in (
+                            ("app", APP_NAME),
+                            ("schema_version", str(STORE_SCHEMA_VERSION)),
+                        )
                         if k not in present
                     ]
                     if missing:
@@ -165,7 +184,9 @@ class ResultStore:
         with self.engine.connect() as conn:
             meta = dict(conn.execute(sa.select(META.c.key, META.c.value)).all())
         if meta.get("app", APP_NAME) != APP_NAME:
-            raise ResultStoreError(f"{self.name} belongs to {meta['app']!r}, not lorabench; use another results file")
+            raise ResultStoreError(
+                f"{self.name} belongs to {meta['app']!r}, not lorabench; use another results file"
+            )
         version = int(meta.get("schema_version", STORE_SCHEMA_VERSION))
         if version > STORE_SCHEMA_VERSION:
             raise ResultStoreError(
@@ -178,21 +199,26 @@ class ResultStore:
         missing = sorted({*_KEY_COLUMNS, "record"} - columns)
         if missing:
             raise ResultStoreError(
-                f"{self.name}: table 'runs' lacks column(s) {missing}; it was not written by this lorabench. "
-                "Use a fresh results file"
+                f"{self.name}: table 'runs' lacks column(s) {missing}; "
+                "it was not written by this lorabench. Use a fresh results file"
             )
 
     def _open_error(self, exc: Exception) -> ResultStoreError:
-        detail = str(getattr(exc, "orig", exc)).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        detail = (
+            str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+            if str(exc).strip()
+            else type(exc).__name__
+        )
         if self.is_sqlite:
             return ResultStoreError(
-                f"cannot open results database {self.name}: {detail}. The file is not a lorabench SQLite "
+                f"cannot open results database {self.name}: {detail}. "
+                "The file is not a lorabench SQLite "
                 "database or it is corrupt; move it away (or pass another --results) and re-run; "
                 "finished runs are then re-trained"
             )
         return ResultStoreError(
-            f"cannot use results database {self.name}: {detail}. Check that the server is running and the "
-            "host, port, user and database are right"
+            f"cannot use results database {self.name}: {detail}. "
+            "Check that the server is running and the host, port, user and database are right"
         )
 
     # -- writing -------------------------------------------------------------------------------
@@ -227,13 +253,19 @@ class ResultStore:
             try:
                 with self.engine.begin() as conn:
                     exists = conn.execute(
-                        sa.select(RUNS.c.run_id).where(RUNS.c.run_id == row["run_id"]).with_for_update()
+                        sa.select(RUNS.c.run_id)
+                        .where(RUNS.c.run_id == row["run_id"])
+                        .with_for_update()
                     ).first()
                     if exists is None:
                         conn.execute(sa.insert(RUNS).values(**row))
                         return True
                     values = {k: v for k, v in row.items() if k != "run_id"}
-                    stmt = sa.update(RUNS).where(RUNS.c.run_id == row["run_id"], keep_finished).values(**values)
+                    stmt = (
+                        sa.update(RUNS)
+                        .where(RUNS.c.run_id == row["run_id"], keep_finished)
+                        .values(**values)
+                    )
                     return conn.execute(stmt).rowcount > 0
             except sa.exc.IntegrityError:
                 if attempt == _CREATE_RETRIES - 1:
@@ -246,7 +278,9 @@ class ResultStore:
         if not self._has_runs:
             return None
         with self.engine.connect() as conn:
-            found = conn.execute(sa.select(RUNS.c.run_id, RUNS.c.record).where(RUNS.c.run_id == run_id)).first()
+            found = conn.execute(
+                sa.select(RUNS.c.run_id, RUNS.c.record).where(RUNS.c.run_id == run_id)
+            ).first()
         return None if found is None else _parse(found.run_id, found.record)
 
     def finished_ids(self) -> set[str]:
@@ -254,7 +288,9 @@ class ResultStore:
         if not self._has_runs:
             return set()
         with self.engine.connect() as conn:
-            return set(conn.execute(sa.select(RUNS.c.run_id).where(RUNS.c.status == "finished")).scalars())
+            return set(
+                conn.execute(sa.select(RUNS.c.run_id).where(RUNS.c.status == "finished")).scalars()
+            )
 
     def records(
         self,
@@ -297,7 +333,11 @@ class ResultStore:
         if not self._has_runs:
             return {"runs": 0, "status": {}, "task": [], "variant": [], "seed": [], "tag": []}
         with self.engine.connect() as conn:
-            status = dict(conn.execute(sa.select(RUNS.c.status, sa.func.count()).group_by(RUNS.c.status)).all())
+            status = dict(
+                conn.execute(
+                    sa.select(RUNS.c.status, sa.func.count()).group_by(RUNS.c.status)
+                ).all()
+            )
             out: dict[str, Any] = {"runs": sum(status.values()), "status": status}
             for name in ("task", "variant", "seed", "tag"):
                 column = RUNS.c[name]
@@ -323,9 +363,10 @@ class ResultStore:
 
 # Top-level record fields kept as plain columns; nested ones are flattened or kept as objects.
 _SCALAR_FIELDS = (
-    "run_id", "status", "variant", "task", "model", "seed", "tag", "rank", "score", "primary_metric",
-    "higher_is_better", "trainable_params", "adapter_params", "total_params", "adapter_bytes",
-    "variant_version", "task_version", "error", "started_at", "finished_at", "schema_version",
+    "run_id", "status", "variant", "task", "model", "seed", "tag", "rank", "score",
+    "primary_metric", "higher_is_better", "trainable_params", "adapter_params", "total_params",
+    "adapter_bytes", "variant_version", "task_version", "error", "started_at", "finished_at",
+    "schema_version",
 )  # fmt: skip
 _NESTED_FIELDS = ("config", "ranks", "rank_scores", "true_ranks", "search", "environment")
 
@@ -365,7 +406,10 @@ def load_results(url_or_path: str | Path, **filters: Any) -> Any:
 
 def _row(record: RunRecord) -> dict[str, Any]:
     if not record.run_id:
-        raise ResultStoreError(f"record of {record.variant} on {record.task} has no run_id; build it from RunConfig.run_id")
+        raise ResultStoreError(
+            f"record of {record.variant} on {record.task} has no run_id; "
+            "build it from RunConfig.run_id"
+        )
     return {
         "run_id": record.run_id,
         "status": record.status,
@@ -385,7 +429,11 @@ def _parse(run_id: str, text: str) -> RunRecord | None:
     try:
         return RunRecord.from_json(text)
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
-        warnings.warn(f"results: run {run_id} has an unreadable record ({type(exc).__name__}: {exc}); skipped", stacklevel=3)
+        warnings.warn(
+            f"results: run {run_id} has an unreadable record "
+            f"({type(exc).__name__}: {exc}); skipped",
+            stacklevel=3,
+        )
         return None
 
 
@@ -400,4 +448,3 @@ def _as_list(value: Any) -> list[Any] | None:
 def _is_race(exc: Exception) -> bool:
     text = str(getattr(exc, "orig", exc)).lower()
     return any(s in text for s in ("already exists", "unique", "duplicate", "locked"))
-

@@ -25,7 +25,9 @@ def database_url(url_or_path: str | Path, *, what: str = "database") -> str:
     """
     text = str(url_or_path).strip()
     if not text:
-        raise DatabaseURLError(f"the {what} is empty: give a path (runs/results.db) or a database URL")
+        raise DatabaseURLError(
+            f"the {what} is empty: give a path (runs/results.db) or a database URL"
+        )
     if "://" not in text:
         return "sqlite:///" + str(Path(text).expanduser().resolve())
     try:

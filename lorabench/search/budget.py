@@ -67,7 +67,9 @@ class StudySpend:
         return self.committed >= budget.limit
 
 
-def trial_spend(trial: FrozenTrial, unit: str, rates: Mapping[str, float], default_reservation: float) -> float:
+def trial_spend(
+    trial: FrozenTrial, unit: str, rates: Mapping[str, float], default_reservation: float
+) -> float:
     """What one trial counts against the budget, in ``unit``.
 
     ``rates`` converts steps to other units (observed tokens/flops/seconds per step) for a failed
@@ -115,7 +117,9 @@ def per_step_rates(trials: Iterable[FrozenTrial]) -> dict[str, float]:
     return {unit: totals[unit] / totals["steps"] for unit in UNITS}
 
 
-def estimate_trial_spend(trial_budget: Budget, unit: str, trials: Iterable[FrozenTrial]) -> float | None:
+def estimate_trial_spend(
+    trial_budget: Budget, unit: str, trials: Iterable[FrozenTrial]
+) -> float | None:
     """The spend one full trial is expected to cost, in ``unit``; ``None`` when not yet knowable.
 
     A trial budget in the same unit bounds it (a run stops at its budget). Otherwise the largest

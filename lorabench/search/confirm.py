@@ -87,7 +87,9 @@ def confirm_best(
     return records
 
 
-def summarize_study(prepared: PreparedSearch, confirm_records: list[RunRecord] | None = None) -> dict[str, Any]:
+def summarize_study(
+    prepared: PreparedSearch, confirm_records: list[RunRecord] | None = None
+) -> dict[str, Any]:
     """The JSON summary of one study that report generators read (see search_summary)."""
     cfg, study = prepared.config, prepared.study
     trials = study.get_trials(deepcopy=True)
@@ -145,9 +147,11 @@ def summarize_study(prepared: PreparedSearch, confirm_records: list[RunRecord] |
         scores = [r.score for r in confirm_records if r.score is not None]
         summary["confirm"] = {
             "trial": best.number if best else None,
-            "runs": [{"seed": r.seed, "run_id": r.run_id, "status": r.status, "score": r.score} for r in confirm_records],
+            "runs": [
+                {"seed": r.seed, "run_id": r.run_id, "status": r.status, "score": r.score}
+                for r in confirm_records
+            ],
             "mean": statistics.fmean(scores) if scores else None,
             "std": statistics.stdev(scores) if len(scores) > 1 else None,
         }
     return summary
-

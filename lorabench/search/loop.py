@@ -131,16 +131,24 @@ def run_search(
         optuna.storages.fail_stale_trials(study)  # trials of killed workers: failed, spend kept
     spend = prepared.spend()
     if spend.exhausted(cfg.budget):
-        _say(progress, f"[{cfg.study_name}] budget {cfg.budget} already spent ({spend.committed:g}); no new trials")
+        _say(
+            progress,
+            f"[{cfg.study_name}] budget {cfg.budget} already spent ({spend.committed:g}); "
+            "no new trials",
+        )
     else:
-        study.optimize(loop.objective, callbacks=[loop.after_trial], catch=(TrialFailed,), gc_after_trial=True)
+        study.optimize(
+            loop.objective, callbacks=[loop.after_trial], catch=(TrialFailed,), gc_after_trial=True
+        )
     if loop.stop_reason:
         _say(progress, f"[{cfg.study_name}] stopped: {loop.stop_reason}")
     if loop.fatal:
         raise SearchError(loop.fatal)
 
     confirm_records = (
-        confirm_best(prepared, store, execute, progress=progress, resolve=resolve) if confirm else []
+        confirm_best(prepared, store, execute, progress=progress, resolve=resolve)
+        if confirm
+        else []
     )
     summary = summarize_study(prepared, confirm_records)
     if results is not None:
@@ -185,7 +193,9 @@ class _SearchLoop:
         p, cfg = self.p, self.p.config
         started = time.monotonic()
         # Claim this trial's expected spend first, so other workers see the budget as taken.
-        estimate = estimate_trial_spend(cfg.trial_budget, p.unit, p.study.get_trials(deepcopy=False))
+        estimate = estimate_trial_spend(
+            cfg.trial_budget, p.unit, p.study.get_trials(deepcopy=False)
+        )
         trial.set_user_attr(RESERVED_ATTR, float(estimate or 0.0))
         trial.set_user_attr("seed", cfg.seed)
         params = p.space.suggest(trial, p.base_values)
@@ -210,7 +220,9 @@ class _SearchLoop:
             return duplicate.values[0] if len(duplicate.values) == 1 else tuple(duplicate.values)  # type: ignore[return-value]
 
         def on_eval(step: int, metrics: Mapping[str, float], score: float | None) -> None:
-            trial.set_user_attr(PARTIAL_ATTR, {"steps": float(step), "seconds": time.monotonic() - started})
+            trial.set_user_attr(
+                PARTIAL_ATTR, {"steps": float(step), "seconds": time.monotonic() - started}
+            )
             if not cfg.pruning or score is None or not math.isfinite(score):
                 return
             trial.report(float(score), step)
@@ -248,8 +260,12 @@ class _SearchLoop:
         if record.status == "pruned":
             raise optuna.TrialPruned(f"pruned at step {record.spent.get('steps')}")
         if record.status != "finished" or record.score is None or not math.isfinite(record.score):
-            trial.set_user_attr("error", (record.error or f"no score (status {record.status})")[:2000])
-            raise TrialFailed(record.error or f"run {record.run_id} ended {record.status} without a score")
+            trial.set_user_attr(
+                "error", (record.error or f"no score (status {record.status})")[:2000]
+            )
+            raise TrialFailed(
+                record.error or f"run {record.run_id} ended {record.status} without a score"
+            )
         trial.set_user_attr("score", float(record.score))
         if cfg.multi_objective:
             return float(record.score), float(record.trainable_params)
@@ -275,7 +291,9 @@ class _SearchLoop:
             self.last_error = trial.user_attrs.get("error")
         else:
             self.consecutive_failures = 0
-        self.consecutive_duplicates = self.consecutive_duplicates + 1 if "duplicate_of" in trial.user_attrs else 0
+        self.consecutive_duplicates = (
+            self.consecutive_duplicates + 1 if "duplicate_of" in trial.user_attrs else 0
+        )
         score = trial.user_attrs.get("score")
         shown = f"score={score:.4f}" if isinstance(score, float) else ""
         if "duplicate_of" in trial.user_attrs:
@@ -283,19 +301,27 @@ class _SearchLoop:
         _say(
             self.progress,
             f"[{cfg.study_name}] trial {trial.number} {trial.state.name.lower()} {shown} "
-            f"params={dict(trial.params)} spent {spend.committed:g}/{cfg.budget.limit:g} {cfg.budget.kind}",
+            f"params={dict(trial.params)} "
+            f"spent {spend.committed:g}/{cfg.budget.limit:g} {cfg.budget.kind}",
         )
         if spend.exhausted(cfg.budget):
-            self.stop_reason = f"budget {cfg.budget} spent ({spend.committed:g} over {sum(spend.states.values())} trials)"
+            self.stop_reason = (
+                f"budget {cfg.budget} spent "
+                f"({spend.committed:g} over {sum(spend.states.values())} trials)"
+            )
             study.stop()
         elif self.consecutive_failures >= cfg.max_consecutive_failures:
             self.fatal = (
-                f"{self.consecutive_failures} trials in a row failed in study {cfg.study_name!r}; last "
-                f"error: {self.last_error}. Fix the cause and re-run the same command to resume."
+                f"{self.consecutive_failures} trials in a row failed in study {cfg.study_name!r}; "
+                f"last error: {self.last_error}. "
+                "Fix the cause and re-run the same command to resume."
             )
             study.stop()
         elif self.consecutive_duplicates >= MAX_CONSECUTIVE_DUPLICATES:
-            self.stop_reason = f"the sampler proposed {self.consecutive_duplicates} finished configs in a row (space exhausted)"
+            self.stop_reason = (
+                f"the sampler proposed {self.consecutive_duplicates} finished configs in a row "
+                "(space exhausted)"
+            )
             study.stop()
 
 
@@ -311,7 +337,7 @@ def _rank_results(record: RunRecord) -> dict[str, Any]:
         out["final_rank"] = statistics.fmean(float(r) for r in record.ranks.values())
     if record.rank_scores and record.primary_metric:
         out["rank_scores"] = {
-            str(rank): metrics.get(record.primary_metric) for rank, metrics in sorted(record.rank_scores.items(), key=lambda item: int(item[0]))
+            str(rank): metrics.get(record.primary_metric)
+            for rank, metrics in sorted(record.rank_scores.items(), key=lambda item: int(item[0]))
         }
     return out
-

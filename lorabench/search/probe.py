@@ -38,7 +38,8 @@ class TrialEstimate:
     unit: str
     amount: float
     steps: int
-    exact: bool  # steps and tokens: exact unless a FLOP trial budget sets the steps; FLOPs, seconds: measured
+    # steps and tokens: exact unless a FLOP trial budget sets the steps; FLOPs, seconds: measured
+    exact: bool
 
     def describe(self) -> str:
         if self.exact:
@@ -46,8 +47,11 @@ class TrialEstimate:
         return f"{self.unit}~{self.amount:.4g} over {self.steps} steps, measured on sample batches"
 
 
-def estimate_trial(run_cfg: RunConfig, unit: str, cache: RunCache, device: Any = None) -> TrialEstimate | None:
-    """The spend of one trial of ``run_cfg`` in ``unit``; ``None`` when it cannot be known untrained.
+def estimate_trial(
+    run_cfg: RunConfig, unit: str, cache: RunCache, device: Any = None
+) -> TrialEstimate | None:
+    """The spend of one trial of ``run_cfg`` in ``unit``; ``None`` when it cannot be known
+    untrained.
 
     Raises whatever loading the task or the model raises (missing data, unknown model): every
     trial would fail the same way, so the caller reports it before any training.
@@ -87,7 +91,9 @@ def estimate_trial(run_cfg: RunConfig, unit: str, cache: RunCache, device: Any =
     return TrialEstimate(unit=unit, amount=amount, steps=steps, exact=exact)
 
 
-def _measure(model: Any, run_cfg: RunConfig, plan: Any, pad_id: int, device: Any, *, timed: bool) -> tuple[float, float]:
+def _measure(
+    model: Any, run_cfg: RunConfig, plan: Any, pad_id: int, device: Any, *, timed: bool
+) -> tuple[float, float]:
     """(FLOPs, fastest seconds) per padded token of a forward-backward pass of the attached model.
 
     Per padded token because the model computes on padded batches and batches differ in length.

@@ -98,7 +98,8 @@ class SearchSpace:
     def __post_init__(self) -> None:
         if not self.params:
             raise SearchSpaceError(
-                f"the search space of variant {self.variant!r} is empty: declare one in the variant's "
+                f"the search space of variant {self.variant!r} is empty: declare one in the "
+                "variant's "
                 "search_space() or give one in the YAML config under space: {variant: {r: {type: "
                 "categorical, choices: [2, 4, 8]}}}"
             )
@@ -122,7 +123,9 @@ class SearchSpace:
         blob = json.dumps(self.to_dict(), sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
-    def suggest(self, trial: optuna.trial.BaseTrial, base: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    def suggest(
+        self, trial: optuna.trial.BaseTrial, base: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
         """Samples every applicable parameter through ``trial``; returns name -> value.
 
         ``base`` holds the values conditions and bound references fall back to when they name a
@@ -140,12 +143,15 @@ class SearchSpace:
                 if p.type == "int":
                     low, high = int(low), int(high)
                     if low > high:
-                        continue  # e.g. target rank bounded by a smaller initial rank: nothing to choose
+                        # e.g. target rank bounded by a smaller initial rank: nothing to choose
+                        continue
                     value = trial.suggest_int(p.name, low, high, step=int(p.step or 1), log=p.log)
                 else:
                     if low > high:
                         continue
-                    value = trial.suggest_float(p.name, float(low), float(high), step=p.step, log=p.log)
+                    value = trial.suggest_float(
+                        p.name, float(low), float(high), step=p.step, log=p.log
+                    )
             sampled[p.name] = value
             known[p.name] = value
         return {**self.fixed, **sampled}
@@ -154,8 +160,9 @@ class SearchSpace:
         """The finite grid a grid search walks (every parameter must be discrete)."""
         if self.is_conditional:
             raise SearchSpaceError(
-                f"the grid sampler needs an unconditional space, but {self.variant!r} has conditional "
-                "parameters ('when' or a bound naming another parameter): use --sampler tpe or random, "
+                f"the grid sampler needs an unconditional space, but {self.variant!r} has "
+                "conditional parameters ('when' or a bound naming another parameter): use "
+                "--sampler tpe or random, "
                 "or override those parameters with plain choices"
             )
         grid: dict[str, list[Any]] = {}
@@ -165,7 +172,9 @@ class SearchSpace:
             elif p.type == "int" and not p.log:
                 values = list(range(int(p.low), int(p.high) + 1, int(p.step or 1)))  # type: ignore[arg-type]
                 if len(values) > MAX_GRID_POINTS:
-                    raise SearchSpaceError(f"{p.name}: {len(values)} grid points; give explicit choices")
+                    raise SearchSpaceError(
+                        f"{p.name}: {len(values)} grid points; give explicit choices"
+                    )
                 grid[p.name] = values
             elif p.type == "float" and p.step is not None and not p.log:
                 n = round((float(p.high) - float(p.low)) / p.step)  # type: ignore[arg-type]
@@ -201,10 +210,16 @@ def build_search_space(
             merged[name] = value
         else:
             fixed[name] = value
-    valid_names = sorted(config_fields) + [TRAIN_PREFIX + f.name for f in dataclasses.fields(TrainConfig)]
+    valid_names = sorted(config_fields) + [
+        TRAIN_PREFIX + f.name for f in dataclasses.fields(TrainConfig)
+    ]
     params: list[ParamSpec] = []
     for name, spec in merged.items():
-        params.append(_parse_param(variant, name, spec, valid_names, earlier={p.name for p in params} | set(fixed)))
+        params.append(
+            _parse_param(
+                variant, name, spec, valid_names, earlier={p.name for p in params} | set(fixed)
+            )
+        )
     for name in fixed:
         _check_name(variant, name, valid_names)
     return SearchSpace(variant=variant, params=tuple(params), fixed=fixed)
@@ -225,23 +240,30 @@ def split_params(params: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, A
 def _check_name(variant: str, name: str, valid: list[str]) -> None:
     if name not in valid:
         raise SearchSpaceError(
-            f"search space of {variant!r}: {name!r} is neither a field of its config nor a training "
+            f"search space of {variant!r}: {name!r} is neither a field of its config nor a "
+            "training "
             f"field; valid names: {', '.join(valid)}"
         )
 
 
-def _parse_param(variant: str, name: str, spec: Any, valid: list[str], earlier: set[str]) -> ParamSpec:
+def _parse_param(
+    variant: str, name: str, spec: Any, valid: list[str], earlier: set[str]
+) -> ParamSpec:
     where = f"search space of {variant!r}, parameter {name!r}"
     _check_name(variant, name, valid)
     if not isinstance(spec, Mapping) or spec.get("type") not in SPEC_TYPES:
         raise SearchSpaceError(
             f"{where}: {spec!r} is not a distribution spec; use e.g. {{type: categorical, choices: "
-            "[2, 4, 8]}, {type: float, low: 1e-4, high: 1e-3, log: true} or {type: int, low: 1, high: 16}"
+            "[2, 4, 8]}, {type: float, low: 1e-4, high: 1e-3, log: true} or "
+            "{type: int, low: 1, high: 16}"
         )
     kind = spec["type"]
     unknown = sorted(set(spec) - _SPEC_KEYS[kind])
     if unknown:
-        raise SearchSpaceError(f"{where}: unknown key(s) {unknown} for type {kind}; allowed: {sorted(_SPEC_KEYS[kind])}")
+        raise SearchSpaceError(
+            f"{where}: unknown key(s) {unknown} for type {kind}; "
+            f"allowed: {sorted(_SPEC_KEYS[kind])}"
+        )
     when = _parse_when(where, spec.get("when"), earlier, valid)
     if kind == "categorical":
         choices = spec.get("choices")
@@ -249,7 +271,9 @@ def _parse_param(variant: str, name: str, spec: Any, valid: list[str], earlier: 
             raise SearchSpaceError(f"{where}: choices={choices!r} must be a non-empty list")
         for c in choices:
             if c is not None and not isinstance(c, bool | int | float | str):
-                raise SearchSpaceError(f"{where}: choice {c!r} must be a number, string, bool or null")
+                raise SearchSpaceError(
+                    f"{where}: choice {c!r} must be a number, string, bool or null"
+                )
         if len(set(map(repr, choices))) != len(choices):
             raise SearchSpaceError(f"{where}: choices={list(choices)!r} has duplicates")
         return ParamSpec(name, kind, choices=tuple(choices), when=when)
@@ -264,7 +288,9 @@ def _parse_param(variant: str, name: str, spec: Any, valid: list[str], earlier: 
         if isinstance(step, bool) or not isinstance(step, int | float) or step <= 0:
             raise SearchSpaceError(f"{where}: step={step!r} must be a positive number")
         if kind == "int" and not isinstance(step, int):
-            raise SearchSpaceError(f"{where}: step={step!r} must be an integer for an int parameter")
+            raise SearchSpaceError(
+                f"{where}: step={step!r} must be an integer for an int parameter"
+            )
         if log:
             raise SearchSpaceError(f"{where}: step and log cannot be combined (Optuna forbids it)")
     numeric = [b for b in (low, high) if not isinstance(b, str)]
@@ -284,7 +310,9 @@ def _parse_bound(where: str, key: str, value: Any, earlier: set[str], kind: str)
             )
         return value
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise SearchSpaceError(f"{where}: {key}={value!r} must be a number (a {kind} range needs low and high)")
+        raise SearchSpaceError(
+            f"{where}: {key}={value!r} must be a number (a {kind} range needs low and high)"
+        )
     if kind == "int" and not float(value).is_integer():
         raise SearchSpaceError(f"{where}: {key}={value!r} must be an integer for an int parameter")
     return int(value) if kind == "int" else float(value)
@@ -296,11 +324,16 @@ def _parse_when(
     if when is None:
         return None
     if not isinstance(when, Mapping) or not when:
-        raise SearchSpaceError(f"{where}: when={when!r} must map a parameter to its value(s), e.g. when: {{use_rslora: true}}")
+        raise SearchSpaceError(
+            f"{where}: when={when!r} must map a parameter to its value(s), "
+            "e.g. when: {use_rslora: true}"
+        )
     out: dict[str, tuple[Any, ...]] = {}
     for ref, allowed in when.items():
         if ref not in earlier and ref not in valid:
-            raise SearchSpaceError(f"{where}: when names {ref!r}, which is not a parameter or config field")
+            raise SearchSpaceError(
+                f"{where}: when names {ref!r}, which is not a parameter or config field"
+            )
         out[ref] = tuple(allowed) if isinstance(allowed, list | tuple) else (allowed,)
     return out
 
@@ -308,6 +341,8 @@ def _parse_when(
 def _resolve_bound(p: ParamSpec, bound: float | str | None, known: Mapping[str, Any]) -> float:
     if isinstance(bound, str):
         if bound not in known:
-            raise SearchSpaceError(f"{p.name}: its bound names {bound!r}, which has no value in this trial")
+            raise SearchSpaceError(
+                f"{p.name}: its bound names {bound!r}, which has no value in this trial"
+            )
         return float(known[bound])
     return float(bound)  # type: ignore[arg-type]

@@ -38,7 +38,9 @@ def normalize_storage_url(url_or_path: str) -> str:
     """A SQLAlchemy URL for a database; ``journal:ABSPATH`` for a journal; paths become SQLite."""
     text = str(url_or_path).strip()
     if not text:
-        raise StorageError("the storage is empty: give a path (results.db), journal:PATH or a database URL")
+        raise StorageError(
+            "the storage is empty: give a path (results.db), journal:PATH or a database URL"
+        )
     if text.startswith(JOURNAL_PREFIX):
         path = text[len(JOURNAL_PREFIX) :]
         if not path:
@@ -67,13 +69,17 @@ def open_storage(
     if url.startswith(JOURNAL_PREFIX):
         path = Path(url[len(JOURNAL_PREFIX) :])
         if not path.parent.is_dir():
-            raise StorageError(f"journal storage {path}: folder {path.parent} does not exist; create it first")
+            raise StorageError(
+                f"journal storage {path}: folder {path.parent} does not exist; create it first"
+            )
         return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
 
     try:
         parsed = make_url(url)
     except Exception as exc:
-        raise StorageError(f"storage URL {redact(url)!r} is malformed ({exc}); e.g. postgresql://user@host:5432/db") from None
+        raise StorageError(
+            f"storage URL {redact(url)!r} is malformed ({exc}); e.g. postgresql://user@host:5432/db"
+        ) from None
     parsed = with_installed_driver(parsed)
     url = parsed.render_as_string(hide_password=False)
     engine_kwargs: dict = {}
@@ -101,7 +107,11 @@ def open_storage(
                     heartbeat_interval=heartbeat_interval,
                     grace_period=grace_period,
                 )
-        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.OperationalError):
+        except (
+            sqlalchemy.exc.IntegrityError,
+            sqlalchemy.exc.ProgrammingError,
+            sqlalchemy.exc.OperationalError,
+        ):
             if attempt == TABLE_RACE_RETRIES - 1:
                 raise
             time.sleep(0.2 + random.random())
@@ -136,7 +146,11 @@ def check_reachable(url: str, engine_kwargs: dict | None = None) -> None:
         with engine.connect() as conn:
             conn.execute(sqlalchemy.text("SELECT 1"))
     except Exception as exc:
-        first_line = str(getattr(exc, "orig", exc)).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first_line = (
+            str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+            if str(exc).strip()
+            else type(exc).__name__
+        )
         raise StorageError(
             f"cannot reach search storage {redact(url)}: {first_line}. Check that the server is "
             "running and the host, port, user and database are right (or use a local file: "

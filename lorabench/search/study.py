@@ -44,7 +44,6 @@ MEASURED_ESTIMATE_SLACK = 0.8
 RESULT_ATTRS = ("score", "rank", "final_rank", "rank_scores", "trainable_params")
 
 
-
 class SearchError(BenchmarkConfigError):
     """A search cannot start or cannot go on; the message says why and what to change."""
 
@@ -105,7 +104,9 @@ class SearchConfig:
         self.trial_budget = Budget.parse(self.trial_budget)
         self.train.validate()
         if self.sampler not in SAMPLERS:
-            raise SearchError(f"sampler {self.sampler!r} is unknown; use one of {', '.join(SAMPLERS)}")
+            raise SearchError(
+                f"sampler {self.sampler!r} is unknown; use one of {', '.join(SAMPLERS)}"
+            )
         if self.pruner not in PRUNERS:
             raise SearchError(f"pruner {self.pruner!r} is unknown; use one of {', '.join(PRUNERS)}")
         for name in ("confirm_seeds", "seed"):
@@ -113,9 +114,13 @@ class SearchConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise SearchError(f"{name}={value!r} must be an integer >= 0")
         if not isinstance(self.max_consecutive_failures, int) or self.max_consecutive_failures < 1:
-            raise SearchError(f"max_consecutive_failures={self.max_consecutive_failures!r} must be >= 1")
+            raise SearchError(
+                f"max_consecutive_failures={self.max_consecutive_failures!r} must be >= 1"
+            )
         if self.heartbeat_interval is not None and self.heartbeat_interval < 1:
-            raise SearchError(f"heartbeat_interval={self.heartbeat_interval!r} must be >= 1 second (or None)")
+            raise SearchError(
+                f"heartbeat_interval={self.heartbeat_interval!r} must be >= 1 second (or None)"
+            )
 
     @property
     def pruning(self) -> bool:
@@ -177,11 +182,20 @@ def prepare_search(cfg: SearchConfig, *, cache: Any = None, probe: bool = True) 
 
     cfg.validate()
     variant_cls = VARIANTS.get(cfg.variant)
-    config_fields = variant_cls.config_class.field_names()
+    config_class = variant_cls.config_class
     space = variant_search_space(cfg.variant, cfg.space)
-    unknown = sorted(set(cfg.variant_config) - config_fields)
+    unknown = sorted(set(cfg.variant_config) - config_class.input_names())
     if unknown:
-        raise SearchError(f"variant_config of {cfg.variant!r} has unknown field(s) {unknown}; valid: {sorted(config_fields)}")
+        raise SearchError(
+            f"variant_config of {cfg.variant!r} has unknown field(s) {unknown}; "
+            f"valid: {sorted(config_class.field_names())}"
+        )
+    # Legacy names (AdaLoRA's init_r) become the field they stand for, so a fixed value and a
+    # sampled one cannot disagree under two names.
+    try:
+        cfg.variant_config = config_class.canonical_dict(cfg.variant_config)
+    except ValueError as exc:
+        raise SearchError(f"variant_config of {cfg.variant!r}: {exc}") from None
     defaults = variant_cls.config_class().to_dict()
     base_values = {**defaults, **cfg.variant_config}
     base_values.update({f"train.{k}": v for k, v in cfg.train.to_dict().items()})
@@ -190,17 +204,22 @@ def prepare_search(cfg: SearchConfig, *, cache: Any = None, probe: bool = True) 
     if cfg.pruning and cfg.train.eval_every is None:
         if cfg.trial_budget.kind != "steps":
             raise SearchError(
-                f"pruner {cfg.pruner!r} needs intermediate evaluations, but train.eval_every is unset "
-                f"and the trial budget {cfg.trial_budget} is not in steps: set train.eval_every in the "
-                "YAML config or use --pruner none"
+                f"pruner {cfg.pruner!r} needs intermediate evaluations, "
+                "but train.eval_every is unset "
+                f"and the trial budget {cfg.trial_budget} is not in steps: "
+                "set train.eval_every in the YAML config or use --pruner none"
             )
         # Four evaluations per trial give successive halving its rungs.
-        cfg.train = dataclasses.replace(cfg.train, eval_every=max(1, int(cfg.trial_budget.limit) // 4))
+        cfg.train = dataclasses.replace(
+            cfg.train, eval_every=max(1, int(cfg.trial_budget.limit) // 4)
+        )
     task = get_task(cfg.task)
     higher_is_better = task.higher_is_better
     _check_budget_fits_a_trial(cfg, [])  # before the storage is touched
 
-    storage = open_storage(cfg.storage, heartbeat_interval=cfg.heartbeat_interval, grace_period=cfg.grace_period)
+    storage = open_storage(
+        cfg.storage, heartbeat_interval=cfg.heartbeat_interval, grace_period=cfg.grace_period
+    )
     score_direction = "maximize" if higher_is_better else "minimize"
     directions = [score_direction, "minimize"] if cfg.multi_objective else [score_direction]
     with warnings.catch_warnings():
@@ -215,7 +234,9 @@ def prepare_search(cfg: SearchConfig, *, cache: Any = None, probe: bool = True) 
         )
     settings = _study_settings(cfg, space, directions)
     if STUDY_ATTR in study.user_attrs:
-        _claim_study_settings(study, settings)  # joining: a different budget is the first thing to say
+        _claim_study_settings(
+            study, settings
+        )  # joining: a different budget is the first thing to say
     trials = study.get_trials(deepcopy=False)
     _check_budget_fits_a_trial(cfg, trials)  # with observed trials
     if probe and estimate_trial_spend(cfg.trial_budget, cfg.budget.kind, trials) is None:
@@ -236,7 +257,10 @@ def variant_search_space(variant: str, overrides: Mapping[str, Any] | None = Non
 
     variant_cls = VARIANTS.get(variant)
     return build_search_space(
-        variant, variant_cls.search_space(), overrides, config_fields=variant_cls.config_class.field_names()
+        variant,
+        variant_cls.search_space(),
+        overrides,
+        config_fields=variant_cls.config_class.field_names(),
     )
 
 
@@ -287,15 +311,18 @@ def _claim_study_settings(study: optuna.Study, settings: dict[str, Any]) -> None
     stored = study.user_attrs.get(STUDY_ATTR)
     if stored is None:
         study.set_user_attr(STUDY_ATTR, settings)
-        stored = optuna.load_study(study_name=study.study_name, storage=study._storage).user_attrs[STUDY_ATTR]
+        stored = optuna.load_study(study_name=study.study_name, storage=study._storage).user_attrs[
+            STUDY_ATTR
+        ]
     normalized = _roundtrip(settings)
     if stored == normalized:
         return
     if stored.get("budget") != normalized["budget"]:
         raise SearchError(
-            f"study {study.study_name!r} was created with search budget {stored.get('budget')}, but this "
-            f"worker has {normalized['budget']}: every worker of one study must share one budget; give "
-            "the same --budget, or a new --study name for a new search"
+            f"study {study.study_name!r} was created with search budget {stored.get('budget')}, "
+            f"but this worker has {normalized['budget']}: "
+            "every worker of one study must share one budget; "
+            "give the same --budget, or a new --study name for a new search"
         )
     diffs = [
         f"{key}: study has {stored.get(key)!r}, this worker {normalized.get(key)!r}"
@@ -316,7 +343,9 @@ def _roundtrip(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def _check_budget_fits_an_estimated_trial(cfg: SearchConfig, run_cfg: RunConfig, cache: Any) -> None:
+def _check_budget_fits_an_estimated_trial(
+    cfg: SearchConfig, run_cfg: RunConfig, cache: Any
+) -> None:
     try:
         estimate = estimate_trial(run_cfg, cfg.budget.kind, cache)
     except Exception as exc:  # loading the task or model: every trial would fail the same way
@@ -331,7 +360,8 @@ def _check_budget_fits_an_estimated_trial(cfg: SearchConfig, run_cfg: RunConfig,
     if cfg.budget.limit < threshold:
         raise SearchError(
             f"search budget {cfg.budget} is smaller than one trial (estimated before training: "
-            f"{estimate.describe()}; trial budget {cfg.trial_budget}): raise --budget or lower --trial-budget"
+            f"{estimate.describe()}; trial budget {cfg.trial_budget}): "
+            "raise --budget or lower --trial-budget"
         )
 
 
@@ -373,13 +403,19 @@ class TrialSeededSampler(optuna.samplers.BaseSampler):
     def sample_relative(self, study: optuna.Study, trial: FrozenTrial, search_space: dict) -> dict:
         return self._for(trial.number).sample_relative(study, trial, search_space)
 
-    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: Any) -> Any:
-        return self._for(trial.number).sample_independent(study, trial, param_name, param_distribution)
+    def sample_independent(
+        self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: Any
+    ) -> Any:
+        return self._for(trial.number).sample_independent(
+            study, trial, param_name, param_distribution
+        )
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         self._for(trial.number).before_trial(study, trial)
 
-    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Any) -> None:
+    def after_trial(
+        self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Any
+    ) -> None:
         inner = self._inner.pop(trial.number, None) or self._factory(self._seed + trial.number)
         inner.after_trial(study, trial, state, values)
 
@@ -400,7 +436,9 @@ def _make_sampler(cfg: SearchConfig, space: SearchSpace) -> optuna.samplers.Base
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             # multivariate+group model conditional spaces jointly; constant_liar keeps parallel
             # workers from sampling next to each other's running trials.
-            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
+            return optuna.samplers.TPESampler(
+                seed=seed, multivariate=True, group=True, constant_liar=True
+            )
 
     return TrialSeededSampler(tpe, cfg.seed)
 
@@ -413,9 +451,12 @@ def _make_pruner(cfg: SearchConfig) -> optuna.pruners.BasePruner:
         return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=first_eval)
     if cfg.pruner == "sha":
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=first_eval, reduction_factor=3)
-    max_resource: int | str = int(cfg.trial_budget.limit) if cfg.trial_budget.kind == "steps" else "auto"
-    return optuna.pruners.HyperbandPruner(min_resource=first_eval, max_resource=max_resource, reduction_factor=3)
-
+    max_resource: int | str = (
+        int(cfg.trial_budget.limit) if cfg.trial_budget.kind == "steps" else "auto"
+    )
+    return optuna.pruners.HyperbandPruner(
+        min_resource=first_eval, max_resource=max_resource, reduction_factor=3
+    )
 
 
 def _say(progress: bool, line: str) -> None:

@@ -112,7 +112,9 @@ def trial_rows(trials: list[FrozenTrial]) -> list[dict[str, Any]]:
     return rows
 
 
-def param_importances(study: optuna.Study, target: Callable[[FrozenTrial], float] | None = None) -> dict[str, Any]:
+def param_importances(
+    study: optuna.Study, target: Callable[[FrozenTrial], float] | None = None
+) -> dict[str, Any]:
     """Optuna's parameter importances, or the reason they cannot be computed yet."""
     complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
     if len(complete) < 2:

@@ -33,7 +33,10 @@ def load_task(task: str | TaskSpec, request: LoadRequest | None = None) -> TaskD
     spec = get_task(task)
     request = request or LoadRequest()
     if spec.source not in SOURCES:
-        raise KeyError(f"task {spec.name!r} has source {spec.source!r}, which no loader handles; known: {sorted(SOURCES)}")
+        raise KeyError(
+            f"task {spec.name!r} has source {spec.source!r}, which no loader handles; "
+            f"known: {sorted(SOURCES)}"
+        )
     return SOURCES[spec.source](spec, request)
 
 

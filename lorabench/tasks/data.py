@@ -36,12 +36,15 @@ class TaskData:
 
     spec: TaskSpec
     splits: dict[str, pd.DataFrame]
-    source: str  # where the rows came from, for the record ("glue-tsv:/data/glue/RTE", "hub:nyu-mll/glue")
+    # where the rows came from, for the record ("glue-tsv:/data/glue/RTE", "hub:nyu-mll/glue")
+    source: str
     extras: dict[str, Any] = field(default_factory=dict)
 
     def split(self, name: str) -> pd.DataFrame:
         if name not in self.splits:
-            raise KeyError(f"task {self.spec.name!r} has no split {name!r}; it has {sorted(self.splits)}")
+            raise KeyError(
+                f"task {self.spec.name!r} has no split {name!r}; it has {sorted(self.splits)}"
+            )
         return self.splits[name]
 
 

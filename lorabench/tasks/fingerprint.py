@@ -49,7 +49,9 @@ def data_fingerprint(data: TaskData) -> str:
         digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
     true_ranks = data.extras.get("true_ranks")
     if true_ranks is not None:
-        digest.update(json.dumps({str(k): int(v) for k, v in true_ranks.items()}, sort_keys=True).encode())
+        digest.update(
+            json.dumps({str(k): int(v) for k, v in true_ranks.items()}, sort_keys=True).encode()
+        )
     return digest.hexdigest()[:FINGERPRINT_CHARS]
 
 

@@ -85,62 +85,106 @@ def _glue(
 
 GLUE_TASKS: tuple[TaskSpec, ...] = (
     _glue(
-        "cola", "CoLA",
+        "cola",
+        "CoLA",
         # No header row in train/dev: source, label, original label (* or empty), sentence.
-        header=False, text={"sentence": 3}, label=1,
+        header=False,
+        text={"sentence": 3},
+        label=1,
         label_names=("unacceptable", "acceptable"),
-        metrics=(MetricSpec("matthews"), MetricSpec("accuracy")), primary="matthews",
+        metrics=(MetricSpec("matthews"), MetricSpec("accuracy")),
+        primary="matthews",
         description="GLUE CoLA: is the sentence grammatical? (8.5k train; Matthews corr.)",
     ),
     _glue(
-        "sst2", "SST-2",
-        text={"sentence": "sentence"}, label="label",
-        label_names=("negative", "positive"), metrics=_ACC, primary="accuracy",
+        "sst2",
+        "SST-2",
+        text={"sentence": "sentence"},
+        label="label",
+        label_names=("negative", "positive"),
+        metrics=_ACC,
+        primary="accuracy",
         description="GLUE SST-2: movie-review sentence sentiment (67k train; accuracy)",
     ),
     _glue(
-        "mrpc", "MRPC",
-        text={"sentence1": "#1 String", "sentence2": "#2 String"}, label="Quality",
-        label_names=("not_equivalent", "equivalent"), metrics=_ACC_F1, primary="accuracy",
+        "mrpc",
+        "MRPC",
+        text={"sentence1": "#1 String", "sentence2": "#2 String"},
+        label="Quality",
+        label_names=("not_equivalent", "equivalent"),
+        metrics=_ACC_F1,
+        primary="accuracy",
         description="GLUE MRPC: are two news sentences paraphrases? (3.7k train; accuracy, F1)",
     ),
     _glue(
-        "qqp", "QQP",
-        text={"question1": "question1", "question2": "question2"}, label="is_duplicate",
-        label_names=("not_duplicate", "duplicate"), metrics=_ACC_F1, primary="accuracy",
+        "qqp",
+        "QQP",
+        text={"question1": "question1", "question2": "question2"},
+        label="is_duplicate",
+        label_names=("not_duplicate", "duplicate"),
+        metrics=_ACC_F1,
+        primary="accuracy",
         description="GLUE QQP: are two Quora questions duplicates? (364k train; accuracy, F1)",
     ),
     _glue(
-        "stsb", "STS-B",
+        "stsb",
+        "STS-B",
         # Ten fields; the score is the last one (the official readers index it from the end).
-        text={"sentence1": "sentence1", "sentence2": "sentence2"}, label=-1,
-        label_names=None, metrics=(MetricSpec("pearson"), MetricSpec("spearman")), primary="pearson",
-        description="GLUE STS-B: sentence-pair similarity score 0-5, regression (5.7k train; Pearson, Spearman)",
+        text={"sentence1": "sentence1", "sentence2": "sentence2"},
+        label=-1,
+        label_names=None,
+        metrics=(MetricSpec("pearson"), MetricSpec("spearman")),
+        primary="pearson",
+        description=(
+            "GLUE STS-B: sentence-pair similarity score 0-5, regression "
+            "(5.7k train; Pearson, Spearman)"
+        ),
     ),
     _glue(
-        "mnli", "MNLI",
-        text={"premise": "sentence1", "hypothesis": "sentence2"}, label="gold_label",
-        label_names=("entailment", "neutral", "contradiction"), metrics=_ACC, primary="accuracy",
-        files={"train": "train.tsv", "validation_matched": "dev_matched.tsv",
-               "validation_mismatched": "dev_mismatched.tsv"},
-        description="GLUE MNLI: 3-way entailment, matched and mismatched genres (393k train; accuracy)",
+        "mnli",
+        "MNLI",
+        text={"premise": "sentence1", "hypothesis": "sentence2"},
+        label="gold_label",
+        label_names=("entailment", "neutral", "contradiction"),
+        metrics=_ACC,
+        primary="accuracy",
+        files={
+            "train": "train.tsv",
+            "validation_matched": "dev_matched.tsv",
+            "validation_mismatched": "dev_mismatched.tsv",
+        },
+        description=(
+            "GLUE MNLI: 3-way entailment, matched and mismatched genres (393k train; accuracy)"
+        ),
     ),
     _glue(
-        "qnli", "QNLI",
-        text={"question": "question", "sentence": "sentence"}, label="label",
-        label_names=("entailment", "not_entailment"), metrics=_ACC, primary="accuracy",
+        "qnli",
+        "QNLI",
+        text={"question": "question", "sentence": "sentence"},
+        label="label",
+        label_names=("entailment", "not_entailment"),
+        metrics=_ACC,
+        primary="accuracy",
         description="GLUE QNLI: does the sentence answer the question? (105k train; accuracy)",
     ),
     _glue(
-        "rte", "RTE",
-        text={"sentence1": "sentence1", "sentence2": "sentence2"}, label="label",
-        label_names=("entailment", "not_entailment"), metrics=_ACC, primary="accuracy",
+        "rte",
+        "RTE",
+        text={"sentence1": "sentence1", "sentence2": "sentence2"},
+        label="label",
+        label_names=("entailment", "not_entailment"),
+        metrics=_ACC,
+        primary="accuracy",
         description="GLUE RTE: textual entailment, two classes (2.5k train; accuracy)",
     ),
     _glue(
-        "wnli", "WNLI",
-        text={"sentence1": "sentence1", "sentence2": "sentence2"}, label="label",
-        label_names=("not_entailment", "entailment"), metrics=_ACC, primary="accuracy",
+        "wnli",
+        "WNLI",
+        text={"sentence1": "sentence1", "sentence2": "sentence2"},
+        label="label",
+        label_names=("not_entailment", "entailment"),
+        metrics=_ACC,
+        primary="accuracy",
         description="GLUE WNLI: Winograd pronoun entailment (635 train; accuracy; adversarial dev)",
     ),
 )
@@ -158,7 +202,11 @@ def find_task_folder(data_dir: Path, spec: TaskSpec) -> Path:
     for child in sorted(data_dir.iterdir()):
         if child.is_dir() and child.name.lower() in wanted:
             return child
-    if _tsv_train_file(data_dir, spec).is_file() or is_save_to_disk(data_dir) or has_parquet(data_dir):
+    if (
+        _tsv_train_file(data_dir, spec).is_file()
+        or is_save_to_disk(data_dir)
+        or has_parquet(data_dir)
+    ):
         return data_dir
     present = sorted(p.name for p in data_dir.iterdir())
     raise DataNotFoundError(

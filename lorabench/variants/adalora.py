@@ -17,10 +17,10 @@ Training adds two things, both driven by the harness through the :class:`Variant
   ``I_bar = b1 I_bar + (1 - b1) I``, uncertainty ``U_bar = b2 U_bar + (1 - b2) |I - I_bar|``,
   score ``s = I_bar * U_bar``. Triplet ``i`` of a matrix scores
   ``S_i = s(lambda_i) + mean_j s(Q_ij) + mean_k s(P_ki)``. The total budget falls from
-  ``init_r * n`` to ``target_r * n`` (n adapted matrices) on the cubic schedule of
-  :meth:`AdaLoRA.budget_schedule`; when the schedule says so, every ``lambda_i`` whose score is
-  at or below the k-th smallest (k = initial budget - budget) is zeroed in place. At step
-  ``T - tfinal`` the pattern is frozen and re-applied after every later step.
+  ``r * n`` to ``target_r * n`` (n adapted matrices, ``r`` the initial rank) on the cubic
+  schedule of :meth:`AdaLoRA.budget_schedule`; when the schedule says so, every ``lambda_i``
+  whose score is at or below the k-th smallest (k = initial budget - budget) is zeroed in
+  place. At step ``T - tfinal`` the pattern is frozen and re-applied after every later step.
 
 The allocator reproduces PEFT 0.21's ``RankAllocator`` and ``AdaLoraModel.update_and_allocate``
 operation for operation (tested bit for bit against PEFT). Differences, on purpose:
@@ -31,9 +31,10 @@ operation for operation (tested bit for bit against PEFT). Differences, on purpo
   steps completed, so ``tinit`` steps pass before any pruning, the last ``tfinal`` steps run on
   the frozen pattern, and the last step of a budget of ``T`` steps lands exactly on the target.
 * ``total_step`` comes from the harness (:meth:`on_train_begin`), not from the user.
-* ``target_r == init_r`` (nothing to prune) is allowed and never masks; PEFT fails there
+* ``target_r == r`` (nothing to prune) is allowed and never masks; PEFT fails there
   (``kthvalue`` with k = 0).
-* ``r`` (the contract's rank field) is an alias of ``init_r``; either may be given.
+* the initial rank is the contract's rank field ``r``; PEFT's name ``init_r`` is accepted on
+  input as a legacy alias (presets, stored configs and lorabench 0.1 databases use it).
 * ``ranknum`` is a Python constant. In PEFT 0.21.2 it is a tensor that ``get_peft_model`` leaves
   with ``requires_grad=True`` (``print_trainable_parameters`` counts it), so an optimiser over all
   trainable parameters moves it; the paper and PEFT's own comments intend it fixed.
@@ -47,6 +48,7 @@ PEFT): a loaded adapter is for evaluation or for training with a fresh schedule.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -76,12 +78,14 @@ class AdaLoRAConfig(VariantConfig):
     """AdaLoRA hyper-parameters (defaults: PEFT 0.21's ``AdaLoraConfig``).
 
     Attributes:
-        r: alias of ``init_r`` (the contract's rank field); give either, or both equal.
-        init_r: the initial rank of every adapted matrix (the stored size; the nominal rank).
+        r: the initial rank of every adapted matrix (the stored size; the nominal rank). PEFT
+            and lorabench 0.1 call it ``init_r``: that name is accepted on input (presets,
+            YAML, stored configs) and mapped to ``r``; giving both with different values is an
+            error.
         target_r: the final average rank over all adapted matrices (the budget is
-            ``target_r * n_matrices``); at most ``init_r``.
+            ``target_r * n_matrices``); at most ``r``.
         alpha: the scale numerator (PEFT's ``lora_alpha``); the update is scaled by
-            ``alpha / (init_r + 1e-5)``.
+            ``alpha / (r + 1e-5)``.
         tinit: optimiser steps of warm-up before any pruning.
         tfinal: optimiser steps at the end that train on the frozen final rank pattern.
         deltaT: prune every ``deltaT`` steps during the budget-reduction phase.
@@ -92,8 +96,7 @@ class AdaLoRAConfig(VariantConfig):
             the budget's step count through ``on_train_begin``. When set, it takes precedence.
     """
 
-    r: int | None = None  # type: ignore[assignment]  # alias of init_r, resolved in __post_init__
-    init_r: int | None = None
+    r: int = 12  # PEFT's init_r
     target_r: int = 8
     alpha: float = 8.0
     tinit: int = 0
@@ -104,27 +107,16 @@ class AdaLoRAConfig(VariantConfig):
     orth_reg_weight: float = 0.5
     total_step: int | None = None
 
-    def __post_init__(self) -> None:
-        if self.r is None and self.init_r is None:
-            self.init_r = 12
-        if self.init_r is None:
-            self.init_r = self.r
-        if self.r is None:
-            self.r = self.init_r
-        if self.r != self.init_r:
-            raise ConfigError(
-                f"r={self.r!r} and init_r={self.init_r!r} disagree: for AdaLoRA r is the initial "
-                f"rank init_r; give only init_r={self.init_r!r} (or set both equal)"
-            )
+    legacy_aliases: ClassVar[dict[str, str]] = {"init_r": "r"}
 
     def validate(self) -> None:
         super().validate()
-        init_r = check_positive_int(self, "init_r")
+        r = check_positive_int(self, "r")
         target_r = check_positive_int(self, "target_r")
-        if target_r > init_r:
+        if target_r > r:
             raise ConfigError(
-                f"target_r={target_r} is larger than init_r={init_r}: the budget only shrinks; "
-                f"choose target_r <= {init_r} (PEFT default 8 with init_r 12)"
+                f"target_r={target_r} is larger than the initial rank r={r}: the budget only "
+                f"shrinks; choose target_r <= {r} (PEFT default 8 with r 12)"
             )
         check_positive_float(self, "alpha")
         check_non_negative_int(self, "tinit")
@@ -132,25 +124,20 @@ class AdaLoRAConfig(VariantConfig):
         check_positive_int(self, "deltaT")
         for name in ("beta1", "beta2"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 < value < 1.0:
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not 0.0 < value < 1.0
+            ):
                 raise ConfigError(f"{name}={value!r} must be in (0, 1) (PEFT default 0.85)")
         reg = self.orth_reg_weight
         if isinstance(reg, bool) or not isinstance(reg, int | float) or not reg >= 0.0:
-            raise ConfigError(f"orth_reg_weight={reg!r} must be >= 0 (PEFT default 0.5; 0 disables it)")
+            raise ConfigError(
+                f"orth_reg_weight={reg!r} must be >= 0 (PEFT default 0.5; 0 disables it)"
+            )
         if self.total_step is not None:
             check_positive_int(self, "total_step")
             check_schedule(self, self.total_step)
-
-    @property
-    def nominal_rank(self) -> int:
-        return int(self.init_r)  # type: ignore[arg-type]
-
-    def to_dict(self) -> dict[str, Any]:
-        # ``r`` is derived from ``init_r``: leaving it out lets a saved or overridden config
-        # change init_r alone (make_config(cfg, init_r=16)) without a stale alias conflicting.
-        out = super().to_dict()
-        out.pop("r", None)
-        return out
 
 
 def check_schedule(config: AdaLoRAConfig, total_steps: int) -> None:
@@ -171,18 +158,24 @@ class AdaLoRALayer(AdapterLayer):
     def __init__(self, base_layer: nn.Module, config: AdaLoRAConfig, variant: Variant) -> None:
         super().__init__(base_layer, config, variant)
         w = base_layer.weight
-        r = int(config.init_r)  # type: ignore[arg-type]
+        r = int(config.r)
         self.scaling = float(config.alpha)
         self.ranknum = float(r)  # fixed at the initial rank, also after pruning (as PEFT)
         kw = {"dtype": w.dtype, "device": w.device}
-        self.lora_A = nn.Parameter(torch.empty(r, self.in_features, **kw))  # Q: right singular vectors
-        self.lora_B = nn.Parameter(torch.empty(self.out_features, r, **kw))  # P: left singular vectors
+        self.lora_A = nn.Parameter(
+            torch.empty(r, self.in_features, **kw)
+        )  # Q: right singular vectors
+        self.lora_B = nn.Parameter(
+            torch.empty(self.out_features, r, **kw)
+        )  # P: left singular vectors
         self.lora_E = nn.Parameter(torch.zeros(r, 1, **kw))  # lambda: singular values
         nn.init.normal_(self.lora_A, mean=0.0, std=0.02)
         nn.init.normal_(self.lora_B, mean=0.0, std=0.02)
         # Which triplets the allocator kept (all until its first allocation). Not persistent:
         # it is saved as the rank pattern, beside the tensors.
-        self.register_buffer("rank_mask", torch.ones(r, dtype=torch.bool, device=w.device), persistent=False)
+        self.register_buffer(
+            "rank_mask", torch.ones(r, dtype=torch.bool, device=w.device), persistent=False
+        )
 
     def adapter_forward(self, x: torch.Tensor, base_out: torch.Tensor) -> torch.Tensor:
         # (..., in) -> (..., r) -> (..., out); (A * E) scales row i of Q by lambda_i, an (r, in)
@@ -190,14 +183,18 @@ class AdaLoRALayer(AdapterLayer):
         # ride along with the second product (one fused addmm, see add_low_rank): PEFT's
         # ``result + (x @ (A*E).T @ B.T) * scale / ranknum`` makes two more (..., out) passes.
         h = F.linear(self.dropout(x).to(self.lora_A.dtype), self.lora_A * self.lora_E)
-        return add_low_rank(base_out, h, self.lora_B.T, self.scaling / (self.ranknum + _RANKNUM_EPS))
+        return add_low_rank(
+            base_out, h, self.lora_B.T, self.scaling / (self.ranknum + _RANKNUM_EPS)
+        )
 
     def delta_weight(self) -> torch.Tensor:
         # (out, r) @ (r, in) -> (out, in)
-        return self.lora_B @ (self.lora_A * self.lora_E) * self.scaling / (self.ranknum + _RANKNUM_EPS)
+        return (
+            self.lora_B @ (self.lora_A * self.lora_E) * self.scaling / (self.ranknum + _RANKNUM_EPS)
+        )
 
     def rank(self) -> int:
-        """Triplets kept by the allocator's latest allocation (``init_r`` before the first)."""
+        """Triplets kept by the allocator's latest allocation (``r`` before the first)."""
         return int(self.rank_mask.sum())
 
     # -- saving at the pruned size ----------------------------------------------------------------
@@ -226,8 +223,9 @@ class AdaLoRALayer(AdapterLayer):
                 raise AdapterShapeError(f"saved adapter has no tensor {prefix}{name}")
             if tuple(state[name].shape) != shape:
                 raise AdapterShapeError(
-                    f"{prefix}{name}: saved shape {tuple(state[name].shape)} does not fit this layer's "
-                    f"rank pattern ({int(keep.sum())} of {keep.numel()} triplets kept: {shape}); "
+                    f"{prefix}{name}: saved shape {tuple(state[name].shape)} does not fit this "
+                    f"layer's rank pattern ({int(keep.sum())} of {keep.numel()} triplets kept: "
+                    f"{shape}); "
                     "load the adapter with the adapter_config.json it was saved with"
                 )
         with torch.no_grad():
@@ -243,13 +241,36 @@ class AdaLoRA(Variant):
     """AdaLoRA: SVD-form low-rank update, ranks pruned by importance to a budget during training."""
 
     name = "adalora"
-    description = "AdaLoRA: SVD-form update P*diag(lambda)*Q with importance-based rank pruning to a budget"
+    description = (
+        "AdaLoRA: SVD-form update P*diag(lambda)*Q with importance-based rank pruning to a budget"
+    )
     version = "1"
     config_class = AdaLoRAConfig
     layer_class = AdaLoRALayer
     init_equals_base = True
+    display_name = "AdaLoRA"
+    report_order = 2
+    adaptive_rank = True
+    label_fields = frozenset({"r", "target_r"})
 
     config: AdaLoRAConfig
+
+    @classmethod
+    def rank_label(cls, config: Mapping[str, Any], ranks: Mapping[str, float] | None = None) -> str:
+        """``"r=12→8"``: the initial rank, then the target mean rank (just ``"r=8"`` when the
+        two are equal); ``" (mean 7.9)"`` is added when the final per-matrix ranks are known and
+        their mean misses the target (ties pruned at the threshold, or training stopped before
+        the schedule's end)."""
+        r = config.get("r", config.get("init_r"))  # a raw 0.1 config may still say init_r
+        target = config.get("target_r")
+        if r is None:
+            return ""
+        label = f"r={r}" if target is None or target == r else f"r={r}→{target}"
+        if ranks:
+            mean = sum(float(v) for v in ranks.values()) / len(ranks)
+            if abs(mean - float(target if target is not None else r)) >= 0.05:
+                label += f" (mean {mean:.1f})"
+        return label
 
     def __init__(self, config: AdaLoRAConfig) -> None:
         super().__init__(config)
@@ -262,7 +283,7 @@ class AdaLoRA(Variant):
     # -- budget -----------------------------------------------------------------------------------
     @property
     def init_budget(self) -> int:
-        """Total triplets at the start: ``init_r`` times the number of adapted matrices."""
+        """Total triplets at the start: the initial rank ``r`` times the number of matrices."""
         return sum(layer.lora_E.shape[0] for layer in self._layers())
 
     @property
@@ -339,9 +360,10 @@ class AdaLoRA(Variant):
                 p = getattr(layer, pname)
                 if p.grad is None:
                     raise RuntimeError(
-                        f"AdaLoRA needs the gradient of {name}.{pname} to score importance, but it is "
-                        "None: call adapter.after_step(step) after backward() and optimizer.step() "
-                        "and before optimizer.zero_grad(), and make sure the layer is used in forward"
+                        f"AdaLoRA needs the gradient of {name}.{pname} to score importance, but "
+                        "it is None: call adapter.after_step(step) after backward() and "
+                        "optimizer.step() and before optimizer.zero_grad(), and make sure the "
+                        "layer is used in forward"
                     )
                 key = f"{name}.{pname}"
                 if key not in self._ipt_avg:
@@ -349,17 +371,22 @@ class AdaLoRA(Variant):
                     self._unc_avg[key] = torch.zeros_like(p)
                 ipt = (p * p.grad).abs()  # I: sensitivity of each entry
                 self._ipt_avg[key] = b1 * self._ipt_avg[key] + (1 - b1) * ipt
-                self._unc_avg[key] = b2 * self._unc_avg[key] + (1 - b2) * (ipt - self._ipt_avg[key]).abs()
+                self._unc_avg[key] = (
+                    b2 * self._unc_avg[key] + (1 - b2) * (ipt - self._ipt_avg[key]).abs()
+                )
 
     def _score(self, key: str) -> torch.Tensor:
         return self._ipt_avg[key] * self._unc_avg[key]
 
     def triplet_scores(self) -> dict[str, torch.Tensor]:
-        """Per layer, the (r,) importance of each triplet: ``s(E_i) + mean_j s(A_ij) + mean_k s(B_ki)``."""
+        """Per layer, the (r,) importance of each triplet:
+        ``s(E_i) + mean_j s(A_ij) + mean_k s(B_ki)``."""
         out: dict[str, torch.Tensor] = {}
         for name in self.layers:
             if f"{name}.lora_E" not in self._ipt_avg:
-                raise RuntimeError("no importance scores yet: they need at least one step before pruning")
+                raise RuntimeError(
+                    "no importance scores yet: they need at least one step before pruning"
+                )
             score_a = torch.mean(self._score(f"{name}.lora_A"), dim=1)  # (r, in) -> (r,)
             score_b = torch.mean(self._score(f"{name}.lora_B"), dim=0)  # (out, r) -> (r,)
             score_e = self._score(f"{name}.lora_E").view(-1)  # (r, 1) -> (r,)
@@ -369,7 +396,7 @@ class AdaLoRA(Variant):
     def _mask_to_budget(self, budget: int) -> None:
         k = self.init_budget - budget
         if k <= 0:
-            return  # nothing to prune (target_r == init_r); PEFT's kthvalue would fail here
+            return  # nothing to prune (target_r == r); PEFT's kthvalue would fail here
         scores = self.triplet_scores()
         threshold = torch.kthvalue(torch.cat(list(scores.values())), k=k)[0].item()
         for name, layer in self._layers_items():
@@ -390,22 +417,28 @@ class AdaLoRA(Variant):
     # -- regulariser ------------------------------------------------------------------------------
     def regularization_loss(self) -> torch.Tensor | None:
         """``orth_reg_weight * mean(||Q Q^T - I||_F, ||P^T P - I||_F over all layers)`` (PEFT's
-        formula; all ``init_r`` triplets count, pruned or not). None when the weight is 0."""
+        formula; all ``r`` initial triplets count, pruned or not). None when the weight is 0."""
         weight = float(self.config.orth_reg_weight)
         if weight == 0.0 or not self.layers:
             return None
         total: torch.Tensor | float = 0.0
         count = 0
         for layer in self._layers():
-            for cov in (layer.lora_A @ layer.lora_A.T, layer.lora_B.T @ layer.lora_B):  # both (r, r)
+            for cov in (
+                layer.lora_A @ layer.lora_A.T,
+                layer.lora_B.T @ layer.lora_B,
+            ):  # both (r, r)
                 eye = torch.eye(*cov.shape, dtype=cov.dtype, device=cov.device)
-                total = total + torch.linalg.matrix_norm(cov - eye, ord="fro")  # summed in PEFT's order
+                total = total + torch.linalg.matrix_norm(
+                    cov - eye, ord="fro"
+                )  # summed in PEFT's order
                 count += 1
         return weight * (total / count)  # type: ignore[return-value]
 
     # -- rank pattern -----------------------------------------------------------------------------
     def rank_pattern(self) -> dict[str, list[bool]]:
-        """Per layer, which of the ``init_r`` triplets are saved (see ``AdaLoRALayer.saved_mask``)."""
+        """Per layer, which of the ``r`` initial triplets are saved (see
+        ``AdaLoRALayer.saved_mask``)."""
         return {name: layer.saved_mask().tolist() for name, layer in self._layers_items()}
 
     def extra_save_config(self) -> dict[str, Any]:
@@ -426,7 +459,7 @@ class AdaLoRA(Variant):
             mask = torch.tensor(pattern[name], dtype=torch.bool, device=layer.rank_mask.device)
             if mask.shape != layer.rank_mask.shape:
                 raise AdapterShapeError(
-                    f"rank pattern of {name} has {mask.numel()} entries but init_r is "
+                    f"rank pattern of {name} has {mask.numel()} entries but the initial rank r is "
                     f"{layer.rank_mask.numel()}; the adapter_config.json is inconsistent"
                 )
             layer.rank_mask.copy_(mask)
@@ -435,8 +468,8 @@ class AdaLoRA(Variant):
     @classmethod
     def search_space(cls) -> dict[str, Any]:
         return {
-            "init_r": {"type": "categorical", "choices": [4, 8, 12, 16]},
-            "target_r": {"type": "int", "low": 1, "high": "init_r"},
+            "r": {"type": "categorical", "choices": [4, 8, 12, 16]},
+            "target_r": {"type": "int", "low": 1, "high": "r"},  # at most the initial rank
             "alpha": {"type": "categorical", "choices": [8, 16, 32]},
             "dropout": {"type": "categorical", "choices": [0.0, 0.1]},
             "train.learning_rate": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True},

@@ -1,9 +1,9 @@
 """Attaching a variant to a model, and everything done with the attached adapter.
 
-    >>> adapter = attach(model, "lora", r=8, target_modules=["query", "value"])
-    >>> optimizer = torch.optim.AdamW(adapter.trainable_parameters(), lr=4e-4)
-    >>> adapter.save("out/adapter")          # safetensors + adapter_config.json
-    >>> model = adapter.detach()             # the original model back, bit for bit
+>>> adapter = attach(model, "lora", r=8, target_modules=["query", "value"])
+>>> optimizer = torch.optim.AdamW(adapter.trainable_parameters(), lr=4e-4)
+>>> adapter.save("out/adapter")          # safetensors + adapter_config.json
+>>> model = adapter.detach()             # the original model back, bit for bit
 """
 
 from __future__ import annotations
@@ -34,23 +34,37 @@ WEIGHTS_FILE = "adapter_model.safetensors"
 _ROOT_ATTR = "lorabench_variant"  # where the variant module hangs on the adapted model
 
 
-def make_config(variant: str | type[Variant], config: VariantConfig | dict | None = None, **overrides: Any) -> VariantConfig:
-    """The validated config for ``variant`` from a config object, a dict and/or keyword overrides."""
+def make_config(
+    variant: str | type[Variant], config: VariantConfig | dict | None = None, **overrides: Any
+) -> VariantConfig:
+    """The validated config for ``variant`` from a config object, a dict and/or keyword overrides.
+
+    Legacy field names (AdaLoRA's ``init_r`` for ``r``) are accepted in the dict and the
+    overrides; an override replaces the field whichever name either side uses.
+    """
     cls = resolve_variant(variant)
     expected = cls.config_class
     if config is None:
         config = expected.from_dict(dict(overrides))
     elif isinstance(config, dict):
-        config = expected.from_dict({**config, **overrides})
+        config = expected.from_dict(_merged(expected, config, overrides))
     elif type(config) is not expected:
         raise ConfigError(
             f"variant {cls.name!r} takes a {expected.__name__}, got a {type(config).__name__}; "
             f"build it with lorabench.variants.make_config({cls.name!r}, ...) or pass a dict"
         )
     elif overrides:
-        config = expected.from_dict({**config.to_dict(), **overrides})
+        config = expected.from_dict(_merged(expected, config.to_dict(), overrides))
     config.validate()
     return config
+
+
+def _merged(
+    config_class: type[VariantConfig], base: dict[str, Any], overrides: dict[str, Any]
+) -> dict[str, Any]:
+    """``base`` updated with ``overrides``, both in field names first, so that ``init_r=16``
+    over a config holding ``r=12`` replaces it instead of disagreeing with it."""
+    return {**config_class.canonical_dict(base), **config_class.canonical_dict(overrides)}
 
 
 def resolve_variant(variant: str | type[Variant]) -> type[Variant]:
@@ -221,24 +235,31 @@ class Adapter:
 
     # -- save / load ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
-        state: dict[str, torch.Tensor] = {f"_shared.{k}": v for k, v in self.variant.shared_state().items()}
+        state: dict[str, torch.Tensor] = {
+            f"_shared.{k}": v for k, v in self.variant.shared_state().items()
+        }
         for layer_name, layer in self.layers.items():
             for k, v in layer.adapter_state().items():
                 state[f"{layer_name}.{k}"] = v
         return state
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Writes ``adapter_model.safetensors`` and ``adapter_config.json`` into directory ``path``."""
+        """Writes ``adapter_model.safetensors`` and ``adapter_config.json`` into directory
+        ``path``."""
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in self.state_dict().items()}
+        tensors = {
+            k: v.detach().to("cpu").contiguous().clone() for k, v in self.state_dict().items()
+        }
         save_file(tensors, str(out / WEIGHTS_FILE))
         meta = {
             "variant": self.variant.name,
             "variant_version": self.variant.version,
             "config": self.config.to_dict(),
             "extra": self.variant.extra_save_config(),
-            "layers": {n: [layer.out_features, layer.in_features] for n, layer in self.layers.items()},
+            "layers": {
+                n: [layer.out_features, layer.in_features] for n, layer in self.layers.items()
+            },
         }
         (out / CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
         return out
@@ -253,12 +274,15 @@ class Adapter:
         src = Path(path)
         cfg_path = src / CONFIG_FILE
         if not cfg_path.is_file():
-            raise FileNotFoundError(f"no {CONFIG_FILE} in {src}: is this a lorabench adapter directory?")
+            raise FileNotFoundError(
+                f"no {CONFIG_FILE} in {src}: is this a lorabench adapter directory?"
+            )
         meta = json.loads(cfg_path.read_text())
         variant_cls = resolve_variant(meta["variant"])
         saved_version = meta.get("variant_version")
         if saved_version is not None and str(saved_version) != str(variant_cls.version):
-            # The maths may have changed between versions: the same tensors could give other outputs.
+            # The maths may have changed between versions: the same tensors could give other
+            # outputs.
             warnings.warn(
                 f"{src} was saved by {meta['variant']!r} version {saved_version}, this is version "
                 f"{variant_cls.version}; outputs may differ from the ones it was saved with. "
@@ -271,8 +295,9 @@ class Adapter:
             targets = find_targets(model, config.target_modules)
         except ConfigError as exc:  # another architecture: its module names are not in this model
             raise AdapterShapeError(
-                f"this adapter was saved for another model: its layers {_name_sample(sorted(saved_layers))} "
-                f"do not exist here ({exc}). Load it into the model it was trained on."
+                "this adapter was saved for another model: its layers "
+                f"{_name_sample(sorted(saved_layers))} do not exist here ({exc}). "
+                "Load it into the model it was trained on."
             ) from exc
         found = {n: layer_shape(m) for n, m in targets.items()}
         if saved_layers and saved_layers != found:
@@ -290,11 +315,11 @@ class Adapter:
         adapter = attach(model, variant_cls, config)
         adapter.variant.load_extra_config(meta.get("extra", {}))
         tensors = load_file(str(src / WEIGHTS_FILE))
-        shared = {k[len("_shared."):]: v for k, v in tensors.items() if k.startswith("_shared.")}
+        shared = {k[len("_shared.") :]: v for k, v in tensors.items() if k.startswith("_shared.")}
         adapter.variant.load_shared_state(shared)
         for layer_name, layer in adapter.layers.items():
             prefix = f"{layer_name}."
-            state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+            state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
             layer.load_adapter_state(state, prefix=prefix)
         return adapter
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -52,15 +53,28 @@ class VariantConfig:
     target_modules: list[str] | str = field(default_factory=lambda: ["query", "value"])
     dropout: float = 0.0
 
+    # Input-only names kept for configs written before a field was renamed: legacy name -> field.
+    # ``from_dict`` (and so ``make_config``, presets, YAML and stored records) accepts them;
+    # ``to_dict`` writes only the field. AdaLoRA: ``{"init_r": "r"}``.
+    legacy_aliases: ClassVar[dict[str, str]] = {}
+
     def validate(self) -> None:
         """Raises :class:`ConfigError` on a bad value. Subclasses extend this."""
         _check_int(self, "r", minimum=1)
         dropout = self.dropout
         # A string such as "0.1" from a hand-written config must fail here, naming the field, not
         # later inside float() or nn.Dropout with a message about neither.
-        if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0.0 <= dropout < 1.0:
-            raise ConfigError(f"dropout={dropout!r} must be in [0, 1): use a number such as dropout=0.1")
-        patterns = [self.target_modules] if isinstance(self.target_modules, str) else self.target_modules
+        if (
+            isinstance(dropout, bool)
+            or not isinstance(dropout, int | float)
+            or not 0.0 <= dropout < 1.0
+        ):
+            raise ConfigError(
+                f"dropout={dropout!r} must be in [0, 1): use a number such as dropout=0.1"
+            )
+        patterns = (
+            [self.target_modules] if isinstance(self.target_modules, str) else self.target_modules
+        )
         if (
             not isinstance(patterns, list | tuple)
             or not patterns
@@ -77,6 +91,7 @@ class VariantConfig:
         return int(self.r)
 
     def to_dict(self) -> dict[str, Any]:
+        """The config as plain data (field names only, never a legacy alias)."""
         out = dataclasses.asdict(self)
         if isinstance(out.get("target_modules"), tuple):
             out["target_modules"] = list(out["target_modules"])
@@ -84,21 +99,70 @@ class VariantConfig:
 
     @classmethod
     def field_names(cls) -> set[str]:
-        """The keys this config takes (what overrides, YAML and search spaces may set)."""
+        """The config's fields: what overrides, YAML and search spaces set (see
+        :meth:`input_names` for the legacy aliases also accepted on input)."""
         return {f.name for f in dataclasses.fields(cls)}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> VariantConfig:
-        """Builds a config from a plain dict, naming any key the variant does not have."""
-        known = cls.field_names()
-        unknown = sorted(set(data) - known)
+    def input_names(cls) -> set[str]:
+        """Every key :meth:`from_dict` accepts: the fields plus their legacy aliases."""
+        return cls.field_names() | set(cls.legacy_aliases)
+
+    @classmethod
+    def canonical_dict(cls, data: Mapping[str, Any]) -> dict[str, Any]:
+        """``data`` with each legacy alias replaced by the field it stands for.
+
+        An alias given beside its field with another value is an error naming both (which of the
+        two was meant cannot be guessed); with the same value it is simply dropped.
+        """
+        out = dict(data)
+        for alias, name in cls.legacy_aliases.items():
+            if alias not in out:
+                continue
+            value = out.pop(alias)
+            if name in out and out[name] != value:
+                raise ConfigError(
+                    f"{name}={out[name]!r} and {alias}={value!r} disagree: {alias} is the legacy "
+                    f"name of {name}; give only {name}"
+                )
+            out[name] = value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> VariantConfig:
+        """Builds a validated config from a plain dict (legacy aliases mapped to their fields),
+        naming any key the variant does not have."""
+        unknown = sorted(set(data) - cls.input_names())
         if unknown:
             raise ConfigError(
-                f"{cls.__name__} has no field(s) {unknown}; valid fields: {sorted(known)}"
+                f"{cls.__name__} has no field(s) {unknown}; "
+                f"valid fields: {sorted(cls.field_names())}"
             )
-        cfg = cls(**data)
+        cfg = cls(**cls.canonical_dict(data))
         cfg.validate()
         return cfg
+
+    @classmethod
+    def resolve_stored(cls, data: Mapping[str, Any]) -> dict[str, Any]:
+        """A stored config as this version resolves it: legacy aliases mapped, defaults filled in.
+
+        For reading records: a run's resolved config (or, in records that kept only the
+        overrides, those overrides) becomes the full dict :meth:`to_dict` would write. Never
+        raises: a stored config that no longer validates is kept as stored, over the defaults,
+        so an old record still gets a label.
+        """
+        try:
+            canonical = cls.canonical_dict(data)
+        except ConfigError:
+            canonical = dict(data)
+        try:
+            return cls.from_dict(canonical).to_dict()
+        except Exception:  # any failure of a plugin's config: fall back rather than lose the row
+            try:
+                defaults = cls().to_dict()
+            except Exception:
+                defaults = {}
+            return {**defaults, **canonical}
 
 
 def _check_int(cfg: Any, name: str, *, minimum: int | None = None) -> int:
@@ -131,7 +195,12 @@ def check_bool(cfg: Any, name: str) -> bool:
 
 def check_positive_float(cfg: Any, name: str) -> float:
     value = getattr(cfg, name)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
         raise ConfigError(f"{name}={value!r} must be a finite number > 0")
     return float(value)
 
@@ -155,7 +224,9 @@ def is_adaptable(module: nn.Module) -> bool:
     return isinstance(module, nn.Linear) or is_conv1d(module)
 
 
-def add_low_rank(base_out: torch.Tensor, h: torch.Tensor, b_t: torch.Tensor, scale: float) -> torch.Tensor:
+def add_low_rank(
+    base_out: torch.Tensor, h: torch.Tensor, b_t: torch.Tensor, scale: float
+) -> torch.Tensor:
     """``base_out + scale * (h @ b_t)`` for ``h`` (..., r) and ``b_t`` (r, out).
 
     One fused GEMM (``addmm``: the scale and the add ride along with the matrix product) instead of
@@ -165,7 +236,9 @@ def add_low_rank(base_out: torch.Tensor, h: torch.Tensor, b_t: torch.Tensor, sca
     if h.dtype != base_out.dtype:
         h = h.to(base_out.dtype)
         b_t = b_t.to(base_out.dtype)
-    out = torch.addmm(base_out.reshape(-1, base_out.shape[-1]), h.reshape(-1, h.shape[-1]), b_t, alpha=scale)
+    out = torch.addmm(
+        base_out.reshape(-1, base_out.shape[-1]), h.reshape(-1, h.shape[-1]), b_t, alpha=scale
+    )
     return out.view(base_out.shape)
 
 
@@ -275,7 +348,9 @@ class AdapterLayer(nn.Module):
         self.merged = False
 
     def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, r={self.rank()}, merged={self.merged}"
+        return (
+            f"in={self.in_features}, out={self.out_features}, r={self.rank()}, merged={self.merged}"
+        )
 
 
 class Variant(nn.Module):
@@ -285,6 +360,23 @@ class Variant(nn.Module):
     ``lorabench list variants``), ``version`` (bump when the maths changes: recorded with
     results), ``config_class``, ``layer_class``, and ``init_equals_base`` (the adapted model
     equals the base model at initialisation, as the paper says; DoRA, LoRA and DyLoRA do).
+
+    Facts that reports read, all optional (a plugin that sets none still reports as its
+    registered name with ``r=<r>``):
+
+    * ``display_name``: the name as papers print it ("LoRA"); default: the registered name.
+      Read from the class that sets it only, so a subclass registered under its own name does
+      not print as its parent.
+    * ``report_order``: the position of the variant's rows, legends and colour (lower first);
+      default None: after the variants that set one, alphabetically. Not inherited either.
+    * ``adaptive_rank``: its ranks change during training (AdaLoRA): reports draw its final
+      per-matrix allocation.
+    * ``multi_rank_eval``: one training is evaluated at several ranks (DyLoRA): reports draw
+      its score-vs-rank curve from that one run.
+    * ``label_fields``: the config fields :meth:`rank_label` (and :meth:`report_name`) show, so
+      a report does not repeat them among a row's other settings.
+    * :meth:`report_name` and :meth:`rank_label`: a report row's label, computed from a run's
+      resolved config (and its final ranks), e.g. ``"LoRA" + "r=8"``.
 
     An instance is created per attached adapter and holds state shared by its layers. The hooks
     are called by :class:`~lorabench.variants.adapter.Adapter`, which the training loop drives.
@@ -296,6 +388,46 @@ class Variant(nn.Module):
     config_class: ClassVar[type[VariantConfig]] = VariantConfig
     layer_class: ClassVar[type[AdapterLayer]] = AdapterLayer
     init_equals_base: ClassVar[bool] = True
+
+    # -- facts for reports (defaults suit a plugin that sets none of them) ----------------------
+    display_name: ClassVar[str] = ""
+    report_order: ClassVar[int | None] = None
+    adaptive_rank: ClassVar[bool] = False
+    multi_rank_eval: ClassVar[bool] = False
+    label_fields: ClassVar[frozenset[str]] = frozenset({"r"})
+
+    @classmethod
+    def report_name(cls, config: Mapping[str, Any] | None = None) -> str:
+        """The variant's name in a report row for a run of resolved ``config`` ("LoRA";
+        LoRA overrides it to read "rsLoRA" when ``use_rslora`` is on)."""
+        # vars(cls), not cls.display_name: a LoRA subclass registered as "my-lora" is another
+        # variant and must not print as "LoRA".
+        return vars(cls).get("display_name") or cls.name
+
+    @classmethod
+    def report_position(cls) -> int | None:
+        """``report_order`` as set on this class itself (None: after the ordered variants)."""
+        return vars(cls).get("report_order")
+
+    @classmethod
+    def rank_label(cls, config: Mapping[str, Any], ranks: Mapping[str, float] | None = None) -> str:
+        """How a report labels the rank of a run with resolved ``config``: ``"r=8"``.
+
+        ``ranks`` are the final per-matrix ranks of the runs of one report row (averaged over
+        them), when known; variants whose rank moves during training use them (AdaLoRA prints
+        its final mean rank when it misses the target). Computed from the config, never parsed
+        from a label. An empty string when the config names no rank.
+        """
+        r = config.get("r")
+        return "" if r is None else f"r={r}"
+
+    @classmethod
+    def report_label(
+        cls, config: Mapping[str, Any], ranks: Mapping[str, float] | None = None
+    ) -> str:
+        """:meth:`report_name` and :meth:`rank_label` together: ``"LoRA r=8"``."""
+        parts = (cls.report_name(config), cls.rank_label(config, ranks))
+        return " ".join(p for p in parts if p)
 
     def __init__(self, config: VariantConfig) -> None:
         super().__init__()

@@ -32,6 +32,7 @@ Defaults follow PEFT's ``LoraConfig(use_dora=True)``: r = 8, alpha = 8, dropout 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -40,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lorabench.variants.base import AdapterLayer, Variant
-from lorabench.variants.lora import LoRAConfig
+from lorabench.variants.lora import LoRAConfig, rslora_name
 from lorabench.variants.registry import VARIANTS
 
 
@@ -64,7 +65,9 @@ class DoRALayer(AdapterLayer):
         # autograd computes B's gradient as h^T @ grad_z, a (r, N) @ (N, out) product, instead of
         # grad_z^T @ h, (out, N) @ (N, r), which BLAS runs several times slower (measured 1.6 ms
         # vs 0.3 ms per layer at N = 2048, out = 384, r = 8 on CPU). Values and shape are as PEFT's.
-        self.lora_B = nn.Parameter(torch.zeros(r, self.out_features, dtype=w.dtype, device=w.device).T)
+        self.lora_B = nn.Parameter(
+            torch.zeros(r, self.out_features, dtype=w.dtype, device=w.device).T
+        )
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         # m = ||W + s B A||_row with B = 0, computed by the same code as in forward so that
         # g = m / norm is exactly 1 at initialisation.
@@ -91,7 +94,9 @@ class DoRALayer(AdapterLayer):
         lead = base_out.shape[:-1]
         if not use_dropout:
             # z = W x + bias + s * B h in one gemm-accumulate into the base output: (N, out)
-            z = torch.addmm(base_out.reshape(-1, self.out_features), h, self.lora_B.T, alpha=self.scaling)
+            z = torch.addmm(
+                base_out.reshape(-1, self.out_features), h, self.lora_B.T, alpha=self.scaling
+            )
             if bias is None:
                 return (g * z).reshape(*lead, self.out_features).to(base_out.dtype)
             # y = g * z + (1 - g) * bias = W x + bias + (g - 1) W x + g s B h
@@ -113,7 +118,9 @@ class DoRALayer(AdapterLayer):
     def merged_weight(self) -> torch.Tensor:
         """``W' = g * (W + s B A)`` in (out, in) layout; the bias is not rescaled."""
         w = self.base_weight()
-        direction = torch.addmm(w, self.lora_B.to(w.dtype), self.lora_A.to(w.dtype), alpha=self.scaling)
+        direction = torch.addmm(
+            w, self.lora_B.to(w.dtype), self.lora_A.to(w.dtype), alpha=self.scaling
+        )
         g = self.magnitude.to(w.dtype) / torch.linalg.vector_norm(direction, dim=1)
         return g[:, None] * direction
 
@@ -133,6 +140,14 @@ class DoRA(Variant):
     config_class = DoRAConfig
     layer_class = DoRALayer
     init_equals_base = True
+    display_name = "DoRA"
+    report_order = 1
+    label_fields = frozenset({"r", "use_rslora"})
+
+    @classmethod
+    def report_name(cls, config: Mapping[str, Any] | None = None) -> str:
+        """ "DoRA", or "rsDoRA" for a run with ``use_rslora``."""
+        return rslora_name(super().report_name(config), config)
 
     @classmethod
     def search_space(cls) -> dict[str, Any]:

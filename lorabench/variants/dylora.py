@@ -33,6 +33,7 @@ Departures from the authors' code, on purpose:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -94,8 +95,12 @@ class DyLoRALayer(AdapterLayer):
         super().__init__(base_layer, config, variant)
         w = base_layer.weight
         r_max = config.r
-        self.lora_A = nn.Parameter(torch.empty(r_max, self.in_features, dtype=w.dtype, device=w.device))
-        self.lora_B = nn.Parameter(torch.zeros(self.out_features, r_max, dtype=w.dtype, device=w.device))
+        self.lora_A = nn.Parameter(
+            torch.empty(r_max, self.in_features, dtype=w.dtype, device=w.device)
+        )
+        self.lora_B = nn.Parameter(
+            torch.zeros(self.out_features, r_max, dtype=w.dtype, device=w.device)
+        )
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
 
     def truncated_factors(self, b: int, *, freeze_lower: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -133,6 +138,21 @@ class DyLoRA(Variant):
     config_class = DyLoRAConfig
     layer_class = DyLoRALayer
     init_equals_base = True
+    display_name = "DyLoRA"
+    report_order = 3
+    multi_rank_eval = True
+    label_fields = frozenset({"r", "r_min"})
+
+    @classmethod
+    def rank_label(cls, config: Mapping[str, Any], ranks: Mapping[str, float] | None = None) -> str:
+        """``"r≤8"``: trained for every rank up to r_max (``"r=2..8"`` when r_min is not 1).
+
+        A record's ``ranks`` are its evaluation rank and say nothing new, so they are ignored.
+        """
+        r, r_min = config.get("r"), config.get("r_min", 1)
+        if r is None:
+            return ""
+        return f"r≤{r}" if r_min in (None, 1) else f"r={r_min}..{r}"
 
     def __init__(self, config: DyLoRAConfig) -> None:
         super().__init__(config)

@@ -10,6 +10,7 @@ zero, so the adapted model equals the base model at initialisation. Defaults fol
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -45,6 +46,12 @@ class LoRAConfig(VariantConfig):
         return self.alpha / math.sqrt(r) if self.use_rslora else self.alpha / r
 
 
+def rslora_name(name: str, config: Mapping[str, Any] | None) -> str:
+    """``name`` prefixed with "rs" when ``config`` turns on rsLoRA scaling ("rsLoRA", "rsDoRA"),
+    so that a report never shows the two scalings under one name."""
+    return f"rs{name}" if config and config.get("use_rslora") is True else name
+
+
 class LoRALayer(AdapterLayer):
     """A frozen base layer plus ``s * B A``."""
 
@@ -56,7 +63,9 @@ class LoRALayer(AdapterLayer):
         r = config.r
         self.scaling = config.scaling()
         self.lora_A = nn.Parameter(torch.empty(r, self.in_features, dtype=w.dtype, device=w.device))
-        self.lora_B = nn.Parameter(torch.zeros(self.out_features, r, dtype=w.dtype, device=w.device))
+        self.lora_B = nn.Parameter(
+            torch.zeros(self.out_features, r, dtype=w.dtype, device=w.device)
+        )
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
 
     def adapter_forward(self, x: torch.Tensor, base_out: torch.Tensor) -> torch.Tensor:
@@ -75,11 +84,22 @@ class LoRA(Variant):
     """LoRA: a trainable low-rank update s*B@A on frozen weights (rsLoRA scaling optional)."""
 
     name = "lora"
-    description = "LoRA: trainable low-rank update s*B@A on frozen weights (rsLoRA scaling optional)"
+    description = (
+        "LoRA: trainable low-rank update s*B@A on frozen weights (rsLoRA scaling optional)"
+    )
     version = "1"
     config_class = LoRAConfig
     layer_class = LoRALayer
     init_equals_base = True
+    display_name = "LoRA"
+    report_order = 0
+    label_fields = frozenset({"r", "use_rslora"})
+
+    @classmethod
+    def report_name(cls, config: Mapping[str, Any] | None = None) -> str:
+        """ "LoRA", or "rsLoRA" for a run with ``use_rslora`` (another scaling, another method
+        in the rsLoRA paper's tables)."""
+        return rslora_name(super().report_name(config), config)
 
     @classmethod
     def search_space(cls) -> dict[str, Any]:

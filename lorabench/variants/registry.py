@@ -1,4 +1,5 @@
-"""The variant registry: ``@VARIANTS.register("name")`` and the ``lorabench.variants`` entry points."""
+"""The variant registry: ``@VARIANTS.register("name")`` and the ``lorabench.variants`` entry
+points."""
 
 from __future__ import annotations
 
@@ -54,5 +55,6 @@ def get_variant(name: str):
 
 
 def list_variants(pattern: str | list[str] = "*") -> list[str]:
-    """Registered variant names matching a shell-style wildcard, e.g. ``list_variants("*lora*")``."""
+    """Registered variant names matching a shell-style wildcard, e.g.
+    ``list_variants("*lora*")``."""
     return VARIANTS.list(pattern)

@@ -42,7 +42,9 @@ def find_targets(model: nn.Module, patterns: list[str] | str) -> dict[str, nn.Mo
         try:
             hits = [n for n in named if n and pattern_matches(pattern, n)]
         except re.error as exc:
-            raise ConfigError(f"target_modules pattern {pattern!r} is not a valid regex: {exc}") from exc
+            raise ConfigError(
+                f"target_modules pattern {pattern!r} is not a valid regex: {exc}"
+            ) from exc
         if not hits:
             raise ConfigError(_no_match_message(pattern, adaptable))
         wrong_type = [n for n in hits if not is_adaptable(named[n])]
@@ -74,5 +76,6 @@ def _no_match_message(pattern: str, adaptable: list[str]) -> str:
     hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     return (
         f"target_modules pattern {pattern!r} matches no module of this model.{hint} "
-        f"Adaptable module names (last component): {leaves}; full names look like {_sample(adaptable, 3)}."
+        f"Adaptable module names (last component): {leaves}; "
+        f"full names look like {_sample(adaptable, 3)}."
     )

@@ -64,7 +64,12 @@ class VeRAConfig(VariantConfig):
     def validate(self) -> None:
         super().validate()
         value = self.d_initial
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value == 0:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or value == 0
+        ):
             # d = 0 together with b = 0 gives both vectors a zero gradient: nothing would train.
             raise ConfigError(
                 f"d_initial={value!r} must be a finite non-zero number (d = 0 and b = 0 leave both "
@@ -75,7 +80,8 @@ class VeRAConfig(VariantConfig):
 
 
 def kaiming_uniform_projection(shape: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
-    """A float32 CPU matrix drawn as PEFT's VeRA draws it: U(-b, b), b = sqrt(3) * sqrt(2) / sqrt(fan_in)."""
+    """A float32 CPU matrix drawn as PEFT's VeRA draws it: U(-b, b) with
+    b = sqrt(3) * sqrt(2) / sqrt(fan_in)."""
     fan_in = shape[1]
     bound = math.sqrt(3.0) * math.sqrt(2.0) / math.sqrt(fan_in)
     return torch.empty(shape).uniform_(-bound, bound, generator=generator)
@@ -89,8 +95,12 @@ class VeRALayer(AdapterLayer):
     def __init__(self, base_layer: nn.Module, config: VeRAConfig, variant: VeRA) -> None:
         super().__init__(base_layer, config, variant)
         w = base_layer.weight
-        self.vera_lambda_d = nn.Parameter(torch.full((config.r,), float(config.d_initial), dtype=w.dtype, device=w.device))
-        self.vera_lambda_b = nn.Parameter(torch.zeros(self.out_features, dtype=w.dtype, device=w.device))
+        self.vera_lambda_d = nn.Parameter(
+            torch.full((config.r,), float(config.d_initial), dtype=w.dtype, device=w.device)
+        )
+        self.vera_lambda_b = nn.Parameter(
+            torch.zeros(self.out_features, dtype=w.dtype, device=w.device)
+        )
 
     def projections(self) -> tuple[torch.Tensor, torch.Tensor]:
         """This layer's slices of the shared matrices: A_s (r, in) and B_s (out, r)."""
@@ -115,11 +125,15 @@ class VeRA(Variant):
     """VeRA: frozen shared random projections, trainable per-layer scaling vectors d and b."""
 
     name = "vera"
-    description = "VeRA: shared frozen random matrices A, B; trains per-layer vectors d (r) and b (out)"
+    description = (
+        "VeRA: shared frozen random matrices A, B; trains per-layer vectors d (r) and b (out)"
+    )
     version = "1"
     config_class = VeRAConfig
     layer_class = VeRALayer
     init_equals_base = True
+    display_name = "VeRA"
+    report_order = 4
 
     vera_A: torch.Tensor
     vera_B: torch.Tensor
@@ -137,8 +151,12 @@ class VeRA(Variant):
         ref = next(iter(targets.values())).weight
         # Non-persistent when not saved, as PEFT does: the model's state_dict then has no copy.
         persistent = bool(self.config.save_projection)
-        self.register_buffer("vera_A", a.to(device=ref.device, dtype=ref.dtype), persistent=persistent)
-        self.register_buffer("vera_B", b.to(device=ref.device, dtype=ref.dtype), persistent=persistent)
+        self.register_buffer(
+            "vera_A", a.to(device=ref.device, dtype=ref.dtype), persistent=persistent
+        )
+        self.register_buffer(
+            "vera_B", b.to(device=ref.device, dtype=ref.dtype), persistent=persistent
+        )
 
     def generate_projections(self, out_max: int, in_max: int) -> tuple[torch.Tensor, torch.Tensor]:
         """A (r, in_max) then B (out_max, r) from a CPU generator seeded with the config's key."""

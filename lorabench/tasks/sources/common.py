@@ -109,7 +109,8 @@ def finalize(
     missing_splits = [s for s in wanted if s not in raw_splits]
     if missing_splits:
         raise TaskDataError(
-            f"{source}: task {spec.name!r} needs split(s) {missing_splits}; found {sorted(raw_splits)}"
+            f"{source}: task {spec.name!r} needs split(s) {missing_splits}; "
+            f"found {sorted(raw_splits)}"
         )
     splits: dict[str, pd.DataFrame] = {}
     for name in wanted:
@@ -121,6 +122,8 @@ def finalize(
             # Empty cells are real in GLUE (a few QQP questions are blank); keep them as "".
             frame[column] = frame[column].fillna("").astype(str)
         frame[spec.label_column] = encode_labels(frame[spec.label_column], spec, where)
-        limit = request.max_train_examples if name == spec.train_split else request.max_eval_examples
+        limit = (
+            request.max_train_examples if name == spec.train_split else request.max_eval_examples
+        )
         splits[name] = subset(frame, limit)
     return TaskData(spec=spec, splits=splits, source=source, extras=dict(extras or {}))

@@ -39,23 +39,37 @@ from lorabench.tasks.sources.common import (
 from lorabench.tasks.spec import MetricSpec, TaskSpec
 
 SPEC_KEYS = {
-    "name", "type", "train", "validation", "text_columns", "label_column", "label_names",
-    "metrics", "primary_metric", "description", "version",
+    "name",
+    "type",
+    "train",
+    "validation",
+    "text_columns",
+    "label_column",
+    "label_names",
+    "metrics",
+    "primary_metric",
+    "description",
+    "version",
 }
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
 
 def read_table(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
-    """A CSV, TSV or JSONL file as a DataFrame; text cells stay text ("NA" is not a missing value)."""
+    """A CSV, TSV or JSONL file as a DataFrame; text cells stay text ("NA" is not a missing
+    value)."""
     if not path.is_file():
         raise DataNotFoundError(f"custom task file {path} does not exist")
     suffix = path.suffix.lower()
     if suffix in {".csv", ".tsv"}:
-        frame = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", keep_default_na=False, na_values=[""])
+        frame = pd.read_csv(
+            path, sep="\t" if suffix == ".tsv" else ",", keep_default_na=False, na_values=[""]
+        )
     elif suffix in {".jsonl", ".ndjson"}:
         frame = pd.read_json(path, lines=True, dtype=False)
     else:
-        raise TaskDataError(f"custom task file {path}: unsupported format {suffix!r}; use .csv, .tsv or .jsonl")
+        raise TaskDataError(
+            f"custom task file {path}: unsupported format {suffix!r}; use .csv, .tsv or .jsonl"
+        )
     if columns is not None:
         require_columns(frame.columns, columns, str(path))
     return frame
@@ -80,7 +94,8 @@ def _infer_label_names(labels: pd.Series) -> tuple[str, ...]:
 
 
 def read_custom_spec(yaml_path: str | Path) -> TaskSpec:
-    """Parses and checks a custom task YAML (and the columns of its files) without registering it."""
+    """Parses and checks a custom task YAML (and the columns of its files) without registering
+    it."""
     path = Path(yaml_path).expanduser().resolve()
     if not path.is_file():
         raise DataNotFoundError(f"custom task spec {path} does not exist")
@@ -99,10 +114,14 @@ def read_custom_spec(yaml_path: str | Path) -> TaskSpec:
 
     name = str(raw["name"]).lower()
     if not _NAME.match(name):
-        raise TaskDataError(f"{path}: task name {raw['name']!r} must be letters, digits, '.', '_' or '-'")
+        raise TaskDataError(
+            f"{path}: task name {raw['name']!r} must be letters, digits, '.', '_' or '-'"
+        )
     task_type = raw.get("type", "classification")
     if task_type not in ("classification", "regression"):
-        raise TaskDataError(f"{path}: type must be 'classification' or 'regression', got {task_type!r}")
+        raise TaskDataError(
+            f"{path}: type must be 'classification' or 'regression', got {task_type!r}"
+        )
     text_columns = _as_list(raw["text_columns"], "text_columns", path)
     if len(text_columns) > 2:
         raise TaskDataError(f"{path}: text_columns takes one column or a pair, got {text_columns}")
@@ -110,7 +129,11 @@ def read_custom_spec(yaml_path: str | Path) -> TaskSpec:
     if label_column in text_columns:
         raise TaskDataError(f"{path}: label_column {label_column!r} is also a text column")
 
-    evals = raw["validation"] if isinstance(raw["validation"], dict) else {"validation": raw["validation"]}
+    evals = (
+        raw["validation"]
+        if isinstance(raw["validation"], dict)
+        else {"validation": raw["validation"]}
+    )
     if not evals:
         raise TaskDataError(f"{path}: 'validation' needs at least one file")
     if "train" in evals:
@@ -124,10 +147,19 @@ def read_custom_spec(yaml_path: str | Path) -> TaskSpec:
     if task_type == "classification":
         given = raw.get("label_names")
         if given is not None and (not isinstance(given, list) or len(given) < 2):
-            raise TaskDataError(f"{path}: label_names must be a list of at least two names, got {given!r}")
-        label_names = tuple(str(v) for v in given) if given else _infer_label_names(frames["train"][label_column])
+            raise TaskDataError(
+                f"{path}: label_names must be a list of at least two names, got {given!r}"
+            )
+        label_names = (
+            tuple(str(v) for v in given)
+            if given
+            else _infer_label_names(frames["train"][label_column])
+        )
         if len(label_names) < 2:
-            raise TaskDataError(f"{path}: the training labels in {label_column!r} have fewer than two classes: {list(label_names)}")
+            raise TaskDataError(
+                f"{path}: the training labels in {label_column!r} have fewer than two classes: "
+                f"{list(label_names)}"
+            )
     elif raw.get("label_names"):
         raise TaskDataError(f"{path}: a regression task has no label_names")
 
@@ -139,10 +171,15 @@ def read_custom_spec(yaml_path: str | Path) -> TaskSpec:
         if (metric in REGRESSION_METRICS) != (task_type == "regression"):
             raise TaskDataError(f"{path}: metric {metric!r} does not apply to a {task_type} task")
         if metric == "f1" and label_names is not None and len(label_names) != 2:
-            raise TaskDataError(f"{path}: 'f1' is binary (positive class id 1); use 'f1_macro' for {len(label_names)} classes")
+            raise TaskDataError(
+                f"{path}: 'f1' is binary (positive class id 1); "
+                f"use 'f1_macro' for {len(label_names)} classes"
+            )
     primary = str(raw.get("primary_metric", metric_names[0]))
     if primary not in metric_names:
-        raise TaskDataError(f"{path}: primary_metric {primary!r} is not among metrics {metric_names}")
+        raise TaskDataError(
+            f"{path}: primary_metric {primary!r} is not among metrics {metric_names}"
+        )
 
     spec = TaskSpec(
         name=name,
@@ -177,8 +214,9 @@ def register_custom_task(yaml_path: str | Path, *, overwrite: bool = False) -> T
         existing = TASKS.get(spec.name)
         if existing.source != "custom":
             raise ValueError(
-                f"custom task {spec.name!r} from {spec.options['spec_file']} clashes with the registered "
-                f"task of that name ({existing.source}); rename it in the YAML or pass overwrite=True"
+                f"custom task {spec.name!r} from {spec.options['spec_file']} "
+                f"clashes with the registered task of that name ({existing.source}); "
+                "rename it in the YAML or pass overwrite=True"
             )
     TASKS.add(spec, overwrite=True)
     return spec

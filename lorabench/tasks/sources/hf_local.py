@@ -38,7 +38,11 @@ def _split_aliases(split: str) -> list[str]:
 def _parquet_files(folder: Path, split: str) -> list[Path]:
     for name in _split_aliases(split):
         files = sorted(
-            {*folder.glob(f"{name}.parquet"), *folder.glob(f"{name}-*.parquet"), *folder.glob(f"{name}/*.parquet")}
+            {
+                *folder.glob(f"{name}.parquet"),
+                *folder.glob(f"{name}-*.parquet"),
+                *folder.glob(f"{name}/*.parquet"),
+            }
         )
         if files:
             return files
@@ -51,7 +55,8 @@ def check_label_names(spec: TaskSpec, names: list[str] | None, where: str) -> No
     if tuple(names) != tuple(spec.label_names or ()):
         raise TaskDataError(
             f"{where}: the copy's label names {list(names)} differ from task {spec.name!r}'s "
-            f"{list(spec.label_names or ())} (the nyu-mll/glue order); re-export it from nyu-mll/glue"
+            f"{list(spec.label_names or ())} (the nyu-mll/glue order); "
+            "re-export it from nyu-mll/glue"
         )
 
 
@@ -77,7 +82,8 @@ def read_parquet_folder(spec: TaskSpec, folder: Path) -> dict[str, pd.DataFrame]
             present = sorted(str(p.relative_to(folder)) for p in folder.rglob("*.parquet"))
             raise DataNotFoundError(
                 f"task {spec.name!r}: no parquet file for split {split!r} in {folder} (looked for "
-                f"{split}.parquet, {split}-*.parquet, {split}/*.parquet); parquet files there: {present}"
+                f"{split}.parquet, {split}-*.parquet, {split}/*.parquet); "
+                f"parquet files there: {present}"
             )
         check_label_names(spec, _parquet_label_names(files[0], spec.label_column), str(files[0]))
         splits[split] = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
@@ -97,7 +103,8 @@ def read_save_to_disk(spec: TaskSpec, folder: Path) -> dict[str, pd.DataFrame]:
     if not isinstance(loaded, DatasetDict):
         raise TaskDataError(
             f"{folder} holds a single Dataset; task {spec.name!r} needs a DatasetDict with splits "
-            f"{[spec.train_split, *spec.eval_splits]} (save the whole DatasetDict with save_to_disk)"
+            f"{[spec.train_split, *spec.eval_splits]} "
+            "(save the whole DatasetDict with save_to_disk)"
         )
     splits: dict[str, pd.DataFrame] = {}
     for split in (spec.train_split, *spec.eval_splits):

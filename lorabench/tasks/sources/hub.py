@@ -26,7 +26,10 @@ _TRUE = {"1", "true", "yes", "on"}
 
 def offline_mode() -> bool:
     """True when the user told Hugging Face libraries to stay offline."""
-    return any(os.environ.get(v, "").strip().lower() in _TRUE for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+    return any(
+        os.environ.get(v, "").strip().lower() in _TRUE
+        for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    )
 
 
 def hub_endpoint() -> str:
@@ -78,12 +81,15 @@ def read_hub(spec: TaskSpec) -> tuple[dict[str, pd.DataFrame], str]:
     try:
         from datasets import load_dataset
     except ImportError as exc:
-        raise _no_hub_error(spec, "the datasets package is not installed (pip install 'lorabench[hub]')") from exc
+        raise _no_hub_error(
+            spec, "the datasets package is not installed (pip install 'lorabench[hub]')"
+        ) from exc
     if not offline_mode():
         reason = probe_hub()
         if reason is not None:
             raise _no_hub_error(
-                spec, f"{reason}; if nyu-mll/glue is in your Hugging Face cache, set HF_HUB_OFFLINE=1"
+                spec,
+                f"{reason}; if nyu-mll/glue is in your Hugging Face cache, set HF_HUB_OFFLINE=1",
             )
     try:
         loaded = load_dataset(hub["path"], hub["name"])
@@ -94,7 +100,9 @@ def read_hub(spec: TaskSpec) -> tuple[dict[str, pd.DataFrame], str]:
     splits: dict[str, pd.DataFrame] = {}
     for split in (spec.train_split, *spec.eval_splits):
         if split not in loaded:
-            raise DataNotFoundError(f"{hub['path']}/{hub['name']} has no split {split!r}; it has {sorted(loaded)}")
+            raise DataNotFoundError(
+                f"{hub['path']}/{hub['name']} has no split {split!r}; it has {sorted(loaded)}"
+            )
         feature = loaded[split].features.get(spec.label_column)
         check_label_names(spec, getattr(feature, "names", None), f"{hub['path']}/{hub['name']}")
         splits[split] = loaded[split].to_pandas()

@@ -42,7 +42,9 @@ def _resolve_positions(
             positions[canonical] = field
             continue
         if header is None:
-            raise ValueError(f"tsv layout of {path} names column {field!r} but the file has no header")
+            raise ValueError(
+                f"tsv layout of {path} names column {field!r} but the file has no header"
+            )
         if field not in header:
             raise TaskDataError(
                 f"{path}: header has no column {field!r} (needed for {canonical!r}); the header is "
@@ -80,7 +82,9 @@ def read_tsv(
     return pd.DataFrame(rows, columns=list(positions), dtype=object), skipped
 
 
-def read_glue_tsv_folder(spec: TaskSpec, folder: Path) -> tuple[dict[str, pd.DataFrame], dict[str, int]]:
+def read_glue_tsv_folder(
+    spec: TaskSpec, folder: Path
+) -> tuple[dict[str, pd.DataFrame], dict[str, int]]:
     """Every split the spec needs from ``folder``; also the skipped-row count per split.
 
     Skipped rows raise one :class:`MalformedRowsWarning` per file, naming the file and the count.
@@ -97,7 +101,9 @@ def read_glue_tsv_folder(spec: TaskSpec, folder: Path) -> tuple[dict[str, pd.Dat
                 f"task {spec.name!r}: {path} not found (the {split!r} split); files in {folder}: "
                 f"{present}. Expected the official GLUE layout: {sorted(layout['files'].values())}"
             )
-        frame, bad = read_tsv(path, layout["columns"], header=layout["header"], label_column=spec.label_column)
+        frame, bad = read_tsv(
+            path, layout["columns"], header=layout["header"], label_column=spec.label_column
+        )
         if bad:
             warnings.warn(
                 f"{path}: skipped {bad} malformed row(s) with missing fields; kept {len(frame)}",

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import NEUTRAL, POSITIVE
 
 from lorabench.cli import regress_cmd
 from lorabench.cli.main import main
@@ -413,63 +414,8 @@ def test_ci_preset_is_valid_offline_and_runs_all_five_variants():
 # -- end to end on a tiny model ----------------------------------------------------------------
 
 TINY_TASK = "regress-planted-tiny"
-WORDS = [
-    "good",
-    "great",
-    "fine",
-    "nice",
-    "happy",
-    "the",
-    "a",
-    "cat",
-    "dog",
-    "house",
-    "tree",
-    "car",
-    "road",
-    "sky",
-    "sun",
-    "moon",
-    "river",
-    "stone",
-    "table",
-    "chair",
-    "book",
-    "paper",
-    "green",
-    "blue",
-    "red",
-    "small",
-    "big",
-    "old",
-    "new",
-    "runs",
-    "sits",
-    "walks",
-    "sees",
-    "has",
-    "is",
-    "was",
-    "on",
-    "in",
-    "under",
-    "over",
-    "near",
-    "far",
-    "and",
-    "or",
-    "but",
-    "with",
-    "without",
-    "every",
-    "some",
-    "many",
-    "few",
-    "day",
-    "night",
-    "city",
-    "field",
-]
+# The tiny vocabulary conftest builds its toy task and tiny BERT from.
+WORDS = POSITIVE + NEUTRAL
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,14 @@ examples:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds the arguments of ``lorabench list`` to ``parser``."""
     parser.add_argument("what", choices=["variants", "tasks"], help="what to list")
     parser.add_argument("pattern", nargs="?", default="*", help="shell-style wildcard (default: *)")
 
 
 def run(args: argparse.Namespace) -> int:
+    """Runs ``lorabench list``; returns the exit code (0 listed, 1 when nothing matches the
+    pattern)."""
     if args.what == "variants":
         from lorabench.variants import VARIANTS as registry
     else:
@@ -53,6 +56,8 @@ def task_row(name: str) -> list[str]:
 
 
 def print_task_table(names: list[str]) -> None:
+    """Prints one aligned row per task (see :func:`task_row`) under a header, then the key to
+    the metric marks."""
     rows = [["task", "source", "type", "metrics", "description"], *(task_row(n) for n in names)]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for row in rows:

@@ -22,6 +22,8 @@ COMMANDS: dict[str, str] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``lorabench`` parser with one subcommand per entry of :data:`COMMANDS`; imports each
+    command's module (not its heavy dependencies)."""
     parser = argparse.ArgumentParser(
         prog="lorabench",
         description=(
@@ -45,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Runs the command line ``argv`` (default: ``sys.argv[1:]``); returns the exit code: the
+    command's, 2 with no command (after printing help), 130 when interrupted."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):

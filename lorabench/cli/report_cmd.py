@@ -25,6 +25,7 @@ examples:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds the flags of ``lorabench report`` to ``parser``."""
     parser.add_argument(
         "--results",
         default="runs/results.db",
@@ -45,6 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Runs ``lorabench report``: writes the report and prints its notes, the Markdown table and
+    what was drawn; returns the exit code (0 written, 2 when the database cannot be read)."""
     from lorabench.reports import generate_report
     from lorabench.results.store import ResultStoreError
 

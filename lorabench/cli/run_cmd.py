@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from lorabench.cli.common import add_threads_argument, set_threads, threads_error
+
 HELP = "run a benchmark suite: variants x tasks x seeds under one compute budget"
 _DESCRIPTION = """Train and evaluate adapter variants on tasks, every run under the same compute
 budget, and store one record per run in a results database (resumable: finished runs are
@@ -44,6 +46,8 @@ DESCRIPTION = _DESCRIPTION.replace("{presets}", _preset_lines())
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds the flags of ``lorabench run`` to ``parser``, in three groups (what to run, the
+    training recipe, output); the help shows the defaults of :class:`TrainConfig`."""
     from lorabench.harness.config import DEFAULT_BUDGET, TrainConfig
     from lorabench.harness.suite import list_presets
 
@@ -163,15 +167,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     output.add_argument(
         "--quiet", action="store_true", help="no progress bars; print only the summary table"
     )
-    output.add_argument(
-        "--threads",
-        type=int,
-        metavar="N",
-        help=(
-            "CPU threads for torch (default: torch's choice; on a shared machine fewer threads "
-            "than cores avoids oversubscription)"
-        ),
-    )
+    add_threads_argument(output)
 
 
 _TRAIN_FLAGS = {
@@ -229,6 +225,9 @@ def build_suite(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    """Runs ``lorabench run`` (or, with ``--dry-run``, lists its runs and whether each is
+    finished); returns the exit code (0 all finished, 1 some run failed, 2 a bad suite, input or
+    results database, found before anything trains)."""
     from lorabench.harness.suite import SuiteConfigError
 
     try:
@@ -236,11 +235,8 @@ def run(args: argparse.Namespace) -> int:
     except SuiteConfigError as exc:
         print(f"lorabench run: {exc}", file=sys.stderr)
         return 2
-    if args.threads is not None and args.threads < 1:
-        print(
-            f"lorabench run: --threads {args.threads} must be >= 1 (e.g. --threads 1)",
-            file=sys.stderr,
-        )
+    if threads_error(args.threads):
+        print(f"lorabench run: {threads_error(args.threads)}", file=sys.stderr)
         return 2
     if not args.dry_run:
         # Before the store is created: a rejected command leaves nothing behind.
@@ -287,10 +283,7 @@ def run(args: argparse.Namespace) -> int:
                 f"seed {cfg.seed}  data {cfg.data_fingerprint[:8]}  [{state}]"
             )
         return 0
-    if args.threads is not None:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     progress = not args.quiet
     try:
         records = run_suite(

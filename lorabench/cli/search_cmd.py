@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lorabench.cli.common import add_threads_argument, set_threads, threads_error
+
 HELP = "search hyper-parameters (rank, alpha, lr, ...) per variant and task under a spend budget"
 DESCRIPTION = """Search each variant's hyper-parameters on each task with Optuna, one study per
 variant x task. A study stops when the total spend of its trials (pruned and failed ones included)
@@ -73,6 +75,8 @@ _YAML_KEYS = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds the flags of ``lorabench search`` to ``parser``; they default to None so that a YAML
+    ``--config`` value shows through (the defaults live in :class:`SearchConfig`)."""
     from lorabench.search.loop import DEFAULT_TRIAL_BUDGET
 
     parser.add_argument(
@@ -144,15 +148,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             "has its trial failed (default 60)"
         ),
     )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        metavar="N",
-        help=(
-            "CPU threads for torch (default: torch's choice; on a shared machine fewer threads "
-            "than cores avoids oversubscription)"
-        ),
-    )
+    add_threads_argument(parser)
     parser.add_argument("--quiet", action="store_true", help="print only the final summary")
     parser.add_argument(
         "--show-space",
@@ -166,6 +162,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Runs ``lorabench search`` (or, with ``--show-space``, prints the spaces); returns the exit
+    code (0 done, 1 a study stopped on a config or results error, 2 a bad setting, space,
+    storage or database, found before any trial trains)."""
     import optuna
 
     from lorabench.harness.config import BenchmarkConfigError
@@ -174,14 +173,11 @@ def run(args: argparse.Namespace) -> int:
     from lorabench.search.loop import prepare_search, run_search
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if args.threads is not None and args.threads < 1:
-        print(f"error: --threads {args.threads} must be >= 1 (e.g. --threads 1)", file=sys.stderr)
+    if threads_error(args.threads):
+        print(f"error: {threads_error(args.threads)}", file=sys.stderr)
         return 2
-    if args.threads is not None:
-        import torch
-
-        # Before the budget probes, so their timings see the threads the trials will use.
-        torch.set_num_threads(args.threads)
+    # Before the budget probes, so their timings see the threads the trials will use.
+    set_threads(args.threads)
     if args.show_space:
         try:
             print(_spaces_text(_settings(args, need_budget=False)))

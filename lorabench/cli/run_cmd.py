@@ -226,7 +226,7 @@ def build_suite(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     """Runs ``lorabench run`` (or, with ``--dry-run``, lists its runs and whether each is
-    finished); returns the exit code (0 all finished, 1 some run failed, 2 a bad suite, input or
+    finished); returns the exit code (0 done, 1 some run failed, 2 a bad flag, suite, input or
     results database, found before anything trains)."""
     from lorabench.harness.suite import SuiteConfigError
 

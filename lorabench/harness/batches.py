@@ -176,6 +176,7 @@ class BatchPlan:
         return self._batches[step]
 
     def epoch(self, step: int) -> int:
+        """The epoch (0-based) that optimiser step ``step``'s batch belongs to."""
         self.indices(step)
         return self._epoch_of[step]
 
@@ -189,6 +190,8 @@ class BatchPlan:
         return int(len(idx) * self.split.lengths[idx].max())
 
     def batch(self, step: int, pad_id: int) -> dict[str, torch.Tensor]:
+        """Step ``step``'s batch as model inputs, padded with ``pad_id`` to its longest example
+        (see :func:`collate`)."""
         return collate(self.split, self.indices(step), pad_id)
 
     def steps_within(

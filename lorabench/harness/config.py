@@ -76,6 +76,8 @@ class Budget:
         return f"{self.kind}={value:g}" if isinstance(value, float) else f"{self.kind}={value}"
 
     def to_dict(self) -> dict[str, Any]:
+        """``{"kind": ..., "limit": ...}``, as records store it (:meth:`RunConfig.from_dict` reads
+        it back)."""
         return {"kind": self.kind, "limit": self.limit}
 
 
@@ -167,6 +169,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """A validated recipe from plain data; missing keys take the defaults, an unknown key is
+        an error listing the valid ones."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -178,6 +182,7 @@ class TrainConfig:
         return cfg
 
     def to_dict(self) -> dict[str, Any]:
+        """Every setting as plain data, defaults included."""
         return dataclasses.asdict(self)
 
 
@@ -206,6 +211,8 @@ class RunConfig:
     model_fingerprint: str = ""  # lorabench.models.model_fingerprint of the model folder
 
     def to_dict(self) -> dict[str, Any]:
+        """Every field as plain data (budget and recipe as dicts): the core of a record's
+        ``config``; :meth:`from_dict` reads it back."""
         return {
             "variant": self.variant,
             "task": self.task,
@@ -223,6 +230,9 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        """Reads :meth:`to_dict`'s output; the budget may also be ``{kind: limit}`` or
+        ``"steps=500"``, and a missing recipe or budget takes the defaults. The recipe is
+        validated."""
         data = dict(data)
         budget = data.get("budget", DEFAULT_BUDGET)
         if isinstance(budget, dict) and "kind" in budget:

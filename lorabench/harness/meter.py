@@ -67,6 +67,8 @@ class Spend:
     stop_reason: str = ""
 
     def add_step(self, tokens: int, padded_tokens: int, seconds: float) -> None:
+        """Counts one optimiser step: its non-padding and padded tokens, its wall-clock seconds,
+        and its FLOPs (padded tokens x ``flops_per_padded_token``)."""
         self.steps += 1
         self.tokens += tokens
         self.padded_tokens += padded_tokens
@@ -75,6 +77,8 @@ class Spend:
         self.flops += padded_tokens * self.flops_per_padded_token
 
     def to_dict(self) -> dict[str, Any]:
+        """The totals as plain data, plus ``flops_per_step`` (mean over the steps taken; 0.0
+        before the first)."""
         out = asdict(self)
         out["flops_per_step"] = self.flops / self.steps if self.steps else 0.0
         return out
@@ -115,6 +119,8 @@ class PeakMemory:
         self.stop()
 
     def stop(self) -> None:
+        """Stops the CPU sampling thread; :attr:`peak` keeps its value. Does nothing on CUDA or
+        when already stopped."""
         if self._thread is not None:
             self._stop.set()
             self._thread.join()
@@ -122,6 +128,8 @@ class PeakMemory:
 
     @property
     def peak(self) -> int:
+        """Peak memory in bytes since entry: CUDA's peak allocated memory, or on CPU the highest
+        resident set size sampled (the whole process; see :attr:`baseline`)."""
         if self.device.type == "cuda":
             return int(torch.cuda.max_memory_allocated(self.device))
         return self._peak

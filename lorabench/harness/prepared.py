@@ -134,6 +134,8 @@ class RunCache:
     def splits(
         self, task_key: tuple, data: TaskData, tokenizer: Any, max_length: int
     ) -> tuple[TokenizedSplit, dict[str, TokenizedSplit]]:
+        """The task's training split and each eval split, tokenised with ``tokenizer`` and
+        truncated to ``max_length`` tokens; done once per task, tokenizer and length."""
         key = (*task_key, getattr(tokenizer, "name_or_path", id(tokenizer)), max_length)
         if key not in self.tokenized:
             spec = data.spec
@@ -177,10 +179,12 @@ class PreparedRun:
 
     @property
     def pad_id(self) -> int:
+        """The tokenizer's padding token id (0 when it has none)."""
         return int(self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0)
 
     @property
     def progress_desc(self) -> str:
+        """``variant/task/seed N``: the run's label on its progress bar."""
         return f"{self.cfg.variant}/{self.cfg.task}/seed {self.cfg.seed}"
 
 

@@ -56,6 +56,7 @@ class VariantEntry:
 
     @property
     def label(self) -> str:
+        """The name alone, or with its overrides sorted by key: ``lora(alpha=32,r=16)``."""
         if not self.config:
             return self.variant
         return (
@@ -232,6 +233,8 @@ class SuiteConfig:
         return self.results or str(Path(self.out) / "results.db")
 
     def to_dict(self) -> dict[str, Any]:
+        """The suite in its YAML layout (seeds as a list, the budget as ``KIND=N``);
+        :meth:`from_dict` reads it back."""
         return {
             "name": self.name,
             "description": self.description,

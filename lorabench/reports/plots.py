@@ -171,6 +171,9 @@ def pareto_front(
 
 # -- score vs parameters ---------------------------------------------------------------------------
 def plot_score_vs_params(data: ReportData) -> Figure | str:
+    """One panel per task: each config's score (mean ± std over seeds, display units) against
+    its trainable adapter parameters on a log axis, with rank labels and the Pareto front
+    circled. Nothing to draw when no finished run records its adapter parameter count."""
     agg = aggregate(data.runs)
     agg = agg[np.isfinite(agg["adapter_params"].astype(float))] if not agg.empty else agg
     if agg.empty:
@@ -254,6 +257,10 @@ def _variants_in_order(variants: pd.Series) -> list[str]:
 
 # -- score vs rank ---------------------------------------------------------------------------------
 def plot_score_vs_rank(data: ReportData) -> Figure | str:
+    """One panel per task: score (mean ± std over seeds) against rank on a log2 axis, a line
+    per variant and recipe trained at each rank, and the one-run curve (with its seed band) of
+    every config that evaluated one training at several ranks (``rank_scores``, e.g. DyLoRA);
+    such a config is drawn only as its curve. Nothing to draw when no run records a rank."""
     curves = _one_run_curves(data)
     # A config with a one-run curve is drawn as that curve, not again as a single point.
     with_curves = {r.run_id for r in data.records if r.rank_scores}
@@ -372,6 +379,10 @@ def is_adaptive(records: list[RunRecord]) -> bool:
 
 
 def plot_rank_allocation(data: ReportData) -> Figure | str:
+    """Heatmaps (layer x adapted matrix) of the final ranks of adaptive configs (see
+    :func:`is_adaptive`), mean over seeds, each task's planted ranks beside them where the runs
+    record them; the first :data:`MAX_HEATMAPS` configs in table order. Nothing to draw when no
+    adaptive run recorded its allocation or no module name carries a layer index."""
     groups: dict[tuple[str, str], list[RunRecord]] = defaultdict(list)
     for r in data.records:
         if r.ranks:
@@ -467,6 +478,9 @@ def _rank_matrix(allocations: list[dict[str, int]]) -> pd.DataFrame:
 
 # -- learning curves -------------------------------------------------------------------------------
 def plot_learning_curves(data: ReportData) -> Figure | str:
+    """One column per task: training loss against optimiser step and, when any run evaluated
+    during training, a second row with the eval score (display units); one line per config,
+    the mean over its seeds. Nothing to draw when no run recorded a curve."""
     rows = []
     for r in data.records:
         config = data.config_of(r)
@@ -550,6 +564,9 @@ def plot_learning_curves(data: ReportData) -> Figure | str:
 
 # -- cost per variant ------------------------------------------------------------------------------
 def plot_costs(data: ReportData) -> Figure | str:
+    """Horizontal bars per config, mean ± std over all its runs, one panel per cost any run
+    recorded: training time (s), peak memory (MiB), saved adapter size (KiB). Nothing to draw
+    when no run recorded any of them."""
     runs = data.runs
     metrics = [
         ("train_seconds", "training time (s)"),
@@ -590,6 +607,10 @@ def plot_costs(data: ReportData) -> Figure | str:
 
 # -- search history --------------------------------------------------------------------------------
 def plot_search_history(data: ReportData) -> Figure | str:
+    """Per study, trial scores and the best so far against trial number and against cumulative
+    spend in the unit of the study's budget (see :data:`SPEND_AXES`); trials without a final
+    score (pruned, failed) show as crosses at the lowest score. Nothing to draw without
+    trials."""
     studies: dict[str, list[RunRecord]] = defaultdict(list)
     for r in data.trials:
         studies[str((r.search or {}).get("study", "?"))].append(r)

@@ -206,6 +206,9 @@ _LATEX_SPECIALS = {
 
 
 def latex_escape(text: str) -> str:
+    """``text`` with the characters plain pdflatex cannot print as they are (``&``, ``%``,
+    ``_``, ``±``, ``→``, ...) replaced by their LaTeX forms; the missing-cell mark becomes
+    ``--``."""
     return "".join(_LATEX_SPECIALS.get(ch, ch) for ch in text)
 
 

@@ -87,16 +87,21 @@ class RunRecord:
     schema_version: int = RECORD_SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
+        """The record as JSON-ready plain data (curve points as dicts, ``rank_scores`` keyed by
+        rank strings)."""
         out = dataclasses.asdict(self)
         if self.rank_scores is not None:  # JSON object keys are strings
             out["rank_scores"] = {str(k): v for k, v in self.rank_scores.items()}
         return out
 
     def to_json(self) -> str:
+        """The record as JSON, keys sorted; values JSON cannot hold are written as strings."""
         return json.dumps(self.to_dict(), sort_keys=True, default=str)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunRecord:
+        """Reads :meth:`to_dict`'s output back; fields this version does not know (from a newer
+        release) are dropped, optional fields an older record lacks take their defaults."""
         data = dict(data)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
@@ -112,4 +117,5 @@ class RunRecord:
 
     @classmethod
     def from_json(cls, text: str) -> RunRecord:
+        """Reads :meth:`to_json`'s output back (see :meth:`from_dict`)."""
         return cls.from_dict(json.loads(text))

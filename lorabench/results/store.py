@@ -349,6 +349,8 @@ class ResultStore:
         return records_to_dataframe(self.records(**filters))
 
     def close(self) -> None:
+        """Closes the pooled database connections (a ``with ResultStore(...)`` block does it on
+        exit)."""
         self.engine.dispose()
 
     def __enter__(self) -> ResultStore:

@@ -61,9 +61,12 @@ class StudySpend:
 
     @property
     def committed(self) -> float:
+        """Ended trials' spend plus what running trials have reserved or reported, whichever is
+        larger: the spend no new trial may count on."""
         return self.ended + self.in_flight
 
     def exhausted(self, budget: Budget) -> bool:
+        """Whether :attr:`committed` has reached ``budget.limit`` (no new trial may start)."""
         return self.committed >= budget.limit
 
 

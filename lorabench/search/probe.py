@@ -42,6 +42,8 @@ class TrialEstimate:
     exact: bool
 
     def describe(self) -> str:
+        """The estimate for messages: ``tokens=51200 over 200 steps``, or with ``~`` and "measured
+        on sample batches" when not exact."""
         if self.exact:
             return f"{self.unit}={self.amount:.6g} over {self.steps} steps"
         return f"{self.unit}~{self.amount:.4g} over {self.steps} steps, measured on sample batches"

@@ -63,6 +63,7 @@ class ParamSpec:
 
     @property
     def is_train(self) -> bool:
+        """Whether the parameter is a training field (named ``train.<field>``)."""
         return self.name.startswith(TRAIN_PREFIX)
 
     @property
@@ -72,9 +73,12 @@ class ParamSpec:
 
     @property
     def is_conditional(self) -> bool:
+        """Whether it depends on an earlier parameter: a ``when`` condition, or a bound that
+        names one."""
         return bool(self.when) or isinstance(self.low, str) or isinstance(self.high, str)
 
     def to_dict(self) -> dict[str, Any]:
+        """The spec in the format it is written in (see the module docstring), without ``name``."""
         out: dict[str, Any] = {"type": self.type}
         if self.type == "categorical":
             out["choices"] = list(self.choices or ())
@@ -106,13 +110,17 @@ class SearchSpace:
 
     @property
     def names(self) -> list[str]:
+        """The parameter names in sampling order."""
         return [p.name for p in self.params]
 
     @property
     def is_conditional(self) -> bool:
+        """Whether any parameter is conditional (see :attr:`ParamSpec.is_conditional`)."""
         return any(p.is_conditional for p in self.params)
 
     def to_dict(self) -> dict[str, Any]:
+        """``{"params": {name: spec}, "fixed": {name: value}}``: what ``--show-space`` prints and
+        :meth:`fingerprint` hashes."""
         return {
             "params": {p.name: p.to_dict() for p in self.params},
             "fixed": dict(self.fixed),

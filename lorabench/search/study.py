@@ -55,9 +55,13 @@ class TrialFailed(Exception):
 class RecordStore(Protocol):
     """What a search needs from :class:`lorabench.results.store.ResultStore`."""
 
-    def add(self, record: RunRecord) -> Any: ...
+    def add(self, record: RunRecord) -> Any:
+        """Stores ``record`` (replacing one with its run_id, unless that one finished)."""
+        ...
 
-    def get(self, run_id: str) -> RunRecord | None: ...
+    def get(self, run_id: str) -> RunRecord | None:
+        """The stored record of ``run_id``, or None."""
+        ...
 
 
 ExecuteRun = Callable[..., RunRecord]
@@ -97,9 +101,13 @@ class SearchConfig:
 
     @property
     def study_name(self) -> str:
+        """``{study}/{variant}/{task}``, the study prefix defaulting to ``lorabench``."""
         return f"{self.study or DEFAULT_STUDY_PREFIX}/{self.variant}/{self.task}"
 
     def validate(self) -> None:
+        """Parses the budgets (``"steps=200"`` becomes a :class:`Budget`) and checks every
+        setting; the error (a :class:`BenchmarkConfigError`) names the setting and what it must
+        be."""
         self.budget = Budget.parse(self.budget)
         self.trial_budget = Budget.parse(self.trial_budget)
         self.train.validate()
@@ -124,6 +132,7 @@ class SearchConfig:
 
     @property
     def pruning(self) -> bool:
+        """Whether trials may be pruned: a pruner is set and the study has one objective."""
         return self.pruner != "none" and not self.multi_objective
 
 
@@ -140,9 +149,12 @@ class PreparedSearch:
 
     @property
     def unit(self) -> str:
+        """The search budget's unit: ``steps``, ``tokens``, ``seconds`` or ``flops``."""
         return self.config.budget.kind
 
     def spend(self) -> StudySpend:
+        """The study's spend so far, read from the storage (every worker's trials); a running
+        trial that reserved nothing counts as one estimated trial (0 before any estimate)."""
         trials = self.study.get_trials(deepcopy=False)
         default = estimate_trial_spend(self.config.trial_budget, self.unit, trials) or 0.0
         return study_spend(trials, self.unit, default)
@@ -398,28 +410,35 @@ class TrialSeededSampler(optuna.samplers.BaseSampler):
         return self._inner[number]
 
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict:
+        """Delegates to the trial's own inner sampler."""
         return self._for(trial.number).infer_relative_search_space(study, trial)
 
     def sample_relative(self, study: optuna.Study, trial: FrozenTrial, search_space: dict) -> dict:
+        """Delegates to the trial's own inner sampler."""
         return self._for(trial.number).sample_relative(study, trial, search_space)
 
     def sample_independent(
         self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: Any
     ) -> Any:
+        """Delegates to the trial's own inner sampler."""
         return self._for(trial.number).sample_independent(
             study, trial, param_name, param_distribution
         )
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        """Delegates to the trial's own inner sampler."""
         self._for(trial.number).before_trial(study, trial)
 
     def after_trial(
         self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Any
     ) -> None:
+        """Delegates to the trial's inner sampler (a fresh one if this process has none), then
+        drops it: the trial is over."""
         inner = self._inner.pop(trial.number, None) or self._factory(self._seed + trial.number)
         inner.after_trial(study, trial, state, values)
 
     def reseed_rng(self) -> None:  # seeds are derived from trial numbers; nothing to reseed
+        """Does nothing: each trial's seed is ``seed + trial.number``."""
         pass
 
 

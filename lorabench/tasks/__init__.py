@@ -25,6 +25,8 @@ def get_task(name: str | TaskSpec) -> TaskSpec:
 
 
 def list_tasks(pattern: str | list[str] = "*") -> list[str]:
+    """Sorted names of the registered tasks (plugins included) matching a shell-style wildcard,
+    or any of several; case-insensitive."""
     return TASKS.list(pattern)
 
 

@@ -41,6 +41,8 @@ class TaskData:
     extras: dict[str, Any] = field(default_factory=dict)
 
     def split(self, name: str) -> pd.DataFrame:
+        """The rows of split ``name``; a KeyError listing the task's splits when it has none of
+        that name."""
         if name not in self.splits:
             raise KeyError(
                 f"task {self.spec.name!r} has no split {name!r}; it has {sorted(self.splits)}"

@@ -79,6 +79,8 @@ class TaskSpec:
         return 1 if self.task_type == "regression" else len(self.label_names or ())
 
     def metric(self, name: str) -> MetricSpec:
+        """The spec of metric ``name``; a KeyError listing the task's metrics when it has none
+        of that name."""
         for m in self.metrics:
             if m.name == name:
                 return m

@@ -109,10 +109,13 @@ def perturb(adapter: Adapter, *, seed: int = 1, scale: float = 0.2) -> None:
 
 
 def clone_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A detached copy of ``model``'s state dict (parameters and buffers), to compare later."""
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def assert_state_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    """Asserts two state dicts have the same keys and bit-identical tensors; the message names
+    the first key that differs."""
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), f"{k} differs"
@@ -508,49 +511,72 @@ class VariantContractTests:
             pytest.skip(str(skip))
 
     def test_init_equals_base(self, variant: str, family: str) -> None:
+        """Outputs unchanged at initialisation (:func:`check_init_equals_base`); skipped for a
+        variant that does not claim it."""
         self._check("init_equals_base", variant, family)
 
     def test_perturbed_adapter_changes_output(self, variant: str, family: str) -> None:
+        """The adapter is on the forward path (:func:`check_perturbed_adapter_changes_output`)."""
         self._check("perturbed_adapter_changes_output", variant, family)
 
     def test_only_declared_parameters_get_gradients(self, variant: str, family: str) -> None:
+        """Gradients reach exactly the declared parameters (see
+        :func:`check_only_declared_parameters_get_gradients`)."""
         self._check("only_declared_parameters_get_gradients", variant, family)
 
     def test_merge_matches_unmerged_and_unmerge_restores_bits(
         self, variant: str, family: str
     ) -> None:
+        """Merge keeps the outputs, unmerge restores the weights (see
+        :func:`check_merge_matches_unmerged_and_unmerge_restores_bits`)."""
         self._check("merge_matches_unmerged_and_unmerge_restores_bits", variant, family)
 
     def test_detach_returns_the_original_model(self, variant: str, family: str) -> None:
+        """``detach`` gives back the model as it was (see
+        :func:`check_detach_returns_the_original_model`)."""
         self._check("detach_returns_the_original_model", variant, family)
 
     def test_save_load_roundtrip_in_a_fresh_model(
         self, variant: str, family: str, tmp_path: Path
     ) -> None:
+        """A saved adapter reloads with identical outputs (see
+        :func:`check_save_load_roundtrip_in_a_fresh_model`), saved under ``tmp_path``."""
         self._check("save_load_roundtrip_in_a_fresh_model", variant, family, tmp_path=tmp_path)
 
     def test_attach_keeps_the_model_training_mode(
         self, variant: str, family: str, training: bool
     ) -> None:
+        """Attach keeps ``train()``/``eval()`` mode, once per mode (see
+        :func:`check_attach_keeps_the_model_training_mode`)."""
         self._check("attach_keeps_the_model_training_mode", variant, family, training=training)
 
     def test_attaching_twice_fails_naming_the_adapted_modules(
         self, variant: str, family: str
     ) -> None:
+        """A second attach fails with a clear message (see
+        :func:`check_attaching_twice_fails_naming_the_adapted_modules`)."""
         self._check("attaching_twice_fails_naming_the_adapted_modules", variant, family)
 
     def test_loading_into_a_model_of_another_shape_fails(
         self, variant: str, family: str, tmp_path: Path
     ) -> None:
+        """Loading into a wider model fails cleanly (see
+        :func:`check_loading_into_a_model_of_another_shape_fails`), saved under ``tmp_path``."""
         self._check(
             "loading_into_a_model_of_another_shape_fails", variant, family, tmp_path=tmp_path
         )
 
     def test_ranks_has_one_entry_per_adapted_module(self, variant: str, family: str) -> None:
+        """``ranks()`` covers every adapted module (see
+        :func:`check_ranks_has_one_entry_per_adapted_module`)."""
         self._check("ranks_has_one_entry_per_adapted_module", variant, family)
 
     def test_every_eval_rank_can_be_evaluated(self, variant: str, family: str) -> None:
+        """Every evaluation rank gives its own finite output (see
+        :func:`check_every_eval_rank_can_be_evaluated`)."""
         self._check("every_eval_rank_can_be_evaluated", variant, family)
 
     def test_training_hooks_run_in_a_mini_loop(self, variant: str, family: str) -> None:
+        """A few optimiser steps driven through the hooks train the adapter (see
+        :func:`check_training_hooks_run_in_a_mini_loop`)."""
         self._check("training_hooks_run_in_a_mini_loop", variant, family)

@@ -288,6 +288,8 @@ class AdaLoRA(Variant):
 
     @property
     def target_budget(self) -> int:
+        """Total triplets kept at the end of the schedule: ``target_r`` times the number of
+        adapted matrices."""
         return int(self.config.target_r) * len(self.layers)
 
     @property

@@ -154,14 +154,17 @@ class Adapter:
     # -- introspection --------------------------------------------------------------------------
     @property
     def name(self) -> str:
+        """The variant's registered name."""
         return self.variant.name
 
     @property
     def config(self) -> VariantConfig:
+        """The validated config the adapter was attached with."""
         return self.variant.config
 
     @property
     def layers(self) -> dict[str, AdapterLayer]:
+        """The adapted layers by module name (empty after :meth:`detach`)."""
         return self.variant.layers
 
     def trainable_parameters(self) -> list[nn.Parameter]:
@@ -173,6 +176,8 @@ class Adapter:
         return [p for p in params if not (id(p) in seen or seen.add(id(p)))]
 
     def named_trainable_parameters(self) -> dict[str, nn.Parameter]:
+        """Each layer's declared parameters as ``<module name>.<attribute>``; shared parameters
+        (:meth:`Variant.shared_parameters`) are not included."""
         out: dict[str, nn.Parameter] = {}
         for layer_name, layer in self.layers.items():
             for n in layer.trainable_names:
@@ -180,6 +185,8 @@ class Adapter:
         return out
 
     def num_trainable_parameters(self) -> int:
+        """The number of trainable scalars: elements of :meth:`trainable_parameters`, each tensor
+        counted once."""
         return sum(p.numel() for p in self.trainable_parameters())
 
     def ranks(self) -> dict[str, int]:
@@ -191,35 +198,47 @@ class Adapter:
         self.variant.set_eval_rank(rank)
 
     def eval_ranks(self) -> list[int]:
+        """The ranks one training can be evaluated at (a single rank except for DyLoRA-like
+        variants)."""
         return self.variant.eval_ranks()
 
     # -- training hooks -------------------------------------------------------------------------
     def on_train_begin(self, total_steps: int) -> None:
+        """Starts training of ``total_steps`` optimiser steps (at least 1, else
+        :class:`ConfigError`); rank schedules size themselves from it."""
         if total_steps < 1:
             raise ConfigError(f"total_steps={total_steps} must be >= 1")
         self.variant.on_train_begin(total_steps)
 
     def before_step(self, step: int) -> None:
+        """Called before the forward pass of optimiser step ``step`` (0-based)."""
         self._step = step
         self.variant.before_step(step)
 
     def after_step(self, step: int) -> None:
+        """Called after ``optimizer.step()`` and before ``zero_grad()``, gradients still present."""
         self.variant.after_step(step)
 
     def regularization_loss(self) -> torch.Tensor | None:
+        """The variant's term to add to the task loss, or None (only AdaLoRA has one built in)."""
         return self.variant.regularization_loss()
 
     # -- merge / detach -------------------------------------------------------------------------
     def merge(self) -> None:
+        """Folds every layer's update into its base weight (see :meth:`AdapterLayer.merge`);
+        merging twice does nothing more."""
         for layer in self.layers.values():
             layer.merge()
 
     def unmerge(self) -> None:
+        """Restores every merged layer's base weight bit for bit; unmerged layers are left as
+        they are."""
         for layer in self.layers.values():
             layer.unmerge()
 
     @property
     def merged(self) -> bool:
+        """Whether every adapted layer is merged."""
         return all(layer.merged for layer in self.layers.values())
 
     def detach(self) -> nn.Module:
@@ -235,6 +254,8 @@ class Adapter:
 
     # -- save / load ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
+        """The tensors :meth:`save` writes: shared ones as ``_shared.<name>``, each layer's
+        :meth:`AdapterLayer.adapter_state` as ``<module name>.<name>``."""
         state: dict[str, torch.Tensor] = {
             f"_shared.{k}": v for k, v in self.variant.shared_state().items()
         }

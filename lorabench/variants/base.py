@@ -194,6 +194,8 @@ def check_bool(cfg: Any, name: str) -> bool:
 
 
 def check_positive_float(cfg: Any, name: str) -> float:
+    """Validation helper for variant configs: a finite number that must be > 0 (an int is
+    accepted, a bool is not); returns it as a float."""
     value = getattr(cfg, name)
     if (
         isinstance(value, bool)
@@ -221,6 +223,7 @@ def layer_shape(module: nn.Module) -> tuple[int, int]:
 
 
 def is_adaptable(module: nn.Module) -> bool:
+    """Whether a variant can wrap ``module``: an ``nn.Linear`` or GPT-2's ``Conv1D``."""
     return isinstance(module, nn.Linear) or is_conv1d(module)
 
 
@@ -268,10 +271,13 @@ class AdapterLayer(nn.Module):
 
     @property
     def variant(self) -> Variant:
+        """The variant object this layer belongs to (shared by every layer of the adapter)."""
         return self._variant
 
     # -- the maths ------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The base layer's output, adapted by :meth:`adapter_forward`; merged, the base output
+        alone (the merged weight already holds the update)."""
         base_out = self.base_layer(x)
         if self.merged:
             return base_out
@@ -295,6 +301,7 @@ class AdapterLayer(nn.Module):
 
     # -- parameters -----------------------------------------------------------------------------
     def trainable_parameters(self) -> list[nn.Parameter]:
+        """The parameters named by ``trainable_names``, in that order."""
         return [getattr(self, n) for n in self.trainable_names]
 
     def adapter_state(self) -> dict[str, torch.Tensor]:
@@ -340,6 +347,7 @@ class AdapterLayer(nn.Module):
 
     @torch.no_grad()
     def unmerge(self) -> None:
+        """Puts back the weight :meth:`merge` kept, bit for bit; does nothing when not merged."""
         if not self.merged:
             return
         assert self._weight_before_merge is not None
@@ -348,6 +356,7 @@ class AdapterLayer(nn.Module):
         self.merged = False
 
     def extra_repr(self) -> str:
+        """Shape, current rank and merge state, shown in the module's ``repr``."""
         return (
             f"in={self.in_features}, out={self.out_features}, r={self.rank()}, merged={self.merged}"
         )
@@ -454,6 +463,8 @@ class Variant(nn.Module):
                 )
 
     def create_layer(self, name: str, base_layer: nn.Module) -> AdapterLayer:
+        """Wraps ``base_layer`` in a ``layer_class`` layer and records it in :attr:`layers`
+        under its module name ``name``; called once per matched layer, after :meth:`prepare`."""
         layer = self.layer_class(base_layer, self.config, self)
         self.layers[name] = layer
         return layer
@@ -494,6 +505,8 @@ class Variant(nn.Module):
 
     # -- ranks ----------------------------------------------------------------------------------
     def ranks(self) -> dict[str, int]:
+        """The current rank of every adapted layer, by module name (see
+        :meth:`AdapterLayer.rank`)."""
         return {name: layer.rank() for name, layer in self.layers.items()}
 
     def set_eval_rank(self, rank: int | None) -> None:

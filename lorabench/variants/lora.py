@@ -42,6 +42,8 @@ class LoRAConfig(VariantConfig):
         check_bool(self, "use_rslora")
 
     def scaling(self, r: int | None = None) -> float:
+        """The factor ``s`` on ``B A`` at rank ``r`` (default: the config's ``r``): ``alpha / r``,
+        or ``alpha / sqrt(r)`` with ``use_rslora``."""
         r = self.r if r is None else r
         return self.alpha / math.sqrt(r) if self.use_rslora else self.alpha / r
 

@@ -28,6 +28,7 @@ def is_save_to_disk(folder: Path) -> bool:
 
 
 def has_parquet(folder: Path) -> bool:
+    """Whether ``folder`` or a folder directly inside it holds ``*.parquet`` files."""
     return any(folder.glob("*.parquet")) or any(folder.glob("*/*.parquet"))
 
 
@@ -50,6 +51,9 @@ def _parquet_files(folder: Path, split: str) -> list[Path]:
 
 
 def check_label_names(spec: TaskSpec, names: list[str] | None, where: str) -> None:
+    """Raises :class:`TaskDataError` (naming ``where``) when a copy's ClassLabel names differ,
+    in content or order, from the spec's label names; passes for regression tasks and for a
+    copy that carries no names (``None``)."""
     if spec.task_type != "classification" or names is None:
         return
     if tuple(names) != tuple(spec.label_names or ()):

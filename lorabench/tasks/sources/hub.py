@@ -33,6 +33,7 @@ def offline_mode() -> bool:
 
 
 def hub_endpoint() -> str:
+    """The Hub's base URL: ``HF_ENDPOINT`` (a mirror) when set, else https://huggingface.co."""
     return os.environ.get("HF_ENDPOINT", "https://huggingface.co")
 
 

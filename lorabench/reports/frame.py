@@ -34,22 +34,15 @@ import pandas as pd
 
 from lorabench.results.records import RunRecord, config_hash
 from lorabench.results.store import ResultStore
+from lorabench.tasks.metrics import Metric, get_metric
 
 if TYPE_CHECKING:
     from lorabench.variants.base import Variant
 
-# Bounded metrics that papers print x100 with one decimal (accuracy, F1, MCC, correlations).
-PERCENT_METRICS = frozenset(
-    {"accuracy", "f1", "f1_macro", "matthews", "mcc", "pearson", "spearman", "auc"}
-)
 # GLUE's usual column order; other tasks follow alphabetically.
 TASK_ORDER = (
     "cola", "sst2", "sst-2", "mrpc", "qqp", "stsb", "sts-b", "mnli", "qnli", "rte", "wnli",
 )  # fmt: skip
-METRIC_LABELS = {
-    "accuracy": "Acc", "f1": "F1", "f1_macro": "F1", "matthews": "Mcc", "pearson": "Corr",
-    "spearman": "Corr", "mse": "MSE",
-}  # fmt: skip
 # Characters of a fingerprint a label shows (16 are stored; 8 tell runs apart in one report).
 FINGERPRINT_CHARS = 8
 NOT_RECORDED = "not recorded"  # records written before fingerprints (release 0.1) have ""
@@ -221,9 +214,25 @@ def _list(values: Iterable[Any] | None) -> list[Any] | None:
     return values or None
 
 
+def _metric_record(metric: str) -> Metric | None:
+    """The metric's record (``"validation/accuracy"`` is accuracy); None for a metric this
+    process does not know (a record from another tool or a plugin not installed)."""
+    try:
+        return get_metric(metric.rsplit("/", 1)[-1])
+    except KeyError:
+        return None
+
+
 def is_percent(metric: str) -> bool:
-    """Whether papers print this metric x100 (``"validation/accuracy"`` counts as accuracy)."""
-    return metric.rsplit("/", 1)[-1] in PERCENT_METRICS
+    """Whether papers print this metric x100, as its record says."""
+    record = _metric_record(metric)
+    return record is not None and record.percent
+
+
+def metric_label(metric: str) -> str:
+    """The metric's short column label ("Acc", "F1", "Mcc"), as its record says."""
+    record = _metric_record(metric)
+    return record.short if record is not None else metric
 
 
 def metric_value(metrics: Mapping[str, Any] | None, metric: str) -> float | None:

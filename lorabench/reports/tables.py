@@ -16,9 +16,9 @@ import numpy as np
 import pandas as pd
 
 from lorabench.reports.frame import (
-    METRIC_LABELS,
     MISSING_CELL,
     aggregate,
+    metric_label,
     ordered_configs,
     ordered_tasks,
 )
@@ -107,7 +107,7 @@ def _mixed_data_caption(runs: pd.DataFrame, tasks: list[str]) -> str:
 
 def _task_header(task: str, rows: pd.DataFrame) -> str:
     metric = str(rows["metric"].iloc[0]).rsplit("/", 1)[-1]
-    return f"{task.upper()} ({METRIC_LABELS.get(metric, metric)})"
+    return f"{task.upper()} ({metric_label(metric)})"
 
 
 def _decimals(rows: pd.DataFrame) -> int:

@@ -176,6 +176,14 @@ def test_changed_data_is_a_new_run_with_one_line_and_kept_apart(
     assert len({r.data_fingerprint for r in records}) == 2
     # Each record still names the run that produced it.
     assert all(run_config_of(r).run_id == r.run_id for r in records)
+    # The report keeps the two data versions in two rows, two seeds each, never one of four.
+    from lorabench.reports import load_report_data
+    from lorabench.reports.tables import build_results_table
+
+    table = build_results_table(load_report_data(out / "results.db").runs)
+    assert len(table.cells) == 2, table.cells
+    assert any("[data " in str(label) for label in table.cells.index)
+    assert "read different data" in table.caption
 
     # A GLUE folder with fewer rows is other data too.
     glue = tmp_path / "glue"

@@ -137,22 +137,52 @@ def _fingerprint_files(states: tuple[tuple[str, int, int], ...]) -> str:
 
 
 # -- the task head ------------------------------------------------------------------------------
+# Where load_model_and_tokenizer records the parameters transformers initialised anew (a plain
+# attribute: deep copies of the loaded model keep it, saving the model does not write it).
+NEW_PARAMETERS_ATTR = "lorabench_new_parameters"
+# The child an attached adapter hangs on the model root (lorabench.variants.adapter): never head.
+_ADAPTER_CHILD = "lorabench_variant"
+
+
 def head_module_names(model: Any) -> list[str]:
     """The top-level modules of the task head: every child outside the backbone
     (``base_model_prefix``: ``bert``, ``roberta``, ``transformer``, ``model``, ...), so BERT's
     ``classifier``, RoBERTa's ``classifier`` (dense + out_proj) and GPT-2's or Llama's ``score``
-    alike. A model without a prefix falls back to the usual names (``classifier``, ``score``)."""
+    alike. A model without a prefix falls back to the usual names (``classifier``, ``score``).
+
+    This is the structural part of the head only; :func:`head_parameter_names` adds what the
+    checkpoint did not provide."""
     prefix = getattr(model, "base_model_prefix", "")
-    children = [name for name, _ in model.named_children()]
+    children = [name for name, _ in model.named_children() if name != _ADAPTER_CHILD]
     if prefix and prefix in children:
         return [name for name in children if name != prefix]
     return [name for name in children if name in ("classifier", "score")]
 
 
+def new_parameter_names(model: Any) -> tuple[str, ...] | None:
+    """The parameters transformers initialised anew when :func:`load_model_and_tokenizer`
+    loaded ``model`` (missing from the checkpoint, or of another size there), in model order;
+    ``None`` for a model not loaded through it."""
+    names = getattr(model, NEW_PARAMETERS_ATTR, None)
+    return tuple(names) if names is not None else None
+
+
 def head_parameter_names(model: Any) -> list[str]:
-    """The task head's parameter names, as in ``model.named_parameters()``."""
+    """The task head's parameter names, as in ``model.named_parameters()``: everything the task
+    adds to the model.
+
+    That is every parameter of the modules outside the backbone (:func:`head_module_names`:
+    BERT's ``classifier``, DistilBERT's ``pre_classifier`` and ``classifier``, BART's
+    ``classification_head``) plus every parameter transformers newly initialised when loading the
+    checkpoint for sequence classification (:func:`new_parameter_names`: DeBERTa-v2's
+    ``pooler.dense``, or a BERT pooler a checkpoint lacks), since a random tensor the adapter
+    cannot reach must train with the head. The union, not the newly initialised set alone, so
+    that a checkpoint which already has a head (a fine-tuned classifier) still gets its head
+    re-drawn and trained per seed, as before.
+    """
     heads = tuple(f"{name}." for name in head_module_names(model))
-    return [name for name, _ in model.named_parameters() if name.startswith(heads)]
+    new = set(new_parameter_names(model) or ())
+    return [name for name, _ in model.named_parameters() if name.startswith(heads) or name in new]
 
 
 def head_parameters(model: Any) -> list[Any]:
@@ -161,23 +191,59 @@ def head_parameters(model: Any) -> list[Any]:
     return [p for name, p in model.named_parameters() if name in wanted]
 
 
+def _init_std(config: Any) -> float:
+    """The std transformers draws linear weights with: ``initializer_range`` (BERT, GPT-2,
+    Llama, ...) or ``init_std`` (BART, OPT), else 0.02."""
+    for key in ("initializer_range", "init_std"):
+        value = getattr(config, key, None)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    return 0.02
+
+
 def reset_head(model: Any, seed: int) -> None:
-    """Re-draws the head's linear layers as transformers initialises them (normal with the
-    config's ``initializer_range``, zero bias) from ``seed``, so each seed gets its own head even
-    when the model is a copy of one loaded base."""
+    """Re-draws every head parameter (:func:`head_parameter_names`) from ``seed`` as
+    transformers initialises a new head, so each seed gets its own head even when the model is a
+    copy of one loaded base, and the same seed gives the same numbers in any process.
+
+    Modules are visited in model order, one generator for all: linear layers (and GPT-2's
+    ``Conv1D``) get normal(0, std) weights (std: the config's ``initializer_range`` or
+    ``init_std``) and zero biases; embeddings normal(0, std); normalisation layers (LayerNorm,
+    RMSNorm, ...) weight one and bias zero; any other parameter: matrices normal(0, std),
+    ``bias`` zero, other vectors one. For a head of linear layers (BERT's ``classifier``) this
+    draws exactly what earlier releases drew."""
     import torch
     from torch import nn
 
-    std = float(getattr(getattr(model, "config", None), "initializer_range", 0.02))
+    std = _init_std(getattr(model, "config", None))
     generator = torch.Generator().manual_seed(seed)
-    for name in head_module_names(model):
-        for module in getattr(model, name).modules():
-            if isinstance(module, nn.Linear):
-                with torch.no_grad():
-                    weight = torch.randn(module.weight.shape, generator=generator) * std
-                    module.weight.copy_(weight.to(module.weight))
-                    if module.bias is not None:
-                        module.bias.zero_()
+    wanted = set(head_parameter_names(model))
+
+    def normal(p: Any) -> None:
+        p.copy_((torch.randn(p.shape, generator=generator) * std).to(p))
+
+    with torch.no_grad():
+        for module_name, module in model.named_modules():
+            own = [
+                (name, p)
+                for name, p in module.named_parameters(recurse=False)
+                if (f"{module_name}.{name}" if module_name else name) in wanted
+            ]
+            if not own:
+                continue
+            is_norm = "norm" in type(module).__name__.lower()
+            for name, p in own:
+                if name == "bias":
+                    p.zero_()
+                elif is_norm and name == "weight":
+                    p.fill_(1.0)
+                elif p.dim() >= 2 or isinstance(module, nn.Linear | nn.Embedding):
+                    normal(p)
+                else:
+                    p.fill_(1.0)
+            padding = getattr(module, "padding_idx", None)
+            if isinstance(module, nn.Embedding) and padding is not None:
+                module.weight[padding].zero_()
 
 
 def load_model_and_tokenizer(
@@ -189,6 +255,10 @@ def load_model_and_tokenizer(
 ) -> tuple[Any, Any]:
     """A sequence-classification model with a fresh head of ``num_labels`` outputs, and its
     tokenizer.
+
+    The parameters transformers initialised anew (reported as missing from the checkpoint or of
+    another size there) are recorded on the model (:func:`new_parameter_names`): they are part
+    of its task head (:func:`head_parameter_names`).
 
     ``regression`` sets ``problem_type`` so the head is trained with MSE (STS-B).
     """
@@ -222,9 +292,22 @@ def load_model_and_tokenizer(
         kwargs = {"config": config, "ignore_mismatched_sizes": True}
         if dtype is not None:
             kwargs["dtype"] = dtype
-        model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            path, output_loading_info=True, **kwargs
+        )
     finally:
         hf_logging.set_verbosity(verbosity)
         if bars:
             hf_logging.enable_progress_bar()
+    # What transformers initialised anew is part of the task head (head_parameter_names): it is
+    # random, so it trains with the head, is saved with the adapter and is re-drawn per seed.
+    new = set(info.get("missing_keys") or ()) | {
+        entry[0] if isinstance(entry, tuple | list) else entry
+        for entry in info.get("mismatched_keys") or ()
+    }
+    setattr(
+        model,
+        NEW_PARAMETERS_ATTR,
+        tuple(name for name, _ in model.named_parameters() if name in new),
+    )
     return model, tokenizer

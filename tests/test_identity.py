@@ -258,3 +258,21 @@ def test_a_generated_task_is_identified_before_it_is_generated(tmp_path, monkeyp
     seed1 = cache.resolve(RunConfig("lora", "planted-tiny", seed=1))
     assert seed0.data_fingerprint != seed1.data_fingerprint  # each seed is another task instance
     assert RunCache().resolve(RunConfig("lora", "planted-tiny", seed=0)).run_id == seed0.run_id
+
+
+def test_the_adapted_modules_are_recorded_and_reported(
+    tiny_model_dir, toy_task, tmp_path, cli_main, capsys, single_thread
+):
+    argv = ["run", "--variants", "lora", "--tasks", toy_task, "--model", str(tiny_model_dir)]
+    argv += ["--budget", "steps=2", "--out", str(tmp_path), "--quiet", "--no-adapters"]
+    assert cli_main(argv) == 0
+    (record,) = ResultStore(tmp_path / "results.db").records()
+    assert record.config["resolved_variant_config"]["target_modules"] == "auto"
+    assert record.config["adapted_modules"] == ["query", "value"]
+    assert record.config["adapted_module_count"] == 4  # 2 layers x (query, value)
+    assert run_config_of(record).run_id == record.run_id
+
+    from lorabench.reports import generate_report
+
+    report = generate_report(tmp_path / "results.db", tmp_path / "report")
+    assert any("Adapted modules" in n and "query, value (4 matrices)" in n for n in report.notes)

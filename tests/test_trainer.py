@@ -110,7 +110,7 @@ def test_record_is_complete(tiny_model_dir, toy_task, cache, tmp_path):
     assert record.data_fingerprint == cfg.data_fingerprint and len(record.data_fingerprint) == 16
     assert record.model_fingerprint == cfg.model_fingerprint and len(record.model_fingerprint) == 16
     assert record.config["resolved_variant_config"]["r"] == 4
-    assert record.config["resolved_variant_config"]["target_modules"] == ["query", "value"]
+    assert record.config["resolved_variant_config"]["target_modules"] == "auto"
     assert run_config_of(record).run_id == record.run_id
     assert record.variant_version and record.task_version == "1" and record.rank == 4
     assert record.adapter_params == 4 * 4 * (32 + 32)  # 2 layers x (query, value), A and B

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 THREADS_HELP = (
     "CPU threads for torch (default: torch's choice; on a shared machine fewer threads than "
@@ -28,3 +29,25 @@ def set_threads(threads: int | None) -> None:
         import torch
 
         torch.set_num_threads(threads)
+
+
+def out_dir_error(out: str | Path | None, flag: str = "--out") -> str | None:
+    """Why ``out`` cannot be the output folder (``None`` when it is a folder or does not exist
+    yet: it is created): an existing file would end in a FileExistsError when written."""
+    if out is None:
+        return None
+    path = Path(out).expanduser()
+    if path.exists() and not path.is_dir():
+        return (
+            f"{flag} {str(out)!r} is an existing file, not a folder; give a folder "
+            f"(created if missing), e.g. {flag} {path.with_name(path.name + '-out')}"
+        )
+    for parent in path.parents:  # "--out notes.txt/run": a file where a folder must be
+        if parent.exists():
+            if not parent.is_dir():
+                return (
+                    f"{flag} {str(out)!r}: {str(parent)!r} is an existing file, not a folder; "
+                    "give a folder path whose parents are folders"
+                )
+            break
+    return None

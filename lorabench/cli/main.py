@@ -48,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Runs the command line ``argv`` (default: ``sys.argv[1:]``); returns the exit code: the
-    command's, 2 with no command (after printing help), 130 when interrupted."""
+    command's, 2 with no command (after printing help), 130 when interrupted by Ctrl-C, 143
+    when ``lorabench run`` is stopped by SIGTERM. An interruption prints one message, not a
+    traceback."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
@@ -56,12 +58,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args._module.run(args) or 0)
-    except KeyboardInterrupt:
-        print(
-            "\ninterrupted: finished runs are saved; re-run the same command to resume.",
-            file=sys.stderr,
+    except KeyboardInterrupt as exc:
+        # A suite says how many runs it finished (SuiteInterrupted.message); others say this.
+        message = getattr(exc, "message", "") or (
+            "interrupted: finished runs are saved; re-run the same command to resume."
         )
-        return 130
+        print(f"\n{message}", file=sys.stderr)
+        return int(getattr(exc, "exit_code", 130))
 
 
 if __name__ == "__main__":

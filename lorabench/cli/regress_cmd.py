@@ -168,7 +168,9 @@ def _check_flags(args: argparse.Namespace) -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     """Runs ``lorabench regress``; returns the exit code (0 pass, 1 regression, 2 usage error)."""
-    problem = _check_flags(args)
+    from lorabench.cli.common import out_dir_error
+
+    problem = _check_flags(args) or out_dir_error(args.out)
     if problem:
         return _usage(problem)
     from lorabench.regress import Baseline, BaselineError
@@ -280,9 +282,11 @@ def _check(args: argparse.Namespace, baseline: Baseline, baseline_path: Path) ->
         except ResultStoreError as exc:
             return _usage(str(exc))
     else:
+        from lorabench.harness.runner import SuiteInputError
+
         try:
             records = _run(suite, args)
-        except ResultStoreError as exc:
+        except (ResultStoreError, SuiteInputError) as exc:
             return _usage(str(exc))
     current, _ = _current_state(suite, args)
     current["date"] = current.pop("created_at")
@@ -359,10 +363,12 @@ def _update(args: argparse.Namespace, baseline_path: Path) -> int:
         else (previous.noise_k if previous else DEFAULT_NOISE_K)
     )
 
+    from lorabench.harness.runner import SuiteInputError
+
     started = time.perf_counter()
     try:
         records = _run(suite, args)
-    except ResultStoreError as exc:
+    except (ResultStoreError, SuiteInputError) as exc:
         return _usage(str(exc))
     provenance["wall_seconds"] = round(time.perf_counter() - started, 1)
     provenance["suite_source"] = (

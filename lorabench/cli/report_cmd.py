@@ -48,9 +48,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Runs ``lorabench report``: writes the report and prints its notes, the Markdown table and
     what was drawn; returns the exit code (0 written, 2 when the database cannot be read)."""
+    from lorabench.cli.common import out_dir_error
     from lorabench.reports import generate_report
     from lorabench.results.store import ResultStoreError
 
+    problem = out_dir_error(args.out)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     try:
         report = generate_report(
             args.results,

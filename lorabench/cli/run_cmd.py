@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lorabench.cli.common import add_threads_argument, set_threads, threads_error
+from lorabench.cli.common import add_threads_argument, out_dir_error, set_threads, threads_error
 
 HELP = "run a benchmark suite: variants x tasks x seeds under one compute budget"
 _DESCRIPTION = """Train and evaluate adapter variants on tasks, every run under the same compute
@@ -30,7 +30,14 @@ seeds: a count (--seeds 3 means 0,1,2) or a list (--seeds 0,5,7; only seed 7: --
 presets:
 {presets}
 threads: on a machine shared with other jobs, --threads 1 is often several times faster than
-torch's default of one thread per core (its threads spin while waiting for each other)."""
+torch's default of one thread per core (its threads spin while waiting for each other).
+
+stopping: Ctrl-C or SIGTERM stops after saying how many runs are finished; every finished run
+is stored as it ends, so re-running the same command resumes with the others.
+
+exit codes: 0 every run finished, 1 some run failed (its error is stored), 2 a bad flag, suite
+file, input, budget or results database (found before anything trains), 130 stopped by Ctrl-C,
+143 stopped by SIGTERM."""
 
 
 def _preset_lines() -> str:
@@ -226,8 +233,10 @@ def build_suite(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     """Runs ``lorabench run`` (or, with ``--dry-run``, lists its runs and whether each is
-    finished); returns the exit code (0 done, 1 some run failed, 2 a bad flag, suite, input or
-    results database, found before anything trains)."""
+    finished); returns the exit code (0 done, 1 some run failed, 2 a bad flag, suite, input,
+    budget or results database, found before anything trains). Ctrl-C and SIGTERM propagate as
+    :class:`~lorabench.harness.runner.SuiteInterrupted` (the entry point turns them into 130
+    and 143)."""
     from lorabench.harness.suite import SuiteConfigError
 
     try:
@@ -238,6 +247,13 @@ def run(args: argparse.Namespace) -> int:
     if threads_error(args.threads):
         print(f"lorabench run: {threads_error(args.threads)}", file=sys.stderr)
         return 2
+    # OUT holds the default results database and the adapters; a file there would otherwise
+    # end in a FileExistsError traceback when the store or the first adapter is written.
+    if suite.results is None or not args.no_adapters:
+        problem = out_dir_error(suite.out)
+        if problem:
+            print(f"lorabench run: {problem}", file=sys.stderr)
+            return 2
     if not args.dry_run:
         # Before the store is created: a rejected command leaves nothing behind.
         try:

@@ -171,6 +171,7 @@ def run(args: argparse.Namespace) -> int:
     from lorabench.harness.prepared import RunCache
     from lorabench.results.store import ResultStore, ResultStoreError
     from lorabench.search.loop import prepare_search, run_search
+    from lorabench.search.storage import check_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if threads_error(args.threads):
@@ -189,7 +190,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = _settings(args)
         configs = _search_configs(settings)
-        # Every check (spaces, budgets, storages, study settings) before the first trial trains.
+        # Every check (spaces, budgets, storages, study settings) before the first trial trains;
+        # the storage's form first, before the results database is created beside it.
+        check_storage(str(settings["storage"]))
         store = ResultStore(settings["results"])
         prepared = [prepare_search(cfg, cache=cache) for cfg in configs]
     except (BenchmarkConfigError, ResultStoreError, KeyError, ValueError, OSError) as exc:
@@ -216,9 +219,16 @@ def _settings(args: argparse.Namespace, *, need_budget: bool = True) -> dict[str
     if args.config is not None:
         import yaml
 
+        from lorabench.harness.suite import read_yaml_text, yaml_problem
+
         if not args.config.is_file():
             raise BenchmarkConfigError(f"--config {args.config}: no such file")
-        loaded = yaml.safe_load(args.config.read_text()) or {}
+        try:
+            loaded = yaml.safe_load(read_yaml_text(args.config, "--config")) or {}
+        except yaml.YAMLError as exc:
+            raise BenchmarkConfigError(
+                f"--config {args.config}: not valid YAML: {yaml_problem(exc)}"
+            ) from None
         if not isinstance(loaded, dict):
             raise BenchmarkConfigError(f"--config {args.config}: must be a mapping of settings")
         unknown = sorted(set(loaded) - _YAML_KEYS)

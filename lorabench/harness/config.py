@@ -13,6 +13,7 @@ id, and anything that changes the computation changes it.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -23,6 +24,10 @@ if TYPE_CHECKING:
 
 BudgetKind = Literal["steps", "tokens", "seconds", "flops"]
 BUDGET_KINDS: tuple[str, ...] = ("steps", "tokens", "seconds", "flops")
+# The most optimiser steps one run may plan. Far beyond any benchmark (a CPU takes weeks for
+# it); a budget that implies more is a typo (tokens=1e20), refused before anything loops.
+MAX_PLANNED_STEPS = 10_000_000
+_BUDGET_EXAMPLES = {"steps": "500", "tokens": "1e6", "seconds": "600", "flops": "2e15"}
 
 
 class BenchmarkConfigError(ValueError):
@@ -47,10 +52,37 @@ class Budget:
                 f"budget kind {self.kind!r} is unknown; "
                 f"use one of {', '.join(BUDGET_KINDS)} (e.g. steps=500)"
             )
-        if not (isinstance(self.limit, int | float) and self.limit > 0):
+        limit = self.limit
+        example = _BUDGET_EXAMPLES[self.kind]
+        # bool is an int subclass, but "steps: true" is a mistake, not 1 step.
+        if not isinstance(limit, int | float) or isinstance(limit, bool):
             raise BenchmarkConfigError(
-                f"budget {self.kind}={self.limit!r} must be a positive number"
+                f"budget {self.kind}={limit!r} must be a number, e.g. {self.kind}={example}"
             )
+        # Checked here, before any loop starts: an infinite or NaN limit would otherwise end in
+        # an OverflowError (int(inf)) or a training loop that never stops.
+        try:
+            finite = math.isfinite(limit)
+        except OverflowError:  # an int too large for a float: nothing downstream could use it
+            finite = False
+        if not finite or limit <= 0:
+            raise BenchmarkConfigError(
+                f"budget {self.kind}={limit!r} must be a finite number > 0, "
+                f"e.g. {self.kind}={example}"
+            )
+        if self.kind == "steps":
+            if not float(limit).is_integer():
+                raise BenchmarkConfigError(
+                    f"budget steps={limit!r} must be a whole number of optimiser steps; use "
+                    + " or ".join(
+                        f"steps={n}" for n in sorted({max(1, math.floor(limit)), math.ceil(limit)})
+                    )
+                )
+            if limit > MAX_PLANNED_STEPS:
+                raise BenchmarkConfigError(
+                    f"budget steps={limit:g} is more optimiser steps than lorabench plans "
+                    f"({MAX_PLANNED_STEPS:,}); use at most steps={MAX_PLANNED_STEPS}"
+                )
 
     @classmethod
     def parse(cls, text: str | dict[str, Any] | Budget) -> Budget:
@@ -97,10 +129,15 @@ def _is_number(value: Any) -> bool:
 
 
 def _number(value: Any, what: str) -> float:
+    if isinstance(value, bool):
+        raise BenchmarkConfigError(f"{what}={value!r} is not a number")
     try:
         number = float(value)
+    except OverflowError:  # an integer beyond any float: as infinite as 1e999
+        return math.inf
     except (TypeError, ValueError):
         raise BenchmarkConfigError(f"{what}={value!r} is not a number") from None
+    # inf and NaN stay floats (is_integer() is False for both); Budget refuses them by name.
     return int(number) if number.is_integer() else number
 
 

@@ -30,10 +30,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
-from lorabench.harness.batches import BatchPlan
-from lorabench.harness.config import Budget
+from lorabench.harness.batches import BatchPlan, epoch_batches
+from lorabench.harness.config import MAX_PLANNED_STEPS, BenchmarkConfigError, Budget
 
 # Steps timed to estimate seconds per step for a seconds budget (after one untimed warm-up).
 TIMING_PROBE_STEPS = 3
@@ -135,6 +136,15 @@ class PeakMemory:
         return self._peak
 
 
+class BudgetBelowOneBatch(BenchmarkConfigError):
+    """A tokens or FLOPs budget smaller than the run's first batch; ``smallest`` is the least
+    valid limit for that run (a suite reports the largest over its runs)."""
+
+    def __init__(self, message: str, smallest: float) -> None:
+        super().__init__(message)
+        self.smallest = smallest
+
+
 def plan_steps(
     budget: Budget,
     plan: BatchPlan,
@@ -150,25 +160,143 @@ def plan_steps(
     measured FLOPs per padded token. ``seconds``: (limit - seconds already spent) / measured
     seconds per step; the loop also stops when the clock runs out, whichever comes first.
     At least one step is always allowed, so that every run has something to evaluate.
+
+    Raises :class:`BenchmarkConfigError` before any training for a ``tokens`` or ``flops``
+    budget smaller than the run's first batch (it would train one batch over the budget), and
+    for any budget that implies more than :data:`MAX_PLANNED_STEPS` steps (a typo such as
+    ``tokens=1e20``); the message names the budget and the valid range. Planning costs one pass
+    over an epoch's batch lengths per epoch planned, never one Python iteration per step for a
+    tokens budget.
     """
     if budget.kind == "steps":
-        return max(1, int(budget.limit))
+        return max(1, int(budget.limit))  # Budget refuses fractions and more than the maximum
     if budget.kind == "tokens":
-        return max(1, plan.steps_within(budget.limit, "tokens"))
+        return _steps_within(budget, plan, per_padded_token=None)
     if budget.kind == "flops":
         if flops_per_padded_token <= 0:
             raise RuntimeError(
                 "the FLOP counter saw no FLOPs in the sample step, so a flops budget cannot be "
                 "converted to steps; use a steps, tokens or seconds budget for this model"
             )
-        return max(
-            1, plan.steps_within(budget.limit, "padded", per_padded_token=flops_per_padded_token)
-        )
+        return _steps_within(budget, plan, per_padded_token=flops_per_padded_token)
     if budget.kind == "seconds":
         if not seconds_per_step or seconds_per_step <= 0:
             raise RuntimeError("a seconds budget needs the measured seconds per step")
-        return max(1, math.floor((budget.limit - seconds_already_spent) / seconds_per_step))
+        implied = (budget.limit - seconds_already_spent) / seconds_per_step
+        if implied > MAX_PLANNED_STEPS:
+            per_step = f"{seconds_per_step:.3g} s per step"
+            raise BenchmarkConfigError(
+                _too_many_steps(budget, implied, per_step, MAX_PLANNED_STEPS * seconds_per_step)
+            )
+        return max(1, math.floor(implied))
     raise ValueError(f"unknown budget kind {budget.kind!r}")
+
+
+def _epoch_costs(plan: BatchPlan, epoch: int, per_padded_token: float | None) -> np.ndarray:
+    """The cost of each batch of one epoch, in training order: non-padding tokens
+    (``per_padded_token`` None) or padded tokens x ``per_padded_token``.
+
+    The batches are those :class:`BatchPlan` trains on (an epoch is determined by ``(seed,
+    epoch)``, see :func:`epoch_batches`), generated here without keeping them, so planning a
+    long budget does not hold every batch of every epoch in memory.
+    """
+    lengths = plan.split.lengths
+    batches = epoch_batches(
+        lengths, plan.batch_size, seed=plan.seed, epoch=epoch, bucket_batches=plan.bucket_batches
+    )
+    order = np.concatenate(batches)
+    sizes = np.fromiter((len(b) for b in batches), dtype=np.int64, count=len(batches))
+    starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+    if per_padded_token is None:
+        return np.add.reduceat(lengths[order], starts).astype(np.float64)
+    return np.maximum.reduceat(lengths[order], starts) * sizes * float(per_padded_token)
+
+
+def _steps_within(budget: Budget, plan: BatchPlan, *, per_padded_token: float | None) -> int:
+    """The most steps whose cumulative cost stays within a tokens or FLOPs budget (the same
+    count as :meth:`BatchPlan.steps_within`), after refusing a budget below the first batch or
+    above :data:`MAX_PLANNED_STEPS` steps."""
+    limit = float(budget.limit)
+    unit = "tokens" if per_padded_token is None else "FLOPs"
+    first = _epoch_costs(plan, 0, per_padded_token)
+    if limit < first[0]:
+        # Tokens are whole: the exact minimum; FLOPs: rounded up, so the shown value is valid.
+        smallest = int(first[0]) if per_padded_token is None else _round_up(first[0])
+        cost = f"{int(first[0]):,}" if per_padded_token is None else f"{first[0]:.4g}"
+        least = str(smallest) if per_padded_token is None else f"{smallest:g}"
+        raise BudgetBelowOneBatch(
+            f"budget {_shown(budget)} is smaller than one training batch (the first batch of "
+            f"seed {plan.seed} costs {cost} {unit}, at batch size {plan.batch_size}); "
+            f"use at least {budget.kind}={least}, or a smaller batch size",
+            smallest,
+        )
+    # Epoch 0 stands for every epoch in the estimate: a tokens epoch always costs the same (every
+    # example once), a FLOPs epoch nearly so (padding differs a little between epochs).
+    epoch_cost = float(first.sum())
+    implied = limit / epoch_cost * len(first)
+    if implied > MAX_PLANNED_STEPS:
+        per_epoch = f"{epoch_cost:,.4g} {unit} per epoch of {len(first)} steps"
+        raise BenchmarkConfigError(
+            _too_many_steps(budget, implied, per_epoch, MAX_PLANNED_STEPS * epoch_cost / len(first))
+        )
+    steps, spent, epoch, costs = 0, 0.0, 0, first
+    if per_padded_token is None:
+        # Every tokens epoch costs the same: skip the whole ones arithmetically.
+        epoch = int(limit // epoch_cost)
+        steps, spent = epoch * len(first), epoch * epoch_cost
+        costs = _epoch_costs(plan, epoch, None) if epoch else first
+    while True:
+        total = float(costs.sum())
+        if spent + total > limit:
+            break
+        spent += total
+        steps += len(costs)
+        epoch += 1
+        if steps > MAX_PLANNED_STEPS:  # later epochs cheaper than the first: still refused
+            raise BenchmarkConfigError(_too_many_steps(budget, steps, "", 0.0))
+        costs = _epoch_costs(plan, epoch, per_padded_token)
+    within = np.cumsum(costs) + spent
+    steps += int(np.searchsorted(within, limit, side="right"))
+    if steps > MAX_PLANNED_STEPS:
+        raise BenchmarkConfigError(_too_many_steps(budget, steps, "", 0.0))
+    return max(1, steps)
+
+
+def _too_many_steps(budget: Budget, implied: float, rate: str, largest: float) -> str:
+    """The message for a budget implying more than :data:`MAX_PLANNED_STEPS` steps."""
+    fix = (
+        f"use at most {budget.kind}={_round_down(largest):g}, or a steps budget"
+        if largest > 0
+        else "use a smaller budget, or a steps budget"
+    )
+    return (
+        f"budget {_shown(budget)} implies about {implied:,.3g} optimiser steps"
+        + (f" ({rate})" if rate else "")
+        + f", more than lorabench plans ({MAX_PLANNED_STEPS:,} steps); {fix} (e.g. steps=1000)"
+    )
+
+
+def _shown(budget: Budget) -> str:
+    """``KIND=LIMIT`` with a large limit in exponent form (``tokens=1e+20``, not 21 digits)."""
+    limit = budget.limit
+    text = f"{limit:g}" if abs(limit) >= 1e7 or not float(limit).is_integer() else str(int(limit))
+    return f"{budget.kind}={text}"
+
+
+def _round_up(value: float) -> float:
+    """``value`` rounded up to three significant digits (a minimum that stays valid when shown)."""
+    if value <= 0:
+        return value
+    scale = 10.0 ** (math.floor(math.log10(value)) - 2)
+    return math.ceil(value / scale - 1e-9) * scale
+
+
+def _round_down(value: float) -> float:
+    """``value`` rounded down to two significant digits (a maximum that stays valid when shown)."""
+    if value <= 0:
+        return value
+    scale = 10.0 ** (math.floor(math.log10(value)) - 1)
+    return math.floor(value / scale + 1e-9) * scale
 
 
 class Stopwatch:

@@ -13,17 +13,21 @@ each run gets a ``copy.deepcopy`` of the base model, faster than ``from_pretrain
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import os
+import signal
 import sys
 import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import nn
 
-from lorabench.harness.config import RunConfig
+from lorabench.harness.config import BenchmarkConfigError, RunConfig
 from lorabench.harness.meter import PeakMemory
 from lorabench.harness.prepared import RunCache, default_device, prepare_run
 from lorabench.harness.trainer import OnEval, RunPruned, Trainer, error_text
@@ -37,6 +41,8 @@ __all__ = [
     "RunCache",
     "RunPruned",
     "SuiteInputError",
+    "SuiteInterrupted",
+    "check_budgets",
     "data_changes",
     "default_device",
     "error_message",
@@ -50,7 +56,13 @@ __all__ = [
 
 HEAD_FILE = "head.safetensors"
 # What a record's ``config`` holds beyond ``RunConfig.to_dict()`` (resolved at run time).
-RECORD_EXTRA_CONFIG_KEYS = ("device", "resolved_variant_config", "data_source")
+RECORD_EXTRA_CONFIG_KEYS = (
+    "device",
+    "resolved_variant_config",
+    "data_source",
+    "adapted_modules",
+    "adapted_module_count",
+)
 
 
 class RecordStore(Protocol):
@@ -175,6 +187,9 @@ def execute_run(
         record.curve = result.curve
         record.rank_scores = result.rank_scores
         record.ranks = {k: int(v) for k, v in adapter.ranks().items()}
+        # What "auto" (or a preset) chose on this model: the patterns and how many modules.
+        record.config["adapted_modules"] = list(adapter.target_patterns)
+        record.config["adapted_module_count"] = len(adapter.target_names)
         if result.status != "failed":
             out_dir = Path(adapter_root) / cfg.run_id if adapter_root is not None else None
             record.adapter_bytes = _adapter_bytes(adapter, model, train_head, out_dir)
@@ -223,6 +238,124 @@ def resolve_suite(suite: SuiteConfig, cache: RunCache) -> list[RunConfig]:
     return resolved
 
 
+def check_budgets(configs: list[RunConfig], cache: RunCache) -> None:
+    """Plans the steps of every run with a ``tokens`` budget before any run trains, so that a
+    budget below one batch or implying absurdly many steps stops the suite at once.
+
+    Raises :class:`SuiteInputError` naming the run, the budget and the fix; for a budget below
+    one batch, the least valid limit over all the runs (seeds draw different first batches).
+    ``flops`` and ``seconds`` budgets need a measured step: each run checks them before its
+    first optimiser step (and fails with the same message).
+    """
+    from lorabench.harness.batches import BatchPlan
+    from lorabench.harness.meter import BudgetBelowOneBatch, plan_steps
+    from lorabench.tasks import get_task
+
+    too_small: list[tuple[RunConfig, BudgetBelowOneBatch]] = []
+    tokenizers: dict[tuple, Any] = {}
+    for cfg in configs:
+        if cfg.budget.kind != "tokens":
+            continue
+        try:
+            spec = get_task(cfg.task)
+            task_key, data = cache.task(spec, cfg)
+            key = (cfg.model, spec.num_labels, spec.task_type)
+            if key not in tokenizers:
+                tokenizers[key] = cache.model(cfg.model, spec)[1]
+            train, _ = cache.splits(task_key, data, tokenizers[key], cfg.train.max_length)
+            plan_steps(
+                cfg.budget,
+                BatchPlan(train, cfg.train.batch_size, seed=cfg.seed),
+                flops_per_padded_token=0.0,
+            )
+        except BudgetBelowOneBatch as exc:
+            too_small.append((cfg, exc))
+        except BenchmarkConfigError as exc:
+            raise SuiteInputError(f"{cfg.variant}/{cfg.task}/seed {cfg.seed}: {exc}") from None
+        # Anything else (a tokenizer that fails on this data, say) is the run's own failure,
+        # recorded when it runs, as before.
+        except Exception:
+            continue
+    if too_small:
+        cfg, worst = max(too_small, key=lambda item: item[1].smallest)
+        more = f" ({len(too_small)} runs are below one batch)" if len(too_small) > 1 else ""
+        raise SuiteInputError(f"{cfg.variant}/{cfg.task}/seed {cfg.seed}: {worst}{more}")
+
+
+class SuiteInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) or SIGTERM stopped a suite. The finished runs are stored;
+    :attr:`message` says how many and how to resume; :attr:`exit_code` is 128 + the signal
+    number (130 for Ctrl-C, 143 for SIGTERM), as shells report a process a signal ended."""
+
+    def __init__(self, message: str = "", *, signum: int = signal.SIGINT) -> None:
+        super().__init__(message)
+        self.message = message
+        self.signum = int(signum)
+        self.exit_code = 128 + int(signum)
+
+
+class _StopSignals:
+    """While a suite runs: SIGTERM (and Ctrl-C, when Python's default handler has it) raise
+    :class:`SuiteInterrupted`, except inside :meth:`deferred`, where the signal waits until the
+    block ends (a record being stored is stored whole, then the suite stops).
+
+    Installs nothing outside the main thread (Python allows signal handlers only there) or when
+    a caller has set its own handlers; restores the previous handlers on exit.
+    """
+
+    def __init__(self) -> None:
+        self._previous: dict[int, Any] = {}
+        self._deferring = False
+        self._pending: int | None = None
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        wanted = {signal.SIGINT: signal.default_int_handler}
+        if hasattr(signal, "SIGTERM"):
+            wanted[signal.SIGTERM] = signal.SIG_DFL
+        for signum, default in wanted.items():
+            if signal.getsignal(signum) is default:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self._deferring:
+            self._pending = signum
+            return
+        raise SuiteInterrupted(signum=signum)
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        self._deferring = True
+        try:
+            yield
+        finally:
+            self._deferring = False
+        if self._pending is not None:
+            signum, self._pending = self._pending, None
+            raise SuiteInterrupted(signum=signum)
+
+
+def _interrupted_message(
+    signum: int, finished_before: int, new: dict[str, RunRecord], total: int, where: str
+) -> str:
+    """What a stopped suite says: how many runs are finished and stored, and how to resume."""
+    name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+    done_now = sum(1 for r in new.values() if r.status == "finished")
+    stored = f", {done_now} of them by this command" if finished_before else ""
+    return (
+        f"interrupted ({name}): finished runs are saved ({finished_before + done_now} of "
+        f"{total} runs of this suite, in {where}{stored}); re-run the same command to resume "
+        "with the others."
+    )
+
+
 def data_changes(configs: list[RunConfig], store: Any) -> list[str]:
     """One line per task whose data differs from finished runs with the same settings.
 
@@ -269,20 +402,38 @@ def run_suite(
 ) -> list[RunRecord]:
     """Runs every (variant, task, seed) of ``suite`` not already finished in ``store``.
 
-    Each record is stored as soon as its run ends, so an interrupted suite (Ctrl-C) keeps its
-    finished runs and a re-run resumes. Failed runs are stored and the suite goes on. Prints a
+    Each record is stored as soon as its run ends, so an interrupted suite keeps its finished
+    runs and a re-run resumes. Failed runs are stored and the suite goes on. Prints a
     comparison table at the end to ``stream`` (default stdout; ``None`` with progress off: quiet).
+
+    Ctrl-C and SIGTERM (in the main thread) raise :class:`SuiteInterrupted`, a
+    KeyboardInterrupt whose message says how many runs are finished and stored; a signal that
+    arrives while a record is being stored waits until it is stored. A ``tokens`` budget is
+    checked for every run before the first trains (:func:`check_budgets`).
 
     Returns the records of every run of the suite, the ones found finished in the store included,
     in suite order.
     """
+    out = sys.stdout if stream is None and progress else stream
+    with _StopSignals() as stop:
+        return _run_suite(suite, store, stop, progress, keep_adapters, out)
+
+
+def _run_suite(
+    suite: SuiteConfig,
+    store: RecordStore,
+    stop: _StopSignals,
+    progress: bool,
+    keep_adapters: bool,
+    out: Any,
+) -> list[RunRecord]:
     from tqdm import tqdm
 
-    out = sys.stdout if stream is None and progress else stream
     cache = RunCache()
     configs = resolve_suite(suite, cache)
     finished = store.finished_ids()
     todo = [c for c in configs if c.run_id not in finished]
+    check_budgets(todo, cache)  # before any run trains: one budget for all, one message
     if out is not None:
         skipped = len(configs) - len(todo)
         print(
@@ -302,8 +453,9 @@ def run_suite(
         for cfg in todo:
             bar.set_postfix_str(f"{cfg.variant}/{cfg.task}/seed {cfg.seed}")
             record = execute_run(cfg, progress=progress, cache=cache, adapter_root=adapter_root)
-            store.add(record)
-            new[cfg.run_id] = record
+            with stop.deferred():  # a signal now waits until the record is stored whole
+                store.add(record)
+                new[cfg.run_id] = record
             bar.update(1)
             if record.status == "failed" and out is not None:
                 bar.write(
@@ -311,6 +463,12 @@ def run_suite(
                     f"{error_message(record.error)}",
                     file=out,
                 )
+    except KeyboardInterrupt as exc:
+        # Ctrl-C or SIGTERM: every record stored so far stays; say how many, and how to resume.
+        signum = getattr(exc, "signum", signal.SIGINT)
+        where = getattr(store, "name", "the results database")
+        message = _interrupted_message(signum, len(configs) - len(todo), new, len(configs), where)
+        raise SuiteInterrupted(message, signum=signum) from None
     finally:
         bar.close()
     records: list[RunRecord] = []

@@ -131,9 +131,9 @@ class SuiteConfig:
         if not path.is_file():
             raise SuiteConfigError(f"suite file {str(path)!r} does not exist")
         try:
-            data = yaml.safe_load(path.read_text())
+            data = yaml.safe_load(read_yaml_text(path, "suite file"))
         except yaml.YAMLError as exc:
-            raise SuiteConfigError(f"{path}: not valid YAML: {exc}") from None
+            raise SuiteConfigError(f"{path}: not valid YAML: {yaml_problem(exc)}") from None
         return cls.from_dict(data, where=str(path))
 
     @classmethod
@@ -280,6 +280,38 @@ def preset_descriptions() -> dict[str, str]:
 
 
 # -- parsing helpers ------------------------------------------------------------------------------
+def read_yaml_text(path: Path, what: str) -> str:
+    """The text of a YAML file, failing with one line that names the file and the fix when it
+    cannot be read or is not UTF-8 text (binary garbage, a Latin-1 file): YAML is UTF-8."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SuiteConfigError(
+            f"{what} {str(path)!r} cannot be read ({exc.strerror or exc})"
+        ) from None
+    if b"\x00" in data:
+        raise SuiteConfigError(
+            f"{what} {str(path)!r} is binary, not a YAML text file; give the right .yaml file"
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SuiteConfigError(
+            f"{what} {str(path)!r} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset "
+            f"{exc.start}); save it as UTF-8, or check that it is the right .yaml file"
+        ) from None
+
+
+def yaml_problem(exc: Exception) -> str:
+    """A YAML error on one line: its problem and where (PyYAML spreads it over several lines
+    and quotes the source, which for a garbled file is garbage too)."""
+    problem, mark = getattr(exc, "problem", None), getattr(exc, "problem_mark", None)
+    if problem and mark is not None:
+        return f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
 def parse_variants(value: Any, *, where: str = "suite") -> list[VariantEntry]:
     """``[lora, {dora: {r: 16}}]`` (or a comma-separated string ``"lora,dora"``) to entries."""
     if isinstance(value, str):

@@ -478,6 +478,10 @@ def recipe(record: RunRecord) -> dict[str, str]:
         for k, v in resolved_variant_config(record).items()
         if k not in shown and k != "seed"
     }
+    adapted = (record.config or {}).get("adapted_modules")
+    if adapted and "target_modules" in out:
+        # The modules the run adapted ("auto" chose them for its model), not the request.
+        out["target_modules"] = _setting(adapted)
     out.update(_train_recipe(record))
     return out
 
@@ -667,6 +671,7 @@ def missing_notes(data: ReportData, summary: Mapping[str, Any]) -> list[str]:
                         f"{', '.join(map(str, lacking))})."
                     )
         notes += fingerprint_notes(runs)
+        notes += adapted_module_notes(data.records)
     for record in data.unfinished:
         error = (record.error or "").strip()
         reason = error.splitlines()[0][:200] if error else "no error recorded"
@@ -678,6 +683,24 @@ def missing_notes(data: ReportData, summary: Mapping[str, Any]) -> list[str]:
 
 
 MISSING_CELL = "\u2013"  # an en dash, as papers mark a missing cell
+
+
+def adapted_module_notes(records: list[RunRecord]) -> list[str]:
+    """One line per model: the modules its runs adapted (what ``target_modules`` chose), with
+    the number of adapted matrices; records written before this was recorded are left out."""
+    seen: dict[str, set[tuple[str, int]]] = {}
+    for record in records:
+        config = record.config or {}
+        if config.get("adapted_modules"):
+            patterns = ", ".join(map(str, config["adapted_modules"]))
+            seen.setdefault(record.model, set()).add(
+                (patterns, int(config.get("adapted_module_count") or 0))
+            )
+    notes = []
+    for model, choices in sorted(seen.items()):
+        described = "; ".join(f"{p} ({n} matrices)" for p, n in sorted(choices))
+        notes.append(f"Adapted modules on {model}: {described}.")
+    return notes
 
 
 def fingerprint_notes(runs: pd.DataFrame) -> list[str]:

@@ -19,12 +19,14 @@ Typical use::
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
 import math
 import statistics
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import optuna
@@ -137,9 +139,13 @@ def run_search(
             "no new trials",
         )
     else:
-        study.optimize(
-            loop.objective, callbacks=[loop.after_trial], catch=(TrialFailed,), gc_after_trial=True
-        )
+        with _quiet_interrupt_logs():
+            study.optimize(
+                loop.objective,
+                callbacks=[loop.after_trial],
+                catch=(TrialFailed,),
+                gc_after_trial=True,
+            )
     if loop.stop_reason:
         _say(progress, f"[{cfg.study_name}] stopped: {loop.stop_reason}")
     if loop.fatal:
@@ -163,6 +169,37 @@ def run_search(
         confirm_records=confirm_records,
         summary=summary,
     )
+
+
+class _InterruptLogFilter(logging.Filter):
+    """Drops Optuna's log of a trial failed by Ctrl-C (a warning carrying the whole traceback,
+    ~125 lines, then "failed with value None"): the interrupted trial is still stored as failed
+    with its spend, and the command prints one line saying so."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._interrupted: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        message = record.getMessage()
+        trial = message.split(" failed with ", 1)[0]
+        if isinstance(exc, KeyboardInterrupt):
+            self._interrupted.add(trial)
+            return False
+        return not (trial in self._interrupted and " failed with value " in message)
+
+
+@contextlib.contextmanager
+def _quiet_interrupt_logs() -> Iterator[None]:
+    """Within the block, Optuna's logs of Ctrl-C'd trials are dropped (its other logs stay)."""
+    logger = logging.getLogger("optuna.study._optimize")
+    log_filter = _InterruptLogFilter()
+    logger.addFilter(log_filter)
+    try:
+        yield
+    finally:
+        logger.removeFilter(log_filter)
 
 
 class _SearchLoop:

@@ -30,6 +30,14 @@ CONNECT_TIMEOUT_S = 5
 TABLE_RACE_RETRIES = 5
 
 
+# What --storage accepts, for messages that refuse something else.
+STORAGE_FORMS = (
+    "a file path (search.db), sqlite:///path/search.db, postgresql://user@host:5432/db "
+    "(or mysql://...), or journal:PATH"
+)
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
 class StorageError(BenchmarkConfigError):
     """The search storage is unreachable or its URL is malformed."""
 
@@ -47,9 +55,62 @@ def normalize_storage_url(url_or_path: str) -> str:
             raise StorageError("journal storage needs a file: journal:/path/to/search.journal")
         return JOURNAL_PREFIX + str(Path(path).expanduser().resolve())
     try:
-        return results_url(text, what="search storage")
+        url = results_url(text, what="search storage")
     except DatabaseURLError as exc:
-        raise StorageError(str(exc)) from None
+        raise StorageError(f"{exc}; the storage may be {STORAGE_FORMS}") from None
+    try:
+        # Loads SQLAlchemy's dialect class only (no driver, no connection): 'bogus://x' fails
+        # here with the accepted forms instead of a NoSuchModuleError traceback later.
+        make_url(url).get_dialect()
+    except Exception:
+        raise StorageError(
+            f"search storage {redact(url)!r} is not a kind of storage lorabench knows; "
+            f"give {STORAGE_FORMS}"
+        ) from None
+    return url
+
+
+def check_storage(url_or_path: str) -> str:
+    """Checks what can be checked without connecting and returns the normalised URL: the form
+    (see :data:`STORAGE_FORMS`), and that an existing SQLite file is a database (an existing
+    text file, say, is refused with its name instead of Optuna's ``DatabaseError``)."""
+    url = normalize_storage_url(url_or_path)
+    if url.startswith(JOURNAL_PREFIX):
+        path = Path(url[len(JOURNAL_PREFIX) :])
+        if path.is_dir():
+            raise StorageError(
+                f"journal storage {path} is a folder; give a file, "
+                f"e.g. journal:{path / 'search.journal'}"
+            )
+        return url
+    parsed = make_url(url)
+    database = parsed.database or ""
+    if parsed.get_backend_name() == "sqlite" and database and database != ":memory:":
+        _check_sqlite_file(Path(database))
+    return url
+
+
+def _check_sqlite_file(path: Path) -> None:
+    """Refuses a path that exists but is not an SQLite database (a folder, a text file)."""
+    if path.is_dir():
+        raise StorageError(
+            f"search storage {path} is a folder; give a database file, e.g. {path / 'search.db'}"
+        )
+    if not path.is_file():
+        return  # created by Optuna
+    try:
+        with path.open("rb") as handle:
+            header = handle.read(len(SQLITE_HEADER))
+    except OSError as exc:
+        raise StorageError(
+            f"search storage {path} cannot be read ({exc.strerror or exc})"
+        ) from None
+    if header and header != SQLITE_HEADER:  # an empty file is a new database to SQLite
+        raise StorageError(
+            f"search storage {path} is not an SQLite database (the file exists and holds "
+            "something else); give a new file name (it is created), an existing search or "
+            "results database, or another form: " + STORAGE_FORMS
+        )
 
 
 def redact(url: str) -> str:
@@ -65,7 +126,7 @@ def open_storage(
     For a database the connection is tried once with a short timeout before Optuna touches it, so
     an unreachable server fails in seconds, before any training starts.
     """
-    url = normalize_storage_url(url_or_path)
+    url = check_storage(url_or_path)
     if url.startswith(JOURNAL_PREFIX):
         path = Path(url[len(JOURNAL_PREFIX) :])
         if not path.parent.is_dir():

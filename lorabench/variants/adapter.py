@@ -1,6 +1,7 @@
 """Attaching a variant to a model, and everything done with the attached adapter.
 
->>> adapter = attach(model, "lora", r=8, target_modules=["query", "value"])
+>>> adapter = attach(model, "lora", r=8)  # target_modules="auto": query/value by model type
+>>> adapter.target_names                 # the adapted modules' names, in model order
 >>> optimizer = torch.optim.AdamW(adapter.trainable_parameters(), lr=4e-4)
 >>> adapter.save("out/adapter")          # safetensors + adapter_config.json
 >>> model = adapter.detach()             # the original model back, bit for bit
@@ -27,10 +28,12 @@ from lorabench.variants.base import (
     layer_shape,
 )
 from lorabench.variants.registry import VARIANTS
-from lorabench.variants.targets import find_targets
+from lorabench.variants.targets import ResolvedTargets, resolve_targets
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
+# The trained task head, saved beside the adapter (by the runner) and restored by Adapter.load.
+HEAD_FILE = "head.safetensors"
 _ROOT_ATTR = "lorabench_variant"  # where the variant module hangs on the adapted model
 
 
@@ -106,7 +109,8 @@ def attach(
         )
     cls = resolve_variant(variant)
     cfg = make_config(cls, config, **overrides)
-    targets = find_targets(model, cfg.target_modules)
+    resolved = resolve_targets(model, cfg.target_modules)
+    targets = {name: model.get_submodule(name) for name in resolved.names}
     variant_module = cls(cfg)
     variant_module.prepare(targets)
 
@@ -125,7 +129,7 @@ def attach(
     variant_module.to(device=ref.device)
     variant_module.train(model.training)
     model.add_module(_ROOT_ATTR, variant_module)
-    return Adapter(model, variant_module, requires_grad)
+    return Adapter(model, variant_module, requires_grad, resolved)
 
 
 def _name_sample(names: list[str], k: int = 4) -> str:
@@ -145,11 +149,31 @@ class Adapter:
     Nothing happens implicitly in ``train()``/``eval()``; merging is explicit.
     """
 
-    def __init__(self, model: nn.Module, variant: Variant, requires_grad: dict[str, bool]) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        variant: Variant,
+        requires_grad: dict[str, bool],
+        targets: ResolvedTargets | None = None,
+    ) -> None:
         self.model = model
         self.variant = variant
         self._original_requires_grad = requires_grad
         self._step = 0
+        names = tuple(variant.layers) if targets is None else targets.names
+        self._targets = targets or ResolvedTargets(names, names)
+
+    @property
+    def target_names(self) -> tuple[str, ...]:
+        """The adapted modules' names, in model order, as chosen at attach time (what
+        ``target_modules`` resolved to on this model; kept after :meth:`detach`)."""
+        return self._targets.names
+
+    @property
+    def target_patterns(self) -> tuple[str, ...]:
+        """The patterns that chose :attr:`target_names`: ``target_modules`` as given, or for a
+        preset what it stood for on this model (``"auto"`` -> e.g. ``("query", "value")``)."""
+        return self._targets.patterns
 
     # -- introspection --------------------------------------------------------------------------
     @property
@@ -281,6 +305,7 @@ class Adapter:
             "layers": {
                 n: [layer.out_features, layer.in_features] for n, layer in self.layers.items()
             },
+            "target_patterns": list(self.target_patterns),
         }
         (out / CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
         return out
@@ -291,7 +316,11 @@ class Adapter:
 
     @classmethod
     def load(cls, model: nn.Module, path: str | os.PathLike) -> Adapter:
-        """Attaches a saved adapter to ``model`` (the same architecture it was trained on)."""
+        """Attaches a saved adapter to ``model`` (the same architecture it was trained on).
+
+        A trained task head saved beside it (``head.safetensors``, written by the runner) is
+        loaded into ``model`` too, so the pair computes what was trained.
+        """
         src = Path(path)
         cfg_path = src / CONFIG_FILE
         if not cfg_path.is_file():
@@ -313,7 +342,10 @@ class Adapter:
         config = variant_cls.config_class.from_dict(meta["config"])
         saved_layers = {k: tuple(v) for k, v in meta.get("layers", {}).items()}
         try:
-            targets = find_targets(model, config.target_modules)
+            targets = {
+                n: model.get_submodule(n)
+                for n in resolve_targets(model, config.target_modules).names
+            }
         except ConfigError as exc:  # another architecture: its module names are not in this model
             raise AdapterShapeError(
                 "this adapter was saved for another model: its layers "
@@ -342,7 +374,32 @@ class Adapter:
             prefix = f"{layer_name}."
             state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
             layer.load_adapter_state(state, prefix=prefix)
+        if (src / HEAD_FILE).is_file():
+            load_head(model, src / HEAD_FILE)
         return adapter
+
+
+def load_head(model: nn.Module, path: str | os.PathLike) -> list[str]:
+    """Loads a saved task head (``head.safetensors``: parameter name -> tensor) into ``model``
+    and returns the names loaded; fails naming the tensors that do not fit."""
+    tensors = load_file(str(path))
+    params = dict(model.named_parameters())
+    unknown = sorted(n for n in tensors if n not in params)
+    wrong = sorted(
+        f"{n}: saved {tuple(t.shape)} vs model {tuple(params[n].shape)}"
+        for n, t in tensors.items()
+        if n in params and tuple(t.shape) != tuple(params[n].shape)
+    )
+    if unknown or wrong:
+        raise AdapterShapeError(
+            f"the task head in {path} does not fit this model: "
+            + "; ".join([*(f"{n} is not a parameter here" for n in unknown[:5]), *wrong[:5]])
+            + ". Load it into the model (and number of labels) it was trained with."
+        )
+    with torch.no_grad():
+        for name, tensor in tensors.items():
+            params[name].copy_(tensor.to(params[name]))
+    return sorted(tensors)
 
 
 def load_adapter(model: nn.Module, path: str | os.PathLike) -> Adapter:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -41,16 +41,23 @@ class VariantConfig:
 
     Attributes:
         r: the adapter rank (for AdaLoRA the initial rank, for DyLoRA the maximum rank).
-        target_modules: which modules to adapt. A list of patterns, each either a module-name
-            suffix (``"query"`` matches ``encoder.layer.0.attention.self.query``), a glob
+        target_modules: which modules to adapt. ``"auto"`` (the default) picks the attention
+            query and value projections by the model's ``model_type``
+            (:data:`lorabench.variants.targets.DEFAULT_TARGETS`: ``query``/``value`` on BERT,
+            ``c_attn`` on GPT-2, ``q_proj``/``v_proj`` on Llama, ...); ``"attention"`` adapts
+            every attention projection and ``"all-linear"`` every linear layer but the task
+            head, on any model. Otherwise a list of patterns, each either a module-name suffix
+            (``"query"`` matches ``encoder.layer.0.attention.self.query``), a glob
             (``"*.attention.self.*"``), or a regular expression prefixed with ``re:``
             (``"re:.*layer\\.[0-5]\\..*(query|value)"``), matched against the full dotted name.
-            A single string is one pattern.
+            A single string other than a preset is one pattern.
         dropout: dropout on the adapter's input (0 disables it).
     """
 
     r: int = 8
-    target_modules: list[str] | str = field(default_factory=lambda: ["query", "value"])
+    # "auto": chosen per architecture when attached; kept as the string (not the resolved list) so
+    # that the config, and a run's identity, do not depend on the model it is attached to.
+    target_modules: list[str] | str = "auto"
     dropout: float = 0.0
 
     # Input-only names kept for configs written before a field was renamed: legacy name -> field.
@@ -82,7 +89,8 @@ class VariantConfig:
         ):
             raise ConfigError(
                 f"target_modules={self.target_modules!r} must be a non-empty list of module-name "
-                "patterns, e.g. ['query', 'value']"
+                "patterns, e.g. ['query', 'value'], or a preset: 'auto', 'attention' or "
+                "'all-linear'"
             )
 
     @property

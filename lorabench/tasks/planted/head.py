@@ -25,8 +25,13 @@ def head_names(model: nn.Module) -> list[str]:
 def random_head(
     model: nn.Module, num_labels: int, seed: int
 ) -> tuple[dict[str, torch.Tensor], str | None]:
-    """Seeded head tensors ``{name: tensor}`` (weights N(0, 1/fan_in), biases 0) and the name of
-    the output bias (``None`` if the head has none)."""
+    """Seeded head tensors ``{name: tensor}`` and the name of the output bias (``None`` if the
+    head has none).
+
+    The head is every tensor :func:`head_names` lists (what the task adds to the model: the
+    modules outside the backbone and whatever the checkpoint did not provide, e.g. DeBERTa-v2's
+    pooler): matrices N(0, 1/fan_in), biases 0, other vectors (a LayerNorm's weight) 1.
+    """
     g = derived_generator(seed, "head")
     params = dict(model.named_parameters())
     state: dict[str, torch.Tensor] = {}
@@ -38,8 +43,10 @@ def random_head(
             weight = torch.randn(p.shape, generator=g, dtype=torch.float64) / fan_in**0.5
             state[name] = weight.to(p.dtype)
         else:
-            state[name] = torch.zeros_like(p, device="cpu")
-            if name.endswith("bias") and p.shape == (num_labels,):
+            is_bias = name.rsplit(".", 1)[-1] == "bias"
+            # A vector that is not a bias scales (a LayerNorm's weight): one keeps it neutral.
+            state[name] = (torch.zeros_like if is_bias else torch.ones_like)(p, device="cpu")
+            if is_bias and p.shape == (num_labels,):
                 output_bias = name  # the last (num_labels,) bias is the output layer's
     return state, output_bias
 

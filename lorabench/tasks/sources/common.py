@@ -9,6 +9,7 @@ column, labels as ``int64`` class ids or ``float64`` scores) and applies the exa
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -28,6 +29,27 @@ class TaskDataError(ValueError):
 
 class DataNotFoundError(FileNotFoundError):
     """No source the task can read was found; the message says what to pass instead."""
+
+
+def not_utf8_error(path: object, exc: UnicodeDecodeError, what: str = "file") -> TaskDataError:
+    """The error for a data file that is not UTF-8 (a Latin-1 or Windows-1252 export, say):
+    names the file and the first bad byte, and says to save it as UTF-8."""
+    where = ""
+    try:
+        # The reader's offset is into the chunk it decoded; the file's own bytes say the line.
+        data = Path(str(path)).read_bytes()
+        data.decode("utf-8")
+    except UnicodeDecodeError as whole:
+        line = data.count(b"\n", 0, whole.start) + 1
+        where = f"byte 0x{data[whole.start]:02x} on line {line}"
+    except OSError:
+        pass
+    if not where:
+        where = f"byte 0x{exc.object[exc.start : exc.start + 1].hex()}" if exc.object else "?"
+    return TaskDataError(
+        f"{what} {path} is not UTF-8 text ({where}); save it as UTF-8 "
+        "(in a spreadsheet: 'CSV UTF-8'; or iconv -f latin1 -t utf-8)"
+    )
 
 
 def require_columns(present: Iterable[str], needed: Iterable[str], where: str) -> None:

@@ -34,6 +34,7 @@ from lorabench.tasks.sources.common import (
     DataNotFoundError,
     TaskDataError,
     finalize,
+    not_utf8_error,
     require_columns,
 )
 from lorabench.tasks.spec import MetricSpec, TaskSpec
@@ -60,18 +61,45 @@ def read_table(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
     if not path.is_file():
         raise DataNotFoundError(f"custom task file {path} does not exist")
     suffix = path.suffix.lower()
-    if suffix in {".csv", ".tsv"}:
-        frame = pd.read_csv(
-            path, sep="\t" if suffix == ".tsv" else ",", keep_default_na=False, na_values=[""]
-        )
-    elif suffix in {".jsonl", ".ndjson"}:
-        frame = pd.read_json(path, lines=True, dtype=False)
-    else:
+    if suffix not in {".csv", ".tsv", ".jsonl", ".ndjson"}:
         raise TaskDataError(
             f"custom task file {path}: unsupported format {suffix!r}; use .csv, .tsv or .jsonl"
         )
+    wanted = f"the columns {columns}" if columns else "its columns"
+    if path.stat().st_size == 0:
+        raise TaskDataError(
+            f"custom task file {path} is empty; it needs a header row with {wanted} and at "
+            "least one example"
+        )
+    # pandas' own errors name neither the file nor the fix (UnicodeDecodeError, "No columns to
+    # parse from file"); a suite names the task, so the file is said here.
+    try:
+        if suffix in {".csv", ".tsv"}:
+            frame = pd.read_csv(
+                path, sep="\t" if suffix == ".tsv" else ",", keep_default_na=False, na_values=[""]
+            )
+        else:
+            frame = pd.read_json(path, lines=True, dtype=False, encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise not_utf8_error(path, exc, "custom task file") from None
+    except pd.errors.EmptyDataError:
+        raise TaskDataError(
+            f"custom task file {path} has no data (blank lines only); it needs a header row "
+            f"with {wanted} and at least one example"
+        ) from None
+    except ValueError as exc:  # ParserError is a ValueError, as are read_json's errors
+        problem = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        kind = "JSON lines (one object per line)" if suffix in {".jsonl", ".ndjson"} else suffix
+        raise TaskDataError(
+            f"custom task file {path} cannot be read as {kind}: {problem}"
+        ) from None
     if columns is not None:
         require_columns(frame.columns, columns, str(path))
+    if frame.empty:
+        raise TaskDataError(
+            f"custom task file {path} has no examples (a header only, or no rows); "
+            "add at least one row"
+        )
     return frame
 
 
@@ -101,6 +129,8 @@ def read_custom_spec(yaml_path: str | Path) -> TaskSpec:
         raise DataNotFoundError(f"custom task spec {path} does not exist")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise not_utf8_error(path, exc, "custom task spec") from None
     except yaml.YAMLError as exc:
         raise TaskDataError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):

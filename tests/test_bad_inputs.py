@@ -404,3 +404,29 @@ def test_sigterm_during_run_keeps_finished_runs_and_says_how_to_resume(tmp_path,
     records = ResultStore(db).records(status=None)
     assert 1 <= len(records) < 6 and all(r.status == "finished" for r in records)
     assert f"finished runs are saved ({len(records)} of 6 runs of this suite, in {db})" in stderr
+
+
+def test_every_problem_of_a_suite_is_reported_together_before_anything_is_stored(
+    tiny_model_dir, toy_task, tmp_path, cli_main, capsys
+):
+    """A rank larger than a layer and an AdaLoRA schedule longer than the budget: both named,
+    exit 2, no results database created, nothing trained."""
+    out = tmp_path / "runs"
+    argv = [
+        "run",
+        "--variants",
+        "lora,adalora",
+        "--tasks",
+        toy_task,
+        "--model",
+        str(tiny_model_dir),
+    ]
+    argv += ["--budget", "steps=20", "--out", str(out), "--quiet"]
+    argv += ["--variant-config", "lora.r=1000", "--variant-config", "adalora.r=8"]
+    argv += ["--variant-config", "adalora.tinit=15", "--variant-config", "adalora.tfinal=10"]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "2 problems, nothing trained" in err and "Traceback" not in err
+    assert "r=1000 is larger than layer" in err and "choose r <= 32" in err
+    assert "tinit=15 + tfinal=10 must be < total steps 20" in err
+    assert not (out / "results.db").exists()

@@ -271,18 +271,20 @@ def run(args: argparse.Namespace) -> int:
     )
     from lorabench.results.store import ResultStore, ResultStoreError
 
+    # Every run resolved and checked against its model's shapes before the store is created: a
+    # rejected suite leaves nothing behind and names all its problems at once. Resolving reads
+    # each task's data at most once (to fingerprint it); nothing trains.
+    try:
+        configs = resolve_suite(suite, RunCache())
+    except SuiteInputError as exc:
+        print(f"lorabench run: {exc}", file=sys.stderr)
+        return 2
     try:
         store = ResultStore(suite.results_location)
     except ResultStoreError as exc:
         print(f"lorabench run: {exc}", file=sys.stderr)
         return 2
     if args.dry_run:
-        # Resolving reads each task's data once (to fingerprint it); nothing trains.
-        try:
-            configs = resolve_suite(suite, RunCache())
-        except SuiteInputError as exc:
-            print(f"lorabench run: {exc}", file=sys.stderr)
-            return 2
         finished = store.finished_ids()
         print(
             f"suite {suite.name or '(unnamed)'}: {len(configs)} runs, budget {suite.budget}, "

@@ -225,16 +225,29 @@ class SuiteInputError(ValueError):
 def resolve_suite(suite: SuiteConfig, cache: RunCache) -> list[RunConfig]:
     """Every run of ``suite``, resolved (see :meth:`RunCache.resolve`), in suite order.
 
-    Raises :class:`SuiteInputError` naming the run and the cause when one cannot be resolved.
+    Every run is resolved and attached to its model's shapes on the meta device
+    (:func:`lorabench.harness.checks.shape_problems`: a rank larger than a layer, missing target
+    modules, an AdaLoRA schedule longer than a steps budget) before any trains. Raises
+    :class:`SuiteInputError` listing every problem, each naming the run and the fix.
     """
-    resolved = []
+    from lorabench.harness.checks import shape_problems
+
+    resolved, problems = [], []
     for cfg in suite.run_configs():
         try:
             resolved.append(cache.resolve(cfg))
-        except Exception as exc:
-            raise SuiteInputError(
-                f"{cfg.variant}/{cfg.task}/seed {cfg.seed}: {error_message(error_text(exc))}"
-            ) from exc
+        except Exception as exc:  # every run's problem, reported together below
+            problem = f"{cfg.variant}/{cfg.task}/seed {cfg.seed}: {error_message(error_text(exc))}"
+            if problem not in problems:
+                problems.append(problem)
+    if not problems:
+        problems = shape_problems(resolved)
+    if problems:
+        if len(problems) == 1:
+            raise SuiteInputError(problems[0])
+        raise SuiteInputError(
+            f"{len(problems)} problems, nothing trained:\n" + "\n".join(f"  {p}" for p in problems)
+        )
     return resolved
 
 

@@ -430,3 +430,15 @@ def test_every_problem_of_a_suite_is_reported_together_before_anything_is_stored
     assert "r=1000 is larger than layer" in err and "choose r <= 32" in err
     assert "tinit=15 + tfinal=10 must be < total steps 20" in err
     assert not (out / "results.db").exists()
+
+
+def test_a_search_trial_budget_below_one_batch_stops_before_any_trial(
+    tiny_model_dir, toy_task, tmp_path, cli_main, capsys
+):
+    argv = ["search", "--variants", "lora", "--tasks", toy_task, "--model", str(tiny_model_dir)]
+    argv += ["--budget", "tokens=1000", "--trial-budget", "tokens=5", "--pruner", "none"]
+    argv += ["--results", str(tmp_path / "results.db"), "--quiet"]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--trial-budget: budget tokens=5 is smaller than one training batch" in err
+    assert "use at least tokens=" in err and "Traceback" not in err

@@ -251,7 +251,10 @@ def prepare_search(cfg: SearchConfig, *, cache: Any = None, probe: bool = True) 
         )  # joining: a different budget is the first thing to say
     trials = study.get_trials(deepcopy=False)
     _check_budget_fits_a_trial(cfg, trials)  # with observed trials
-    if probe and estimate_trial_spend(cfg.trial_budget, cfg.budget.kind, trials) is None:
+    # A tokens trial budget is planned too, even when its spend is known: below one batch or
+    # implying absurdly many steps, every trial would fail the same way.
+    known = estimate_trial_spend(cfg.trial_budget, cfg.budget.kind, trials) is not None
+    if probe and (not known or cfg.trial_budget.kind == "tokens"):
         if cache is None:
             from lorabench.harness.prepared import RunCache
 
@@ -358,8 +361,12 @@ def _roundtrip(value: Any) -> Any:
 def _check_budget_fits_an_estimated_trial(
     cfg: SearchConfig, run_cfg: RunConfig, cache: Any
 ) -> None:
+    from lorabench.harness.config import BenchmarkConfigError
+
     try:
         estimate = estimate_trial(run_cfg, cfg.budget.kind, cache)
+    except BenchmarkConfigError as exc:  # the trial budget itself (below one batch, too many steps)
+        raise SearchError(f"study {cfg.study_name!r}: --trial-budget: {exc}") from exc
     except Exception as exc:  # loading the task or model: every trial would fail the same way
         raise SearchError(
             f"study {cfg.study_name!r}: cannot load what a trial needs ({type(exc).__name__}: "

@@ -274,8 +274,9 @@ def run(args: argparse.Namespace) -> int:
     # Every run resolved and checked against its model's shapes before the store is created: a
     # rejected suite leaves nothing behind and names all its problems at once. Resolving reads
     # each task's data at most once (to fingerprint it); nothing trains.
+    cache = RunCache()  # shared with run_suite below: nothing is resolved or loaded twice
     try:
-        configs = resolve_suite(suite, RunCache())
+        configs = resolve_suite(suite, cache)
     except SuiteInputError as exc:
         print(f"lorabench run: {exc}", file=sys.stderr)
         return 2
@@ -305,7 +306,13 @@ def run(args: argparse.Namespace) -> int:
     progress = not args.quiet
     try:
         records = run_suite(
-            suite, store, progress=progress, keep_adapters=not args.no_adapters, stream=sys.stdout
+            suite,
+            store,
+            progress=progress,
+            keep_adapters=not args.no_adapters,
+            stream=sys.stdout,
+            cache=cache,
+            configs=configs,
         )
     except SuiteInputError as exc:
         print(f"lorabench run: {exc}", file=sys.stderr)

@@ -32,6 +32,7 @@ from lorabench.harness.meter import PeakMemory
 from lorabench.harness.prepared import RunCache, default_device, prepare_run
 from lorabench.harness.trainer import OnEval, RunPruned, Trainer, error_text
 from lorabench.models import head_parameter_names, head_parameters
+from lorabench.results.provenance import collect_environment
 from lorabench.results.records import RunRecord
 
 if TYPE_CHECKING:
@@ -54,7 +55,6 @@ __all__ = [
     "summary_table",
 ]
 
-HEAD_FILE = "head.safetensors"
 # What a record's ``config`` holds beyond ``RunConfig.to_dict()`` (resolved at run time).
 RECORD_EXTRA_CONFIG_KEYS = (
     "device",
@@ -81,7 +81,7 @@ def _adapter_bytes(adapter: Any, model: nn.Module, head_trained: bool, out_dir: 
     """Saves the adapter (and a trained head beside it) and returns the adapter file's size."""
     from safetensors.torch import save_file
 
-    from lorabench.variants.adapter import WEIGHTS_FILE
+    from lorabench.variants.adapter import HEAD_FILE, WEIGHTS_FILE
 
     def save(target: Path) -> int:
         adapter.save(target)
@@ -147,7 +147,7 @@ def execute_run(
         budget=cfg.budget.to_dict(),
         data_fingerprint=cfg.data_fingerprint,
         model_fingerprint=cfg.model_fingerprint,
-        environment=_environment(),
+        environment=collect_environment(),
         started_at=_now(),
     )
     try:
@@ -397,14 +397,6 @@ def data_changes(configs: list[RunConfig], store: Any) -> list[str]:
     ]
 
 
-def _environment() -> dict[str, Any]:
-    try:
-        from lorabench.results.provenance import collect_environment
-    except ImportError:  # pragma: no cover - environment.py ships with the package
-        return {}
-    return collect_environment()
-
-
 def run_suite(
     suite: SuiteConfig,
     store: RecordStore,
@@ -412,8 +404,13 @@ def run_suite(
     progress: bool = True,
     keep_adapters: bool = True,
     stream: Any = None,
+    cache: RunCache | None = None,
+    configs: list[RunConfig] | None = None,
 ) -> list[RunRecord]:
     """Runs every (variant, task, seed) of ``suite`` not already finished in ``store``.
+
+    ``configs`` and ``cache``: the suite as :func:`resolve_suite` returned it and the cache it
+    used, when the caller resolved (and checked) it already; default: resolved here.
 
     Each record is stored as soon as its run ends, so an interrupted suite keeps its finished
     runs and a re-run resumes. Failed runs are stored and the suite goes on. Prints a
@@ -429,7 +426,7 @@ def run_suite(
     """
     out = sys.stdout if stream is None and progress else stream
     with _StopSignals() as stop:
-        return _run_suite(suite, store, stop, progress, keep_adapters, out)
+        return _run_suite(suite, store, stop, progress, keep_adapters, out, cache, configs)
 
 
 def _run_suite(
@@ -439,11 +436,14 @@ def _run_suite(
     progress: bool,
     keep_adapters: bool,
     out: Any,
+    cache: RunCache | None,
+    configs: list[RunConfig] | None,
 ) -> list[RunRecord]:
     from tqdm import tqdm
 
-    cache = RunCache()
-    configs = resolve_suite(suite, cache)
+    cache = cache or RunCache()
+    if configs is None:
+        configs = resolve_suite(suite, cache)
     finished = store.finished_ids()
     todo = [c for c in configs if c.run_id not in finished]
     check_budgets(todo, cache)  # before any run trains: one budget for all, one message

@@ -304,7 +304,8 @@ class Trainer:
 
         optimizer = build_optimizer(self.adapter_params, self.head_params, self.cfg)
         warmup = math.ceil(self.cfg.warmup_ratio * total)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(warmup, total))
+        lr_factor = linear_schedule(warmup, total)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
         log_every = max(1, total // CURVE_POINTS)
         eval_every = self.cfg.eval_every
         seconds_limit = self.budget.limit if self.budget.kind == "seconds" else math.inf
@@ -339,7 +340,9 @@ class Trainer:
                     torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
                     optimizer.step()
                     scheduler.step()
-                    self.adapter.after_step(step)
+                    # The rate this step used (the scheduler has already moved to the next).
+                    step_lr = self.cfg.learning_rate * lr_factor(step)
+                    self.adapter.after_step(step, learning_rate=step_lr)
                     optimizer.zero_grad(set_to_none=True)
                 self.spend.add_step(
                     self.plan.tokens(step), self.plan.padded_tokens(step), self._train_watch.last

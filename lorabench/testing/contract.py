@@ -380,7 +380,7 @@ def check_training_hooks_run_in_a_mini_loop(
         total.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
-        adapter.after_step(step)
+        adapter.after_step(step, learning_rate=1e-2)
         optimizer.zero_grad()
     moved = any(not torch.equal(p.detach(), s) for p, s in zip(params, start, strict=True))
     assert moved, "nothing trained"

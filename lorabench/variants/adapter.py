@@ -239,8 +239,13 @@ class Adapter:
         self._step = step
         self.variant.before_step(step)
 
-    def after_step(self, step: int) -> None:
-        """Called after ``optimizer.step()`` and before ``zero_grad()``, gradients still present."""
+    def after_step(self, step: int, learning_rate: float | None = None) -> None:
+        """Called after ``optimizer.step()`` and before ``zero_grad()``, gradients still present.
+
+        ``learning_rate``: the adapter parameters' learning rate in that step (after warm-up and
+        decay); variants with a proximal update read it as ``variant.learning_rate``.
+        """
+        self.variant.learning_rate = learning_rate
         self.variant.after_step(step)
 
     def regularization_loss(self) -> torch.Tensor | None:

@@ -451,6 +451,10 @@ class Variant(nn.Module):
         self.config = config
         self.layers: dict[str, AdapterLayer] = {}  # plain dict: the layers live in the model
         self.total_steps: int | None = None
+        # The adapter parameters' learning rate in the optimiser step just taken (after warm-up
+        # and decay), set before each after_step by whoever drives the loop; None outside a loop
+        # that sets it. A proximal update (SoRA's soft-threshold by lambda x lr) needs it.
+        self.learning_rate: float | None = None
 
     # -- building ---------------------------------------------------------------------------------
     def max_rank(self, out_features: int, in_features: int) -> int | None:
@@ -505,7 +509,8 @@ class Variant(nn.Module):
 
     def after_step(self, step: int) -> None:
         """Called after ``optimizer.step()`` and before ``zero_grad()``: gradients are still
-        there (AdaLoRA's sensitivity needs them)."""
+        there (AdaLoRA's sensitivity needs them), and :attr:`learning_rate` is the learning rate
+        that step used (SoRA's proximal step needs it)."""
 
     def regularization_loss(self) -> torch.Tensor | None:
         """A term added to the task loss (AdaLoRA's orthogonality regulariser)."""

@@ -16,6 +16,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "lorabench"
 LAYERS = {
     "registry": 0,
     "models": 0,
+    "interrupts": 0,
     "variants": 1,
     "tasks": 2,
     "testing": 2,
@@ -27,7 +28,7 @@ LAYERS = {
     "cli": 8,
     "presets": 8,
 }
-BUILT_IN_VARIANTS = {"lora", "dora", "adalora", "vera", "dylora"}
+BUILT_IN_VARIANTS = {"lora", "dora", "adalora", "vera", "dylora", "sora", "increlora"}
 
 
 def modules() -> list[Path]:

@@ -162,20 +162,26 @@ def test_tokens_budget_below_one_batch_or_absurd_stops_the_suite_before_training
     assert len(records) == 3 and all(r.status == "finished" for r in records)
 
 
-def test_flops_budgets_known_after_the_probe_fail_the_run_before_its_first_step(
+def test_flops_budget_below_one_batch_or_absurd_stops_the_suite_before_training(
     tmp_path, capsys, cli_main, tiny_model_dir, toy_task, single_thread
 ):
-    for budget, message in (
-        ("flops=1e99", "flops=1e+99 implies about"),
-        ("flops=10", "flops=10 is smaller than one training batch"),
-    ):
-        argv = run_argv(tmp_path, tiny_model_dir, toy_task, "--budget", budget)
-        assert cli_main(argv) == 1
-        captured = capsys.readouterr()
-        assert_clean(captured.err + captured.out, message)
-    records = ResultStore(tmp_path / "out" / "results.db").records(status=None)
-    assert len(records) == 2
-    assert all(r.status == "failed" and r.spent["steps"] == 0 for r in records)
+    """A flops budget is converted with the FLOPs a probe pass measures (nothing trains), so
+    it is refused like a tokens budget: exit 2, nothing stored; the least value shown passes."""
+    db = tmp_path / "out" / "results.db"
+    argv = run_argv(tmp_path, tiny_model_dir, toy_task, "--budget", "flops=1e99")
+    assert cli_main(argv) == 2
+    assert_clean(capsys.readouterr().err, "flops=1e+99 implies about", "use at most flops=")
+    assert stored_rows(db) == 0
+    argv = run_argv(tmp_path, tiny_model_dir, toy_task, "--seeds", "2", "--budget", "flops=10")
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert_clean(err, "flops=10 is smaller than one training batch", "use at least flops=")
+    assert stored_rows(db) == 0
+    least = err.split("use at least flops=")[1].split(",")[0]
+    argv = run_argv(tmp_path, tiny_model_dir, toy_task, "--seeds", "2", "--budget")
+    assert cli_main([*argv, f"flops={least}"]) == 0
+    records = ResultStore(db).records(status=None)
+    assert len(records) == 2 and all(r.status == "finished" for r in records)
 
 
 # -- files -------------------------------------------------------------------------------------
@@ -357,6 +363,59 @@ def test_ctrl_c_in_search_prints_one_message_not_optunas_traceback(
     assert not logging.getLogger("optuna.study._optimize").filters
 
 
+def sigterm_self(*args, **kwargs):
+    """Stands in for a step of a command: this process receives SIGTERM, as from ``kill``."""
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(5)  # the handler raises before this ends
+    raise AssertionError("SIGTERM did not stop the command")
+
+
+@pytest.fixture
+def sigterm_default():
+    """SIGTERM at its default, as in a fresh ``lorabench`` process (a test runner may set its own
+    handler, which the command line then leaves alone)."""
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    yield
+    signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="SIGTERM is POSIX")
+def test_sigterm_while_a_suite_starts_up_stops_with_a_message_and_stores_nothing(
+    tmp_path, capsys, cli_main, tiny_model_dir, toy_task, monkeypatch, sigterm_default
+):
+    """SIGTERM while the suite is resolved (models and data loading, checks): exit 143, one
+    message, no traceback, no results database."""
+    from lorabench.harness.prepared import RunCache
+
+    monkeypatch.setattr(RunCache, "resolve", sigterm_self)
+    assert cli_main(run_argv(tmp_path, tiny_model_dir, toy_task)) == 143
+    err = capsys.readouterr().err
+    assert_clean(err, "interrupted (SIGTERM)", "re-run the same command")
+    assert not (tmp_path / "out" / "results.db").exists()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler was put back
+
+
+@pytest.mark.skipif(os.name != "posix", reason="SIGTERM is POSIX")
+def test_sigterm_in_search_prints_one_message_not_optunas_traceback(
+    tmp_path, capfd, cli_main, tiny_model_dir, toy_task, monkeypatch, sigterm_default
+):
+    from lorabench.harness import runner
+
+    monkeypatch.setattr(runner, "execute_run", sigterm_self)
+    argv = [
+        "search", "--variants", "lora", "--tasks", toy_task, "--model", str(tiny_model_dir),
+        "--budget", "steps=20", "--trial-budget", "steps=4", "--pruner", "none",
+        "--confirm-seeds", "0", "--storage", str(tmp_path / "search.db"),
+        "--results", str(tmp_path / "results.db"), "--quiet",
+    ]  # fmt: skip
+    assert cli_main(argv) == 143
+    err = capfd.readouterr().err
+    assert_clean(err, "interrupted (SIGTERM)", "re-run the same command")
+    assert "KeyboardInterrupt" not in err and "Interrupted" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert stored_rows(tmp_path / "results.db") == 0
+
+
 @pytest.mark.skipif(os.name != "posix", reason="SIGTERM is POSIX")
 def test_sigterm_during_run_keeps_finished_runs_and_says_how_to_resume(tmp_path, tiny_model_dir):
     from conftest import toy_rows
@@ -432,13 +491,54 @@ def test_every_problem_of_a_suite_is_reported_together_before_anything_is_stored
     assert not (out / "results.db").exists()
 
 
+def test_a_config_whose_training_step_cannot_fit_in_memory_is_refused_before_anything_trains(
+    tiny_model_dir, toy_task, tmp_path, cli_main, capsys, monkeypatch, single_thread
+):
+    """VeRA at r=100000 attaches (no layer limits its rank) but its rank-wide activations alone
+    exceed the limit: exit 2 with the estimate and the limit; nothing created. The same suite
+    at a sensible rank passes under the same limit."""
+    monkeypatch.setenv("LORABENCH_MEMORY_LIMIT", "64MiB")
+    out = tmp_path / "runs"
+    argv = ["run", "--variants", "vera", "--tasks", toy_task, "--model", str(tiny_model_dir)]
+    argv += ["--budget", "steps=2", "--out", str(out), "--quiet", "--no-adapters"]
+    assert cli_main([*argv, "--variant-config", "vera.r=100000"]) == 2
+    err = capsys.readouterr().err
+    assert_clean(err, "a training step needs at least", "activations at least", "more than 64.0 MiB")
+    assert "(LORABENCH_MEMORY_LIMIT=64MiB); lower r (now 100000), train.batch_size" in err
+    assert not (out / "results.db").exists()
+    assert cli_main([*argv, "--variant-config", "vera.r=16"]) == 0
+    monkeypatch.setenv("LORABENCH_MEMORY_LIMIT", "lots")
+    assert cli_main([*argv, "--variant-config", "vera.r=16", "--seeds", "1"]) == 2
+    assert_clean(capsys.readouterr().err, "LORABENCH_MEMORY_LIMIT='lots' is not a size")
+
+
+def test_memory_estimate_counts_weights_optimiser_state_and_rank_wide_activations():
+    from lorabench.harness.memory import estimate_training_memory, format_bytes, parse_size
+    from lorabench.testing import build_model
+    from lorabench.variants import attach
+
+    model = build_model("bert")
+    adapter = attach(model, "lora", r=4)
+    est = estimate_training_memory(model, adapter, batch_tokens=100, train_head=False)
+    tensors = [*model.parameters(), *model.buffers()]
+    assert est.weights == sum(t.numel() * t.element_size() for t in tensors)
+    size = next(model.parameters()).element_size()  # the contract's tiny models are float64
+    assert est.training_state == 3 * size * adapter.num_trainable_parameters()
+    layers, hidden = model.config.num_hidden_layers, model.config.hidden_size
+    assert est.activations == size * 100 * (len(adapter.layers) * 4 + layers * 8 * hidden)
+    assert parse_size("512MiB") == 512 * 2**20 and parse_size("2e9") == 2 * 10**9
+    assert parse_size("1.5 GiB") == int(1.5 * 2**30) and format_bytes(1536) == "1.5 KiB"
+
+
+@pytest.mark.parametrize("unit", ["tokens", "flops"])
 def test_a_search_trial_budget_below_one_batch_stops_before_any_trial(
-    tiny_model_dir, toy_task, tmp_path, cli_main, capsys
+    tiny_model_dir, toy_task, tmp_path, cli_main, capsys, unit
 ):
     argv = ["search", "--variants", "lora", "--tasks", toy_task, "--model", str(tiny_model_dir)]
-    argv += ["--budget", "tokens=1000", "--trial-budget", "tokens=5", "--pruner", "none"]
+    argv += ["--budget", f"{unit}=1e12", "--trial-budget", f"{unit}=5", "--pruner", "none"]
     argv += ["--results", str(tmp_path / "results.db"), "--quiet"]
     assert cli_main(argv) == 2
     err = capsys.readouterr().err
-    assert "--trial-budget: budget tokens=5 is smaller than one training batch" in err
-    assert "use at least tokens=" in err and "Traceback" not in err
+    assert f"--trial-budget: budget {unit}=5 is smaller than one training batch" in err
+    assert f"use at least {unit}=" in err and "Traceback" not in err
+    assert stored_rows(tmp_path / "results.db") == 0

@@ -37,6 +37,15 @@ CONFIG_OVERRIDES: dict[str, dict[str, Any]] = {
     "vera": {"r": 4},
     "adalora": {"r": 4, "target_r": 2, "tinit": 0, "tfinal": 0, "deltaT": 1},
     "dylora": {"r": 4, "alpha": 8},
+    "sora": {"r": 4, "alpha": 8},
+    "increlora": {
+        "r": 4,
+        "init_r": 1,
+        "target_rank": 2,
+        "top_h": 2,
+        "init_warmup": 0,
+        "incre_interval": 1,
+    },
 }
 
 VARIANT_NAMES = list_variants()

@@ -744,3 +744,54 @@ def test_the_reports_name_no_variant():
     names = re.compile(r"""["'](lora|dora|adalora|vera|dylora)["']""")  # registry names
     for path in [*folder.glob("*.py"), folder.parent / "cli" / "report_cmd.py"]:
         assert not names.search(path.read_text(encoding="utf-8")), path
+
+
+def test_rank_recovery_is_spearman_per_seed_against_the_planted_ranks(tmp_path, capsys):
+    """A method that ranks the matrices in the planted order scores +1 whatever the scale of its
+    ranks; the reverse order -1; uniform ranks have no order and say so; the report writes the
+    table and the command prints it."""
+    from scipy.stats import spearmanr
+
+    from lorabench.reports.recovery import rank_recovery, run_spearman
+
+    names = [BERT.format(layer, m) for layer in range(3) for m in MATRICES[:2]]
+    true = dict(zip(names, [8, 0, 4, 1, 2, 2], strict=True))
+    store = ResultStore(tmp_path / "r.db")
+    for seed in (0, 1, 2):
+        follows = {n: 2 * v + 1 for n, v in true.items()}  # same order, other scale
+        reverse = {n: 10 - v for n, v in true.items()}
+        noisy = dict(follows)
+        noisy[names[seed]] = 0  # one matrix misplaced per seed
+        store.add(make("adalora", 8, "planted-r4", seed, ranks=follows, true_ranks=true))
+        store.add(make("dylora", 8, "planted-r4", seed, ranks=reverse, true_ranks=true))
+        store.add(make("lora", 8, "planted-r4", seed, ranks=noisy, true_ranks=true))
+        store.add(
+            make("vera", 256, "planted-r4", seed, ranks=dict.fromkeys(true, 3), true_ranks=true)
+        )
+    data = load_report_data(store)
+    frame = rank_recovery(data).set_index("config")
+    adalora = frame.loc[next(c for c in frame.index if c.startswith("AdaLoRA"))]
+    assert adalora.spearman_mean == pytest.approx(1.0) and adalora.seeds == [0, 1, 2]
+    assert adalora.mean_final_rank == pytest.approx(2 * np.mean(list(true.values())) + 1)
+    dylora = frame.loc[next(c for c in frame.index if c.startswith("DyLoRA"))]
+    assert dylora.spearman_mean == pytest.approx(-1.0)
+    lora = frame.loc[next(c for c in frame.index if c.startswith("LoRA"))]
+    by_hand = []
+    for seed in (0, 1, 2):
+        noisy = {n: 2 * v + 1 for n, v in true.items()}
+        noisy[names[seed]] = 0
+        by_hand.append(spearmanr([noisy[n] for n in names], [true[n] for n in names]).statistic)
+    assert lora.spearman_per_seed == pytest.approx(by_hand)
+    assert lora.spearman_mean == pytest.approx(np.mean(by_hand))
+    assert lora.spearman_std == pytest.approx(np.std(by_hand, ddof=1))
+    vera = frame.loc[next(c for c in frame.index if c.startswith("VeRA"))]
+    assert np.isnan(vera.spearman_mean)
+    assert np.isnan(run_spearman(dict.fromkeys(true, 3), true))
+
+    out = tmp_path / "report"
+    assert cli_main(["report", "--results", str(tmp_path / "r.db"), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "Rank recovery on planted-rank tasks" in printed
+    assert "n/a (same rank everywhere)" in printed and "+1.00 ± 0.00" in printed
+    assert (out / "rank_recovery.csv").is_file()
+    assert "id='rank-recovery'" in (out / "report.html").read_text(encoding="utf-8")

@@ -203,6 +203,8 @@ BUILT_IN_SPACES = {
     "adalora": {"r", "target_r", "alpha", "dropout", "train.learning_rate"},
     "vera": {"r", "d_initial", "dropout", "train.learning_rate"},
     "dylora": {"r", "alpha", "dropout", "train.learning_rate"},
+    "sora": {"r", "alpha", "sparse_lambda", "sparse_lambda_2", "dropout", "train.learning_rate"},
+    "increlora": {"target_rank", "top_h", "alpha", "orth_reg_weight", "train.learning_rate"},
 }
 
 

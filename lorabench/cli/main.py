@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 
 # name -> module; order is the order --help lists them in.
@@ -49,19 +50,26 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Runs the command line ``argv`` (default: ``sys.argv[1:]``); returns the exit code: the
     command's, 2 with no command (after printing help), 130 when interrupted by Ctrl-C, 143
-    when ``lorabench run`` is stopped by SIGTERM. An interruption prints one message, not a
+    when stopped by SIGTERM. An interruption prints one message, not a
     traceback."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
+    from lorabench.interrupts import signal_name, stop_signals_raise
+
     try:
-        return int(args._module.run(args) or 0)
+        # SIGTERM (a scheduler, `timeout`, `kill`) stops any command as Ctrl-C does: model loading
+        # and checks before a suite, a search's trials, a report being written.
+        with stop_signals_raise():
+            return int(args._module.run(args) or 0)
     except KeyboardInterrupt as exc:
         # A suite says how many runs it finished (SuiteInterrupted.message); others say this.
+        signum = int(getattr(exc, "signum", signal.SIGINT))
         message = getattr(exc, "message", "") or (
-            "interrupted: finished runs are saved; re-run the same command to resume."
+            f"interrupted ({signal_name(signum)}): finished runs are saved; re-run the same "
+            "command to resume."
         )
         print(f"\n{message}", file=sys.stderr)
         return int(getattr(exc, "exit_code", 130))

@@ -73,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: {note}")
     if report.table is not None and not report.table.empty:
         print(report.tables["md"].read_text(encoding="utf-8"))
+    if "recovery_md" in report.tables:
+        print(report.tables["recovery_md"].read_text(encoding="utf-8"))
     drawn = ", ".join(report.figures) or "none"
     print(f"{report.runs} finished run(s); figures: {drawn}")
     for name, why in report.skipped_figures.items():

@@ -121,6 +121,14 @@ class RunCache:
 
     def model(self, name: str | None, spec: TaskSpec) -> tuple[nn.Module, Any]:
         """A fresh copy of the base model with a head for ``spec``, and its tokenizer."""
+        base, tokenizer = self._loaded(name, spec)
+        return copy.deepcopy(base), tokenizer
+
+    def tokenizer(self, name: str | None, spec: TaskSpec) -> Any:
+        """The tokenizer of model ``name`` (the model is loaded and kept, not copied)."""
+        return self._loaded(name, spec)[1]
+
+    def _loaded(self, name: str | None, spec: TaskSpec) -> tuple[nn.Module, Any]:
         from lorabench.models import load_model_and_tokenizer
 
         key = (name, spec.num_labels, spec.task_type)
@@ -128,8 +136,16 @@ class RunCache:
             self.models[key] = load_model_and_tokenizer(
                 name, num_labels=spec.num_labels, regression=spec.task_type == "regression"
             )
-        base, tokenizer = self.models[key]
-        return copy.deepcopy(base), tokenizer
+        return self.models[key]
+
+    def train_split(self, cfg: RunConfig) -> TokenizedSplit:
+        """Run ``cfg``'s training split, tokenised for its model (loaded once per process)."""
+        from lorabench.tasks import get_task
+
+        spec = get_task(cfg.task)
+        task_key, data = self.task(spec, cfg)
+        tokenizer = self.tokenizer(cfg.model, spec)
+        return self.splits(task_key, data, tokenizer, cfg.train.max_length)[0]
 
     def splits(
         self, task_key: tuple, data: TaskData, tokenizer: Any, max_length: int

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import functools
 import os
 import signal
 import sys
@@ -31,6 +32,7 @@ from lorabench.harness.config import BenchmarkConfigError, RunConfig
 from lorabench.harness.meter import PeakMemory
 from lorabench.harness.prepared import RunCache, default_device, prepare_run
 from lorabench.harness.trainer import OnEval, RunPruned, Trainer, error_text
+from lorabench.interrupts import Interrupted, is_default_handler, signal_name
 from lorabench.models import head_parameter_names, head_parameters
 from lorabench.results.provenance import collect_environment
 from lorabench.results.records import RunRecord
@@ -241,7 +243,10 @@ def resolve_suite(suite: SuiteConfig, cache: RunCache) -> list[RunConfig]:
             if problem not in problems:
                 problems.append(problem)
     if not problems:
-        problems = shape_problems(resolved)
+        problems = shape_problems(
+            resolved, batch_tokens=functools.partial(_largest_batch, cache=cache),
+            device=default_device(),
+        )  # fmt: skip
     if problems:
         if len(problems) == 1:
             raise SuiteInputError(problems[0])
@@ -251,35 +256,52 @@ def resolve_suite(suite: SuiteConfig, cache: RunCache) -> list[RunConfig]:
     return resolved
 
 
+def _largest_batch(cfg: RunConfig, cache: RunCache) -> int | None:
+    """Tokens in run ``cfg``'s largest training batch: batch size x its longest example (a
+    batch is padded to its longest); None when the data cannot be read here (the run will say
+    why)."""
+    try:
+        lengths = cache.train_split(cfg).lengths
+    except Exception:
+        return None
+    return int(cfg.train.batch_size) * int(lengths.max()) if len(lengths) else None
+
+
 def check_budgets(configs: list[RunConfig], cache: RunCache) -> None:
-    """Plans the steps of every run with a ``tokens`` budget before any run trains, so that a
-    budget below one batch or implying absurdly many steps stops the suite at once.
+    """Plans the steps of every run with a ``tokens`` or ``flops`` budget before any run trains,
+    so that a budget below one batch or implying absurdly many steps stops the suite at once.
 
     Raises :class:`SuiteInputError` naming the run, the budget and the fix; for a budget below
     one batch, the least valid limit over all the runs (seeds draw different first batches).
-    ``flops`` and ``seconds`` budgets need a measured step: each run checks them before its
+    A ``flops`` budget is converted with the FLOPs per padded token of one forward and backward
+    pass (no update) of each distinct model, task and variant config, as the run itself measures
+    them. A ``seconds`` budget needs the measured time of a step: each run checks it before its
     first optimiser step (and fails with the same message).
     """
     from lorabench.harness.batches import BatchPlan
     from lorabench.harness.meter import BudgetBelowOneBatch, plan_steps
-    from lorabench.tasks import get_task
 
     too_small: list[tuple[RunConfig, BudgetBelowOneBatch]] = []
-    tokenizers: dict[tuple, Any] = {}
+    flops_per_token: dict[str, float] = {}
     for cfg in configs:
-        if cfg.budget.kind != "tokens":
+        if cfg.budget.kind not in ("tokens", "flops"):
             continue
         try:
-            spec = get_task(cfg.task)
-            task_key, data = cache.task(spec, cfg)
-            key = (cfg.model, spec.num_labels, spec.task_type)
-            if key not in tokenizers:
-                tokenizers[key] = cache.model(cfg.model, spec)[1]
-            train, _ = cache.splits(task_key, data, tokenizers[key], cfg.train.max_length)
+            train = cache.train_split(cfg)
+            per_token = 0.0
+            if cfg.budget.kind == "flops":
+                # Seeds share it (their first batches differ a little in length: the run's own
+                # check, with its own batch, has the last word).
+                probe_key = f"{cfg.settings_id}|{cfg.data_fingerprint}"
+                if probe_key not in flops_per_token:
+                    flops_per_token[probe_key] = _flops_per_padded_token(cfg, cache)
+                per_token = flops_per_token[probe_key]
+                if per_token <= 0:
+                    continue  # nothing counted: the run says so itself
             plan_steps(
                 cfg.budget,
                 BatchPlan(train, cfg.train.batch_size, seed=cfg.seed),
-                flops_per_padded_token=0.0,
+                flops_per_padded_token=per_token,
             )
         except BudgetBelowOneBatch as exc:
             too_small.append((cfg, exc))
@@ -295,16 +317,20 @@ def check_budgets(configs: list[RunConfig], cache: RunCache) -> None:
         raise SuiteInputError(f"{cfg.variant}/{cfg.task}/seed {cfg.seed}: {worst}{more}")
 
 
-class SuiteInterrupted(KeyboardInterrupt):
+def _flops_per_padded_token(cfg: RunConfig, cache: RunCache) -> float:
+    """What run ``cfg`` will measure as its FLOPs per padded token (its probe, run now on a
+    private copy of the model; nothing trains)."""
+    prepared = prepare_run(cfg, cache)
+    try:
+        return Trainer(prepared, progress=False).probe_flops()
+    finally:
+        del prepared
+
+
+class SuiteInterrupted(Interrupted):
     """Ctrl-C (SIGINT) or SIGTERM stopped a suite. The finished runs are stored;
     :attr:`message` says how many and how to resume; :attr:`exit_code` is 128 + the signal
     number (130 for Ctrl-C, 143 for SIGTERM), as shells report a process a signal ended."""
-
-    def __init__(self, message: str = "", *, signum: int = signal.SIGINT) -> None:
-        super().__init__(message)
-        self.message = message
-        self.signum = int(signum)
-        self.exit_code = 128 + int(signum)
 
 
 class _StopSignals:
@@ -324,11 +350,11 @@ class _StopSignals:
     def __enter__(self) -> _StopSignals:
         if threading.current_thread() is not threading.main_thread():
             return self
-        wanted = {signal.SIGINT: signal.default_int_handler}
-        if hasattr(signal, "SIGTERM"):
-            wanted[signal.SIGTERM] = signal.SIG_DFL
-        for signum, default in wanted.items():
-            if signal.getsignal(signum) is default:
+        wanted = [signal.SIGINT, *([signal.SIGTERM] if hasattr(signal, "SIGTERM") else [])]
+        for signum in wanted:
+            # The command line's own SIGTERM handler counts as a default: the suite's replaces it
+            # (and defers the signal while a record is stored).
+            if is_default_handler(signum, signal.getsignal(signum)):
                 self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
@@ -359,7 +385,7 @@ def _interrupted_message(
     signum: int, finished_before: int, new: dict[str, RunRecord], total: int, where: str
 ) -> str:
     """What a stopped suite says: how many runs are finished and stored, and how to resume."""
-    name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+    name = signal_name(signum)
     done_now = sum(1 for r in new.values() if r.status == "finished")
     stored = f", {done_now} of them by this command" if finished_before else ""
     return (

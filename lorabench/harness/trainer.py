@@ -176,8 +176,9 @@ class Trainer:
         return loss if extra is None else loss + extra
 
     # -- probes before training -------------------------------------------------------------
-    def _probe_flops(self) -> None:
-        """FLOPs per padded token from one forward+backward on the first batch (no update)."""
+    def probe_flops(self) -> float:
+        """FLOPs per padded token from one forward+backward on the first batch (no update);
+        kept in ``spend.flops_per_padded_token`` and returned."""
         batch = self._batch(0)
         watch = Stopwatch(self.device)
         with watch:
@@ -185,6 +186,7 @@ class Trainer:
         self._zero_grad()
         self.spend.probe_seconds += watch.last
         self.spend.flops_per_padded_token = flops / self.plan.padded_tokens(0)
+        return self.spend.flops_per_padded_token
 
     def _probe_seconds_per_step(self) -> float:
         """Times a few full steps with a throw-away optimiser, then restores the parameters.
@@ -276,7 +278,7 @@ class Trainer:
         rank_scores = None
         try:
             self.model.train()
-            self._probe_flops()
+            self.probe_flops()
             seconds_per_step = None
             if self.budget.kind == "seconds":
                 seconds_per_step = self._probe_seconds_per_step()

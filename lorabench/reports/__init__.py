@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas as pd
+
 from lorabench.reports.frame import ReportData, load_report_data
 from lorabench.reports.tables import ResultsTable, build_results_table, write_tables
 from lorabench.results.store import ResultStore
@@ -27,6 +29,7 @@ class Report:
     notes: list[str] = field(default_factory=list)
     runs: int = 0
     table: ResultsTable | None = None
+    recovery: pd.DataFrame | None = None  # rank recovery on planted-rank tasks (recovery.py)
 
     @property
     def empty(self) -> bool:
@@ -49,17 +52,25 @@ def generate_report(
     """
     from lorabench.reports.html import render_html
     from lorabench.reports.plots import write_figures
+    from lorabench.reports.recovery import rank_recovery, write_recovery
 
     data = load_report_data(results, tasks=tasks, variants=variants, seeds=seeds, tag=tag)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     table = build_results_table(data.runs)
     tables = write_tables(table, out_dir)
+    recovery = rank_recovery(data)
+    tables.update({f"recovery_{k}": v for k, v in write_recovery(recovery, out_dir).items()})
     figures, skipped = write_figures(data, out_dir / "figures")
     page = out_dir / "report.html"
     page.write_text(
         render_html(
-            data, table, figures, skipped, title=title or f"lorabench report: {out_dir.name}"
+            data,
+            table,
+            figures,
+            skipped,
+            title=title or f"lorabench report: {out_dir.name}",
+            recovery=recovery,
         ),
         encoding="utf-8",
     )
@@ -72,6 +83,7 @@ def generate_report(
         notes=data.notes,
         runs=len(data.records),
         table=table,
+        recovery=recovery,
     )
 
 

@@ -13,6 +13,8 @@ from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 
+import pandas as pd
+
 from lorabench.reports.frame import MISSING_CELL, ReportData, record_label
 from lorabench.reports.plots import FigureFile
 from lorabench.reports.tables import ResultsTable, to_html
@@ -45,8 +47,10 @@ def render_html(
     skipped: Mapping[str, str],
     *,
     title: str = "lorabench report",
+    recovery: pd.DataFrame | None = None,
 ) -> str:
-    """The whole report as one HTML string."""
+    """The whole report as one HTML string (``recovery``: the rank-recovery table of
+    :mod:`lorabench.reports.recovery`, shown when not empty)."""
     esc = html.escape
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
@@ -68,6 +72,8 @@ def render_html(
         if not table.empty
         else "<p class='empty'>No finished runs match: no table.</p>"
     )
+    if recovery is not None and not recovery.empty:
+        parts.append(_recovery_section(recovery))
     if figures or skipped:
         parts.append("<h2 id='figures'>Figures</h2>")
     for fig in figures:
@@ -87,6 +93,25 @@ def render_html(
     parts.append(_environment(data))
     parts.append("</body></html>\n")
     return "".join(parts)
+
+
+def _recovery_section(recovery: pd.DataFrame) -> str:
+    """The rank-recovery table (its Markdown caption as the paragraph above it)."""
+    from lorabench.reports.recovery import to_markdown
+
+    caption, _, table = to_markdown(recovery).partition("\n\n")
+    rows = [line.strip("|").split(" | ") for line in table.strip().splitlines()]
+    header, body = rows[0], rows[2:]
+    cells = "".join(f"<th>{html.escape(h.strip())}</th>" for h in header)
+    out = [
+        "<h2 id='rank-recovery'>Rank recovery</h2>",
+        f"<p>{html.escape(caption)}</p>",
+        f"<table class='results'><thead><tr>{cells}</tr></thead><tbody>",
+    ]
+    for row in body:
+        out.append("<tr>" + "".join(f"<td>{html.escape(c.strip())}</td>" for c in row) + "</tr>")
+    out.append("</tbody></table>")
+    return "".join(out)
 
 
 def _beside(path: Path) -> str:

@@ -251,10 +251,10 @@ def prepare_search(cfg: SearchConfig, *, cache: Any = None, probe: bool = True) 
         )  # joining: a different budget is the first thing to say
     trials = study.get_trials(deepcopy=False)
     _check_budget_fits_a_trial(cfg, trials)  # with observed trials
-    # A tokens trial budget is planned too, even when its spend is known: below one batch or
-    # implying absurdly many steps, every trial would fail the same way.
+    # A tokens or FLOPs trial budget is planned too, even when its spend is known: below one
+    # batch or implying absurdly many steps, every trial would fail the same way.
     known = estimate_trial_spend(cfg.trial_budget, cfg.budget.kind, trials) is not None
-    if probe and (not known or cfg.trial_budget.kind == "tokens"):
+    if probe and (not known or cfg.trial_budget.kind in ("tokens", "flops")):
         if cache is None:
             from lorabench.harness.prepared import RunCache
 

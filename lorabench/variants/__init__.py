@@ -8,7 +8,9 @@ from lorabench.variants import (
     adalora,  # noqa: F401  (registers "adalora")
     dora,  # noqa: F401  (registers "dora")
     dylora,  # noqa: F401  (registers "dylora")
+    increlora,  # noqa: F401  (registers "increlora")
     lora,  # noqa: F401  (registers "lora")
+    sora,  # noqa: F401  (registers "sora")
     vera,  # noqa: F401  (registers "vera")
 )
 from lorabench.variants.adapter import Adapter, attach, load_adapter, make_config

@@ -374,7 +374,7 @@ def test_schedule_check_runs_on_the_meta_device() -> None:
 
 
 @pytest.mark.parametrize("total", [8, 20, 100, 1000, 16000])
-def test_the_default_schedule_is_sized_to_the_run_and_fits_any_run_longer_than_its_rounds(total: int) -> None:
+def test_the_default_schedule_is_sized_to_any_run_longer_than_its_rounds(total: int) -> None:
     """Left None, the warm-up is a tenth of the steps and the rounds end by half of them."""
     with torch.device("meta"):
         model = build_model("bert")

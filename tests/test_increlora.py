@@ -127,7 +127,7 @@ def test_rounds_happen_after_the_authors_global_steps() -> None:
             grown[step] = diff
         before = dict(now)
 
-    _train(model, adapter, 11, on_step=record)
+    _train(model, adapter, 12, on_step=record)
     # 4 ranks missing, 1 per round, after steps 4, 6, 8, 10; the highest score is the last name,
     # until it reaches the cap r = 4, then the next one's.
     assert grown == {
@@ -217,7 +217,7 @@ def test_merge_and_unmerge_after_growth() -> None:
 
 
 # -- the target, ranks(), saving -------------------------------------------------------------------
-@pytest.mark.parametrize(("target_rank", "top_h", "steps"), [(2, 2, 4), (3, 3, 5), (4, 1, 13)])
+@pytest.mark.parametrize(("target_rank", "top_h", "steps"), [(2, 2, 4), (3, 3, 5), (4, 1, 14)])
 def test_the_average_rank_reaches_target_rank_at_the_end_of_the_schedule(
     target_rank: int, top_h: int, steps: int
 ) -> None:
@@ -353,24 +353,24 @@ def test_schedule_check_refuses_too_few_steps() -> None:
     _, adapter = _attach(init_warmup=500, incre_interval=500, top_h=2)
     with pytest.raises(ConfigError, match=r"init_warmup=500 and incre_interval=500") as info:
         adapter.on_train_begin(1000)  # 2 rounds: after steps 1001 and 1501
-    assert "e.g. init_warmup=333, incre_interval=333" in str(info.value)
-    adapter.on_train_begin(1501)  # the last round after the last step: fits
-    with pytest.raises(ConfigError, match="does not fit in 1500 steps"):
-        adapter.on_train_begin(1500)
+    assert "e.g. init_warmup=332, incre_interval=332" in str(info.value)
+    adapter.on_train_begin(1502)  # the last round's ranks train one step: fits
+    with pytest.raises(ConfigError, match="does not fit in 1501 steps"):
+        adapter.on_train_begin(1501)  # the last round after the last step: its ranks never train
     _, small = _attach()
-    small.on_train_begin(3)  # rounds after 0-based steps 1 and 2
+    small.on_train_begin(4)  # rounds after 0-based steps 1 and 2, then one more step
     with pytest.raises(ConfigError, match="top_h=2"):
-        small.on_train_begin(2)
+        small.on_train_begin(3)
 
 
 def test_schedule_check_runs_on_the_meta_device() -> None:
     with torch.device("meta"):
         model = build_model("bert")
-    authors = {"init_warmup": 500, "incre_interval": 500}
+    authors = {"init_warmup": 500, "incre_interval": 500, "top_h": 12}
     adapter = attach(model, "increlora", target_modules=["query", "value"], **authors)
     with pytest.raises(ConfigError, match="init_warmup=500"):
         adapter.on_train_begin(100)  # the authors' schedule in the default 100-step budget
-    adapter.on_train_begin(1001)  # 4 ranks missing, top_h 12: one round after step 1001
+    adapter.on_train_begin(1002)  # 4 ranks missing, top_h 12: one round after step 1001, trained
 
 
 @pytest.mark.parametrize("total", [8, 20, 100, 1000, 16000])
@@ -382,16 +382,19 @@ def test_the_default_schedule_is_sized_to_any_run_longer_than_its_rounds(total: 
     missing = adapter.variant.target_total_rank - adapter.variant.total_rank  # 4 x 3 = 12
     adapter.on_train_begin(total)  # no ConfigError: it fits
     steps = growth_steps(adapter.config, missing, total)
-    assert len(steps) == math.ceil(missing / adapter.config.ranks_per_round)
+    assert len(steps) == math.ceil(missing / adapter.config.ranks_per_round(4))
     assert adapter.variant.warmup_steps == total // 10
     if total >= 100:
         assert steps[0] > total // 10 and steps[-1] <= total // 2
-    assert steps[-1] <= total - 1
+    assert steps[-1] < total - 1  # the last round's ranks train at least one step
 
 
 def test_defaults_are_the_authors_qnli_script() -> None:
     cfg = IncreLoRAConfig()
-    assert (cfg.init_r, cfg.target_rank, cfg.top_h) == (1, 2, 12)
+    assert (cfg.init_r, cfg.target_rank) == (1, 2)
+    # top_h: the authors' proportion, 12 of their 72 matrices; 12 when the count is unknown.
+    assert cfg.top_h is None and cfg.modules_per_round(72) == 12 == cfg.modules_per_round()
+    assert cfg.modules_per_round(12) == 2 and cfg.modules_per_round(4) == 1
     # The schedule is sized to the run (None); the authors' 500/500 in a run of unknown length.
     assert (cfg.init_warmup, cfg.incre_interval) == (None, None)
     assert cfg.schedule(None, 4) == (500, 500)

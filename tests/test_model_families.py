@@ -34,7 +34,7 @@ from lorabench.variants.adapter import HEAD_FILE
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-VARIANTS = ("lora", "dora", "adalora", "vera", "dylora")
+VARIANTS = ("lora", "dora", "adalora", "vera", "dylora", "sora", "increlora")
 TESTS = Path(__file__).parent
 # family -> (what "auto" adapts, last component; the head's parameters)
 EXPECTED = {

@@ -10,10 +10,12 @@ steps the budget allows (computed up front, see :func:`lorabench.harness.meter.p
 
 Optimiser: AdamW over the adapter's declared parameters and, when the head trains, the task head
 (its own learning rate when ``train.head_learning_rate`` is set). Weight decay applies to matrices
-only; vectors (biases, LayerNorm, DoRA's magnitude, VeRA's scaling vectors, AdaLoRA's singular
-values) are not decayed - nanoGPT's rule, which also keeps decay from shrinking a vector that
-*is* the adapted quantity. Learning rate: linear warm-up over ``warmup_ratio`` of the steps, then
-linear decay to 0 at the last step (the LoRA paper's GLUE schedule).
+only; vectors (biases, LayerNorm, DoRA's magnitude, VeRA's scaling vectors, SoRA's gates) are not
+decayed - nanoGPT's rule, which also keeps decay from shrinking a vector that *is* the adapted
+quantity. AdaLoRA's and IncreLoRA's singular values are stored (r, 1), as in PEFT, and so are
+decayed, as under PEFT with transformers' Trainer. Learning rate: linear warm-up over
+``warmup_ratio`` of the steps, then linear decay to 0 at the last step (the LoRA paper's GLUE
+schedule).
 """
 
 from __future__ import annotations

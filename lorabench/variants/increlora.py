@@ -115,7 +115,11 @@ class IncreLoRAConfig(VariantConfig):
         incre_interval: steps between two growth rounds. None (the default): sized to the
             run, so that the last round comes at half of its steps; the authors' QNLI script:
             500, its growth over by a fifth of the run.
-        top_h: the modules that gain rank in one round.
+        top_h: the modules that gain rank in one round. None (the default): a sixth of the
+            adapted matrices (at least 1), the authors' proportion (their 12 of 72: query, key,
+            value, attention output and both feed-forward layers of 12 layers). Their 12 given
+            outright would, on a model where only 12 matrices are adapted (query and value of 6
+            layers), grow every matrix in each round: no allocation at all.
         incre_rank_num: ranks one module gains in a round; None: the authors' rule
             ``target_rank // 2`` (at least 1).
         beta1: EMA factor of the sensitivity.
@@ -129,7 +133,7 @@ class IncreLoRAConfig(VariantConfig):
     alpha: float = 32.0
     init_warmup: int | None = None
     incre_interval: int | None = None
-    top_h: int = 12
+    top_h: int | None = None
     incre_rank_num: int | None = None
     beta1: float = 0.85
     beta2: float = 0.85
@@ -155,7 +159,8 @@ class IncreLoRAConfig(VariantConfig):
             check_non_negative_int(self, "init_warmup")
         if self.incre_interval is not None:
             check_positive_int(self, "incre_interval")
-        check_positive_int(self, "top_h")
+        if self.top_h is not None:
+            check_positive_int(self, "top_h")
         if self.incre_rank_num is not None:
             check_positive_int(self, "incre_rank_num")
         for name in ("beta1", "beta2"):
@@ -185,47 +190,64 @@ class IncreLoRAConfig(VariantConfig):
             return int(self.incre_rank_num)
         return max(1, int(self.target_rank) // 2)
 
-    @property
-    def ranks_per_round(self) -> int:
-        """Ranks one growth round adds (the last round may add fewer)."""
-        return int(self.top_h) * self.ranks_per_module
+    def modules_per_round(self, n_matrices: int | None = None) -> int:
+        """``top_h``, or when None a sixth of the ``n_matrices`` adapted matrices (at least 1;
+        the authors' 12 when the count is unknown)."""
+        if self.top_h is not None:
+            return int(self.top_h)
+        return 12 if n_matrices is None else max(1, round(n_matrices / 6))
 
-    def schedule(self, total_steps: int | None, missing: int) -> tuple[int, int]:
+    def ranks_per_round(self, n_matrices: int | None = None) -> int:
+        """Ranks one growth round adds over ``n_matrices`` matrices (the last may add fewer)."""
+        return self.modules_per_round(n_matrices) * self.ranks_per_module
+
+    def schedule(
+        self, total_steps: int | None, missing: int, n_matrices: int | None = None
+    ) -> tuple[int, int]:
         """(``init_warmup``, ``incre_interval``) for a run of ``total_steps`` steps adding
-        ``missing`` ranks: the configured values, or for those left None, sized to the run (the
-        first round after a tenth of the steps, the last at half of them) so that the default
-        schedule fits any budget. A run of unknown length uses the authors' 500 for both."""
+        ``missing`` ranks: the configured values, or for those left None, sized to the run (no
+        round before a tenth of the steps, the rounds evenly spaced up to half of them) so that
+        the default schedule fits any budget longer than its rounds. A run of unknown length
+        uses the authors' 500 for both."""
         warmup, interval = self.init_warmup, self.incre_interval
         if total_steps is None:
             return (500 if warmup is None else warmup, 500 if interval is None else interval)
         if warmup is None:
             warmup = total_steps // 10
         if interval is None:
-            rounds = max(1, math.ceil(max(0, missing) / self.ranks_per_round))
+            rounds = max(1, math.ceil(max(0, missing) / self.ranks_per_round(n_matrices)))
             interval = max(1, (total_steps // 2 - warmup) // rounds)
         return warmup, interval
 
 
 def growth_steps(
-    config: IncreLoRAConfig, missing: int, total_steps: int | None = None
+    config: IncreLoRAConfig,
+    missing: int,
+    total_steps: int | None = None,
+    n_matrices: int | None = None,
 ) -> list[int]:
-    """The 0-based steps after which the rounds adding ``missing`` ranks happen in a run of
-    ``total_steps``: the first multiple of ``incre_interval`` above ``init_warmup``, then every
-    ``incre_interval`` (both as :meth:`IncreLoRAConfig.schedule` gives them)."""
-    warmup, interval = config.schedule(total_steps, missing)
-    rounds = math.ceil(max(0, missing) / config.ranks_per_round)
+    """The 0-based steps after which the rounds adding ``missing`` ranks over ``n_matrices``
+    matrices happen in a run of ``total_steps``: the first multiple of ``incre_interval`` above
+    ``init_warmup``, then every ``incre_interval`` (as :meth:`IncreLoRAConfig.schedule` gives
+    them)."""
+    warmup, interval = config.schedule(total_steps, missing, n_matrices)
+    rounds = math.ceil(max(0, missing) / config.ranks_per_round(n_matrices))
     first = (warmup // interval + 1) * interval
     return [first + k * interval for k in range(rounds)]
 
 
-def check_schedule(config: IncreLoRAConfig, total_steps: int, missing: int) -> None:
-    """Every growth round adding ``missing`` ranks must happen within ``total_steps`` steps."""
-    steps = growth_steps(config, missing, total_steps)
-    warmup, interval = config.schedule(total_steps, missing)
-    if not steps or steps[-1] <= total_steps - 1:
+def check_schedule(
+    config: IncreLoRAConfig, total_steps: int, missing: int, n_matrices: int | None = None
+) -> None:
+    """Every growth round adding ``missing`` ranks must come before the last of ``total_steps``
+    steps, so that the ranks it adds train at least one step (a round after the last step would
+    report ranks that never changed the model)."""
+    steps = growth_steps(config, missing, total_steps, n_matrices)
+    warmup, interval = config.schedule(total_steps, missing, n_matrices)
+    if not steps or steps[-1] < total_steps - 1:
         return
     rounds = len(steps)
-    fit = (total_steps - 1) // (rounds + 1)
+    fit = (total_steps - 2) // (rounds + 1)
     fix = (
         f"lower them (e.g. init_warmup={fit}, incre_interval={fit}), raise top_h, or train for "
         "more steps"
@@ -234,7 +256,8 @@ def check_schedule(config: IncreLoRAConfig, total_steps: int, missing: int) -> N
     )
     raise ConfigError(
         f"IncreLoRA's schedule does not fit in {total_steps} steps: {missing} ranks to add, "
-        f"top_h={config.top_h} x incre_rank_num={config.ranks_per_module} per round, is "
+        f"top_h={config.modules_per_round(n_matrices)} x "
+        f"incre_rank_num={config.ranks_per_module} per round, is "
         f"{rounds} rounds, after steps {steps[0] + 1}, ..., {steps[-1] + 1} with "
         f"init_warmup={warmup} and incre_interval={interval}; {fix}"
     )
@@ -406,8 +429,9 @@ class IncreLoRA(Variant):
     def on_train_begin(self, total_steps: int) -> None:
         super().on_train_begin(total_steps)
         missing = self.target_total_rank - self.total_rank
-        check_schedule(self.config, int(total_steps), missing)
-        self.warmup_steps, self.interval_steps = self.config.schedule(int(total_steps), missing)
+        n = len(self.layers)
+        check_schedule(self.config, int(total_steps), missing, n)
+        self.warmup_steps, self.interval_steps = self.config.schedule(int(total_steps), missing, n)
         self._ipt_avg.clear()
         self._unc_avg.clear()
         self.tracking = self.total_rank < self.target_total_rank
@@ -458,7 +482,7 @@ class IncreLoRA(Variant):
         over modules at the cap (a second pass, only if the first leaves ranks over). Returns
         the ranks added per module."""
         missing = self.target_total_rank - self.total_rank
-        left = min(self.config.ranks_per_round, missing)
+        left = min(self.config.ranks_per_round(len(self.layers)), missing)
         if left <= 0:
             self.tracking = False
             return {}

@@ -2,8 +2,9 @@
 
 Each family's tiny model is saved as a pretrained checkpoint is (the backbone only, with a
 word-level tokenizer: ``lorabench.testing.models.save_tiny_model``) and run through
-``execute_run`` on the in-memory ``toy-sentiment`` task with no ``target_modules`` given, so the
-adapted modules come from the ``"auto"`` table and the head from what loading initialised.
+``lorabench run`` (and ``execute_run``) on the in-memory ``toy-sentiment`` task with no
+``target_modules`` given, so the adapted modules come from the ``"auto"`` table and the head
+from what loading initialised.
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ from conftest import NEUTRAL, POSITIVE
 from safetensors.torch import load_file
 
 from lorabench.harness.config import Budget, RunConfig, TrainConfig
-from lorabench.harness.runner import RunCache, execute_run
+from lorabench.harness.runner import execute_run
 from lorabench.models import (
     head_parameter_names,
     head_parameters,
     load_model_and_tokenizer,
     reset_head,
 )
+from lorabench.results.store import ResultStore
 from lorabench.testing.models import ALL_FAMILIES, save_tiny_model
 from lorabench.variants import load_adapter
 from lorabench.variants.adapter import HEAD_FILE
@@ -86,26 +88,29 @@ def test_expected_covers_every_family():
 
 @pytest.mark.parametrize("family", sorted(ALL_FAMILIES))
 def test_every_variant_trains_on_the_family_with_default_targets(
-    family, family_dirs, toy_task, tmp_path
+    family, family_dirs, toy_task, tmp_path, cli_main, capsys
 ):
+    """``lorabench run`` of every built-in variant on the family's folder, no target modules
+    given: each finishes, adapts what "auto" picks, and saves the head beside its adapter."""
     leaves, head = EXPECTED[family]
     model, _ = load_model_and_tokenizer(str(family_dirs[family]), num_labels=2)
     head_size = sum(p.numel() for n, p in model.named_parameters() if n in set(head))
     assert head_parameter_names(model) == head
-    cache = RunCache()
-    for variant in VARIANTS:
-        record = execute_run(
-            run_cfg(family_dirs[family], toy_task, variant),
-            progress=False,
-            cache=cache,
-            adapter_root=tmp_path,
-        )
+    out = tmp_path / "out"
+    argv = ["run", "--variants", ",".join(VARIANTS), "--tasks", toy_task]
+    argv += ["--model", str(family_dirs[family]), "--budget", "steps=8", "--out", str(out)]
+    argv += ["--lr", "5e-3", "--batch-size", "8", "--eval-every", "2", "--max-length", "24"]
+    argv += ["--max-train-examples", "32", "--max-eval-examples", "16", "--quiet"]
+    assert cli_main(argv) == 0, capsys.readouterr().err
+    records = {r.variant: r for r in ResultStore(out / "results.db").records(status=None)}
+    assert sorted(records) == sorted(VARIANTS)
+    for variant, record in records.items():
         assert record.status == "finished", (variant, record.error)
         assert record.config["resolved_variant_config"]["target_modules"] == "auto"
         assert {name.rsplit(".", 1)[-1] for name in record.ranks} == set(leaves), variant
         assert record.trainable_params == record.adapter_params + head_size, variant
         assert 0.0 <= record.metrics["accuracy"] <= 1.0
-        saved = load_file(str(tmp_path / record.run_id / HEAD_FILE))
+        saved = load_file(str(out / "adapters" / record.run_id / HEAD_FILE))
         assert sorted(saved) == sorted(head), variant
 
 

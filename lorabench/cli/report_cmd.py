@@ -13,6 +13,12 @@ with the Pareto front, score vs rank with the one-run curve of multi-rank varian
 DyLoRA, the final rank allocation of adaptive-rank variants such as AdaLoRA, learning curves,
 cost per variant, search history) and one self-contained report.html.
 
+Statistics: per task, each row against a reference row (default LoRA at the same rank) as a paired
+difference over the seeds both have, with a 95% confidence interval and a p-value; across tasks,
+average ranks with a Friedman test, the Nemenyi post-hoc test and a critical-difference diagram.
+Too few seeds or tasks for a test is said in words. On planted-rank tasks, rank recovery: the
+Spearman correlation of each run's final ranks with the planted ones.
+
 Each variant labels its own rows ("LoRA r=8", "AdaLoRA r=12→8", "DyLoRA r≤8"). Runs are seeds of
 one row only when their settings, model and data agree; runs of other data or model files get
 their own rows, tagged "[data 1a2b3c4d]" or "[data not recorded]" (databases of release 0.1).
@@ -43,6 +49,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--title", help="report title (default: 'lorabench report: OUT folder name')"
     )
+    parser.add_argument(
+        "--reference",
+        metavar="LABEL",
+        help="the row every other row is compared with, per task, in the statistics (a row "
+        "label as the table prints it, e.g. 'LoRA r=8'; default: LoRA at the same rank)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -65,8 +77,9 @@ def run(args: argparse.Namespace) -> int:
             seeds=args.seeds,
             tag=args.tag,
             title=args.title,
+            reference=args.reference,
         )
-    except ResultStoreError as exc:
+    except (ResultStoreError, ValueError) as exc:  # ValueError: an unknown --reference row
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for note in report.notes:
@@ -75,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
         print(report.tables["md"].read_text(encoding="utf-8"))
     if "recovery_md" in report.tables:
         print(report.tables["recovery_md"].read_text(encoding="utf-8"))
+    if "stats_md" in report.tables:
+        print(report.tables["stats_md"].read_text(encoding="utf-8"))
     drawn = ", ".join(report.figures) or "none"
     print(f"{report.runs} finished run(s); figures: {drawn}")
     for name, why in report.skipped_figures.items():

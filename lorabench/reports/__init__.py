@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from lorabench.reports.frame import ReportData, load_report_data
+from lorabench.reports.stats import FriedmanResult
 from lorabench.reports.tables import ResultsTable, build_results_table, write_tables
 from lorabench.results.store import ResultStore
 
@@ -30,6 +31,8 @@ class Report:
     runs: int = 0
     table: ResultsTable | None = None
     recovery: pd.DataFrame | None = None  # rank recovery on planted-rank tasks (recovery.py)
+    paired: pd.DataFrame | None = None  # each row against its reference, per task (stats.py)
+    friedman: FriedmanResult | None = None  # average ranks across tasks (stats.py)
 
     @property
     def empty(self) -> bool:
@@ -45,14 +48,18 @@ def generate_report(
     seeds: list[int] | None = None,
     tag: str | None = None,
     title: str | None = None,
+    reference: str | None = None,
 ) -> Report:
     """Builds the full report for the runs matching the filters into folder ``out``.
 
     An empty or partial database still yields a report, whose notes say what is missing.
+    ``reference``: the row label every row is compared with per task (default: LoRA at the
+    same rank; see :func:`lorabench.reports.stats.paired_differences`).
     """
     from lorabench.reports.html import render_html
     from lorabench.reports.plots import write_figures
     from lorabench.reports.recovery import rank_recovery, write_recovery
+    from lorabench.reports.stats import friedman_ranks, paired_differences, write_stats
 
     data = load_report_data(results, tasks=tasks, variants=variants, seeds=seeds, tag=tag)
     out_dir = Path(out)
@@ -61,6 +68,8 @@ def generate_report(
     tables = write_tables(table, out_dir)
     recovery = rank_recovery(data)
     tables.update({f"recovery_{k}": v for k, v in write_recovery(recovery, out_dir).items()})
+    paired, friedman = paired_differences(data, reference), friedman_ranks(data)
+    tables.update({f"stats_{k}": v for k, v in write_stats(paired, friedman, out_dir).items()})
     figures, skipped = write_figures(data, out_dir / "figures")
     page = out_dir / "report.html"
     page.write_text(
@@ -71,6 +80,8 @@ def generate_report(
             skipped,
             title=title or f"lorabench report: {out_dir.name}",
             recovery=recovery,
+            paired=paired,
+            friedman=friedman,
         ),
         encoding="utf-8",
     )
@@ -84,6 +95,8 @@ def generate_report(
         runs=len(data.records),
         table=table,
         recovery=recovery,
+        paired=paired,
+        friedman=friedman,
     )
 
 

@@ -17,6 +17,7 @@ import pandas as pd
 
 from lorabench.reports.frame import MISSING_CELL, ReportData, record_label
 from lorabench.reports.plots import FigureFile
+from lorabench.reports.stats import FriedmanResult
 from lorabench.reports.tables import ResultsTable, to_html
 
 _CSS = """
@@ -48,9 +49,12 @@ def render_html(
     *,
     title: str = "lorabench report",
     recovery: pd.DataFrame | None = None,
+    paired: pd.DataFrame | None = None,
+    friedman: FriedmanResult | None = None,
 ) -> str:
     """The whole report as one HTML string (``recovery``: the rank-recovery table of
-    :mod:`lorabench.reports.recovery`, shown when not empty)."""
+    :mod:`lorabench.reports.recovery`; ``paired`` and ``friedman``: the statistics of
+    :mod:`lorabench.reports.stats`; each shown when not empty)."""
     esc = html.escape
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
@@ -74,6 +78,8 @@ def render_html(
     )
     if recovery is not None and not recovery.empty:
         parts.append(_recovery_section(recovery))
+    if paired is not None and friedman is not None:
+        parts.append(_statistics_section(paired, friedman))
     if figures or skipped:
         parts.append("<h2 id='figures'>Figures</h2>")
     for fig in figures:
@@ -93,6 +99,27 @@ def render_html(
     parts.append(_environment(data))
     parts.append("</body></html>\n")
     return "".join(parts)
+
+
+def _statistics_section(paired: pd.DataFrame, friedman: FriedmanResult) -> str:
+    """Paired differences per task and the ranks across tasks, each with its caption."""
+    from lorabench.reports.stats import sections
+
+    found = sections(paired, friedman)
+    if not found:
+        return ""
+    out = ["<h2 id='statistics'>Statistics</h2>"]
+    for section in found:
+        out.append(f"<h3>{html.escape(section.title)}</h3><p>{html.escape(section.caption)}</p>")
+        if section.header:
+            cells = "".join(f"<th>{html.escape(str(h))}</th>" for h in section.header)
+            out.append(f"<table class='results'><thead><tr>{cells}</tr></thead><tbody>")
+            for row in section.rows:
+                out.append(
+                    "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>"
+                )
+            out.append("</tbody></table>")
+    return "".join(out)
 
 
 def _recovery_section(recovery: pd.DataFrame) -> str:

@@ -84,7 +84,7 @@ def make(variant: str, rank: int, task: str, seed: int, **extra) -> RunRecord:
             "steps": 40,
             "train_seconds": 10.0 + rank + seed,
             "peak_memory_bytes": (300 + rank) * 2**20,
-            "memory_kind": "cpu_rss_peak",
+            "memory_kind": "cpu_rss_peak_above_baseline",
         },
         trainable_params=PARAMS[(variant, rank)] + 770,
         adapter_params=PARAMS[(variant, rank)],
@@ -238,7 +238,7 @@ def test_table_values_are_mean_and_std_over_seeds(db):
     # # Params: count and share of the model.
     assert cells.loc["LoRA r=8", "# Params"] == f"73.7K ({100 * 73_728 / TOTAL:.2f}%)"
     assert cells.loc["LoRA r=8", "Time (s)"] == "19.0"  # mean of 10 + 8 + seed over seeds 0..2
-    assert cells.loc["LoRA r=8", "Peak mem (MiB)"] == "308"
+    assert cells.loc["LoRA r=8", "Train mem (MiB)"] == "308"
     numbers = table.numbers.set_index(["config", "task"])
     assert numbers.loc[("LoRA r=8", "rte"), "n"] == 3
     assert numbers.loc[("LoRA r=8", "rte"), "std"] == pytest.approx(
@@ -795,3 +795,369 @@ def test_rank_recovery_is_spearman_per_seed_against_the_planted_ranks(tmp_path, 
     assert "n/a (same rank everywhere)" in printed and "+1.00 ± 0.00" in printed
     assert (out / "rank_recovery.csv").is_file()
     assert "id='rank-recovery'" in (out / "report.html").read_text(encoding="utf-8")
+
+
+# -- honest figures and tables --------------------------------------------------------------------
+def _lines(ax, label: str):
+    return [line for line in ax.lines if line.get_label() == label]
+
+
+def _error_bars(ax) -> list[np.ndarray]:
+    """Per error-bar container of ``ax``: the (x, y_low, y_high) of each vertical bar drawn."""
+    from matplotlib.container import ErrorbarContainer
+
+    out = []
+    for container in ax.containers:
+        if isinstance(container, ErrorbarContainer):
+            for collection in container.lines[2]:
+                out.append(
+                    np.array([[s[0][0], s[0][1], s[1][1]] for s in collection.get_segments()])
+                )
+    return out
+
+
+def test_memory_is_the_training_peak_and_older_whole_process_figures_stay_apart(tmp_path):
+    """New records hold the peak above the pre-training baseline; older ones a whole-process
+    figure that grew with every earlier run. Each kind gets its own table column and costs panel,
+    labelled with what it measured, and the two are never averaged together."""
+    from lorabench.reports.plots import plot_costs
+
+    store = ResultStore(tmp_path / "r.db")
+    for i, (variant, rank) in enumerate((("lora", 4), ("lora", 8), ("dora", 8))):
+        # An older process: 801, 809, 817 MiB in run order, whatever the run.
+        store.add(
+            make(
+                variant,
+                rank,
+                "rte",
+                0,
+                spent={
+                    "train_seconds": 10.0,
+                    "peak_memory_bytes": (801 + 8 * i) * 2**20,
+                    "memory_kind": "cpu_rss_peak",
+                },
+            )
+        )
+        for seed in (1, 2):
+            spent = {
+                "train_seconds": 10.0,
+                "peak_memory_bytes": (20 + rank + seed) * 2**20,
+                "memory_kind": "cpu_rss_peak_above_baseline",
+                "memory_baseline_bytes": 700 * 2**20,
+            }
+            store.add(make(variant, rank, "rte", seed, spent=spent))
+    data = load_report_data(store)
+    table = build_results_table(data.runs)
+    assert table.cells.loc["LoRA r=8", "Train mem (MiB)"] == "30"  # (29 + 30) / 2 MiB, rounded
+    assert table.cells.loc["LoRA r=8", "Process mem (MiB)"] == "809"
+    assert "above what the process held when training began" in table.caption
+    assert "whole-process peak RSS" in table.caption
+    numbers = table.numbers.set_index(["config", "task"])
+    assert np.isnan(numbers.loc[("LoRA r=8", "rte"), "peak_memory_mb"])  # mixed kinds: no mean
+    fig = plot_costs(data)
+    try:
+        labels = [ax.get_xlabel().replace("\n", " ") for ax in fig.axes]
+        assert labels == [
+            "training time (s)",
+            "peak memory above the pre-training baseline (MiB)",
+            "whole-process peak RSS, older records (MiB)",
+            "saved adapter size (KiB)",
+        ]
+        widths = {
+            label: [bar.get_width() for bar in ax.patches]
+            for label, ax in zip(labels, fig.axes, strict=True)
+        }
+        # Rows: LoRA r=4, LoRA r=8, DoRA r=8.
+        assert widths[labels[1]] == pytest.approx([25.5, 29.5, 29.5])
+        assert widths[labels[2]] == pytest.approx([801, 809, 817])
+    finally:
+        plt.close(fig)
+
+
+def test_adaptive_rank_runs_sit_at_their_final_mean_rank(tmp_path):
+    """AdaLoRA r=8→2 is drawn at its final mean rank (2, or 2.25 when it kept a few more), never
+    at its initial r=8; one that recorded no final ranks is left out and the title says so."""
+    from lorabench.reports.plots import plot_score_vs_rank
+
+    store = ResultStore(tmp_path / "r.db")
+    names = [BERT.format(layer, m) for layer in range(2) for m in MATRICES[:2]]
+    for seed in (0, 1):
+        store.add(make("lora", 4, "rte", seed))
+        store.add(make("lora", 8, "rte", seed))
+        final = dict.fromkeys(names, 2)
+        if seed == 1:
+            final[names[0]] = 4  # mean 2.5: the row sits at (2 + 2.5) / 2
+        store.add(
+            replace(
+                make("adalora", 8, "rte", seed, ranks=final),
+                config={"resolved_variant_config": {"r": 8, "target_r": 2}},
+            )
+        )
+    store.add(
+        replace(
+            make("adalora", 8, "rte", 0, run_id="no-ranks", ranks={}),
+            config={"resolved_variant_config": {"r": 12, "target_r": 4}},
+        )
+    )
+    data = load_report_data(store)
+    fig = plot_score_vs_rank(data)
+    try:
+        (ax,) = [ax for ax in fig.axes if ax.get_visible()]
+        # One line per variant and recipe; AdaLoRA r=12→4 has no place on it.
+        (ada,) = [line for line in ax.lines if line.get_label().startswith("AdaLoRA")]
+        assert ada.get_xdata().tolist() == [pytest.approx(2.25)]
+        assert ada.get_label() == "AdaLoRA (trained at each rank, at the final mean rank)"
+        (lora,) = [line for line in ax.lines if line.get_label().startswith("LoRA")]
+        assert lora.get_xdata().tolist() == [4.0, 8.0]
+        title = fig.get_suptitle().replace("\n", " ")
+        assert "no final ranks recorded): AdaLoRA r=12→4" in title
+    finally:
+        plt.close(fig)
+
+
+def test_one_run_has_no_error_bar_and_no_plus_minus(tmp_path):
+    """A point of one seed is drawn without a bar (not a bar of 0); a point of several seeds
+    keeps its ±std bar; the table prints no "± 0" for one run."""
+    from lorabench.reports.plots import plot_costs, plot_score_vs_params, plot_score_vs_rank
+    from lorabench.reports.tables import format_mean_std
+
+    store = ResultStore(tmp_path / "r.db")
+    for seed in SEEDS:
+        store.add(make("lora", 8, "rte", seed))
+    store.add(make("lora", 4, "rte", 0))
+    store.add(make("dora", 8, "rte", 0))
+    data = load_report_data(store)
+    fig = plot_score_vs_params(data)
+    try:
+        (ax,) = [ax for ax in fig.axes if ax.get_visible()]
+        (bars,) = _error_bars(ax)  # one bar: LoRA r=8's three seeds
+        mean, std = hand_mean_std("lora", 8, "rte")
+        assert bars.tolist() == [pytest.approx([73_728, mean - std, mean + std])]
+        (dora,) = _lines(ax, "DoRA")
+        assert dora.get_xdata().tolist() == [76_032]  # the point itself is drawn
+        assert "no bar: one run" in fig.get_suptitle().replace("\n", " ")
+    finally:
+        plt.close(fig)
+    fig = plot_score_vs_rank(data)
+    try:
+        (ax,) = [ax for ax in fig.axes if ax.get_visible()]
+        (bars,) = _error_bars(ax)
+        assert bars[:, 0].tolist() == [8.0]  # LoRA r=4 (one seed) has none
+        (lora,) = [line for line in ax.lines if line.get_label().startswith("LoRA")]
+        assert lora.get_xdata().tolist() == [4.0, 8.0]
+    finally:
+        plt.close(fig)
+    fig = plot_costs(data)
+    try:
+        for ax in fig.axes:
+            from matplotlib.container import ErrorbarContainer
+
+            (container,) = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+            segments = container.lines[2][0].get_segments()
+            assert [s[0][1] for s in segments] == [1]  # row 1: LoRA r=8, the only one of 3 runs
+    finally:
+        plt.close(fig)
+
+    one = ResultStore(tmp_path / "one.db")
+    one.add(make("lora", 8, "rte", 0))
+    one.add(make("dora", 8, "rte", 0))
+    data = load_report_data(one)
+    for draw in (plot_score_vs_params, plot_score_vs_rank, plot_costs):
+        fig = draw(data)
+        try:
+            assert not any(_error_bars(ax) for ax in fig.axes), draw.__name__
+            assert not any(ax.containers for ax in fig.axes if draw is not plot_costs)
+        finally:
+            plt.close(fig)
+    table = build_results_table(data.runs)
+    assert "±" not in to_markdown(table) and r"\pm" not in to_latex(table)
+    assert table.caption.startswith("One run per cell (no std)")
+    assert format_mean_std(0.5, 0.0, 4, n=1) == "0.5000"
+    assert format_mean_std(0.5, 0.01, 4, n=2) == "0.5000 ± 0.0100"
+
+
+def test_correlations_are_never_printed_as_percentages(tmp_path):
+    """Matthews and Pearson are scaled as their metric records say (x100 like papers, or not),
+    and never labelled "%": a correlation x100 is not a percentage."""
+    from lorabench.reports.plots import (
+        plot_learning_curves,
+        plot_score_vs_params,
+        plot_score_vs_rank,
+        plot_search_history,
+    )
+    from lorabench.tasks.metrics import get_metric
+
+    store = ResultStore(tmp_path / "r.db")
+    scores = {"cola": ("matthews", 0.42), "stsb": ("pearson", 0.81)}
+    for task, (metric, score) in scores.items():
+        for seed in (0, 1):
+            fields = {
+                "primary_metric": metric,
+                "metrics": {metric: score},
+                "curve": [CurvePoint(step=10, loss=0.5, metrics={metric: score}, reg_loss=0.0)],
+            }
+            store.add(make("lora", 8, task, seed, score=score, **fields))
+        store.add(
+            make(
+                "lora",
+                8,
+                task,
+                7,
+                score=score,
+                run_id=f"trial-{task}",
+                search={"study": f"s-{task}", "trial": 0, "role": "trial"},
+                primary_metric=metric,
+            )
+        )
+    data = load_report_data(store)
+    figures = [
+        draw(data)
+        for draw in (
+            plot_score_vs_params,
+            plot_score_vs_rank,
+            plot_learning_curves,
+            plot_search_history,
+        )
+    ]
+    try:
+        for fig in figures:
+            for ax in fig.axes:
+                assert "%" not in ax.get_ylabel(), ax.get_ylabel()
+        axes = [ax for ax in figures[0].axes if ax.get_visible()]
+        for ax, task in zip(axes, ("cola", "stsb"), strict=True):
+            metric, score = scores[task]
+            scale = 100 if get_metric(metric).percent else 1
+            assert ax.get_ylabel() == (f"{metric} (×100)" if scale == 100 else metric)
+            (line,) = _lines(ax, "LoRA")
+            assert line.get_ydata().tolist() == [pytest.approx(score * scale)]
+    finally:
+        for fig in figures:
+            plt.close(fig)
+    table = build_results_table(data.runs)
+    assert "%" not in table.cells.loc["LoRA r=8", "COLA (Mcc)"]
+    assert "%" not in table.caption and "matthews and pearson x100" in table.caption
+
+
+def test_score_vs_params_draws_a_panel_and_a_pareto_front_per_model(tmp_path):
+    """Runs of two models are two panels, each with the Pareto front of its own points: a small
+    model's cheap point never sits on the big model's front."""
+    from lorabench.reports.plots import plot_score_vs_params
+
+    store = ResultStore(tmp_path / "r.db")
+    for seed in (0, 1):
+        store.add(make("lora", 4, "rte", seed))
+        store.add(make("lora", 8, "rte", seed))
+        for variant, rank in (("lora", 8), ("vera", 256)):
+            store.add(
+                replace(
+                    make(variant, rank, "rte", seed),
+                    run_id=f"big-{variant}-{seed}",
+                    model="models/bert-base-uncased",
+                    score=0.8,
+                )
+            )
+    fig = plot_score_vs_params(load_report_data(store))
+    try:
+        panels = [ax for ax in fig.axes if ax.get_visible()]
+        assert [ax.get_title() for ax in panels] == [
+            "RTE: all-MiniLM-L6-v2",
+            "RTE: bert-base-uncased",
+        ]
+        fronts = [_lines(ax, "Pareto front")[0].get_xdata().tolist() for ax in panels]
+        assert fronts[0] == [36_864, 73_728]  # LoRA r=4 and r=8 of the small model
+        assert fronts[1] == [9_984]  # VeRA alone: LoRA r=8 is no better and larger
+        assert [len(ax.texts) for ax in panels] == [2, 2]
+        assert "one panel and Pareto front per model" in fig.get_suptitle().replace("\n", " ")
+    finally:
+        plt.close(fig)
+
+
+def test_learning_curves_draw_the_task_loss_and_the_regulariser_apart(tmp_path):
+    """AdaLoRA's regulariser (1.85) goes to its own panel: the loss panel holds the task losses
+    only, so LoRA's curve is not squashed; an older record (no ``reg_loss``) is named as one
+    whose loss may include it."""
+    from lorabench.reports.plots import plot_learning_curves
+
+    def curve(loss: float, reg: float | None) -> list[CurvePoint]:
+        return [CurvePoint(step=s, loss=loss / s, reg_loss=reg) for s in (10, 20, 30, 40)]
+
+    store = ResultStore(tmp_path / "r.db")
+    store.add(make("lora", 8, "rte", 0, curve=curve(0.7, 0.0)))
+    store.add(make("adalora", 8, "rte", 0, curve=curve(0.6, 1.85)))
+    fig = plot_learning_curves(load_report_data(store))
+    try:
+        loss_ax, reg_ax = fig.axes[:2]
+        assert [loss_ax.get_ylabel(), reg_ax.get_ylabel()] == ["training task loss", "regulariser"]
+        (ada,) = [line for line in loss_ax.lines if line.get_label().startswith("AdaLoRA")]
+        assert ada.get_ydata().tolist() == pytest.approx([0.06, 0.03, 0.02, 0.015])
+        assert max(max(line.get_ydata()) for line in loss_ax.lines) < 0.1
+        assert [line.get_label() for line in reg_ax.lines] == ["AdaLoRA r=8"]  # LoRA has none
+        assert reg_ax.lines[0].get_ydata().tolist() == pytest.approx([1.85] * 4)
+        assert "regulariser apart" in fig.get_suptitle().replace("\n", " ")
+    finally:
+        plt.close(fig)
+
+    # Older records: no reg_loss recorded. DoRA has no regulariser: nothing to say about it.
+    store.add(make("dora", 8, "rte", 0))
+    store.add(make("adalora", 8, "rte", 1, run_id="old-adalora"))
+    fig = plot_learning_curves(load_report_data(store))
+    try:
+        title = fig.get_suptitle().replace("\n", " ")
+        assert title.endswith("the loss of AdaLoRA r=8 may include it")
+    finally:
+        plt.close(fig)
+
+
+def test_pruned_trials_sit_at_their_last_reported_value(db, tmp_path):
+    """A pruned trial is drawn at the value it last reported (its score, else its curve's last
+    evaluation), not on the axis; one that reported nothing is not drawn and the legend says so;
+    none of them counts towards the best so far."""
+    from lorabench.reports.plots import plot_search_history
+
+    fig = plot_search_history(load_report_data(db))
+    try:
+        ax = fig.axes[0]
+        (pruned,) = [c for c in ax.collections if c.get_label().startswith("pruned")]
+        assert pruned.get_offsets().tolist() == [[2, pytest.approx(59.0)]]  # 0.55 + 0.02 * 2
+        assert pruned.get_label() == "pruned (last reported value)"
+        (best,) = _lines(ax, "best so far")
+        assert best.get_ydata().tolist() == pytest.approx([55, 57, 57, 61, 63])
+    finally:
+        plt.close(fig)
+
+    store = ResultStore(tmp_path / "r.db")
+
+    def trial(n: int, status: str, score, curve) -> RunRecord:
+        return make(
+            "lora",
+            8,
+            "rte",
+            100 + n,
+            run_id=f"t{n}",
+            status=status,
+            score=score,
+            curve=curve,
+            search={"study": "s", "trial": n, "role": "trial"},
+        )
+
+    store.add(trial(0, "finished", 0.7, []))
+    store.add(trial(1, "pruned", None, [CurvePoint(step=6, metrics={"accuracy": 0.52})]))
+    store.add(trial(2, "pruned", None, []))
+    fig = plot_search_history(load_report_data(store))
+    try:
+        (pruned,) = [c for c in fig.axes[0].collections if c.get_label().startswith("pruned")]
+        assert pruned.get_offsets().tolist() == [[1, pytest.approx(52.0)]]
+        assert pruned.get_label() == "pruned (last reported value); 1 without one, not drawn"
+    finally:
+        plt.close(fig)
+
+
+def test_latex_has_booktabs_rules_only_at_the_top_under_the_header_and_at_the_bottom(db):
+    table = build_results_table(load_report_data(db).runs)
+    lines = to_latex(table).splitlines()
+    rules = [(i, line) for i, line in enumerate(lines) if re.search(r"\\(hline|\w*rule)", line)]
+    assert [line for _, line in rules] == [r"\toprule", r"\midrule", r"\bottomrule"]
+    (top, _), (mid, _), (bottom, _) = rules
+    assert mid == top + 2 and lines[top + 1].startswith("Method &")  # the header between
+    rows = lines[mid + 1 : bottom]
+    assert len(rows) == len(table.cells) and all(row.endswith(r"\\") for row in rows)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import time
 from typing import ClassVar
 
 import numpy as np
@@ -134,7 +135,11 @@ def test_record_is_complete(tiny_model_dir, toy_task, cache, tmp_path):
     ):
         assert key in spent, key
     assert spent["padded_tokens"] >= spent["tokens"] > 0 and spent["flops"] > 0
-    assert spent["memory_kind"] == "cpu_rss_peak" and spent["peak_memory_bytes"] > 0
+    # The peak during training above what the process held when it began (not the whole
+    # process, which grows with every run one process did before).
+    assert spent["memory_kind"] == "cpu_rss_peak_above_baseline"
+    assert spent["peak_memory_bytes"] >= 0 and spent["memory_baseline_bytes"] > 0
+    assert spent["peak_memory_bytes"] < spent["memory_baseline_bytes"]
     assert record.environment.get("packages", {}).get("torch")
     assert record.started_at <= record.finished_at
 
@@ -461,3 +466,59 @@ def test_adalora_records_the_final_rank_of_every_matrix(tiny_model_dir, toy_task
     assert len(record.ranks) == 4 and all(0 <= r <= 4 for r in record.ranks.values())
     assert sum(record.ranks.values()) == 2 * 4
     assert record.rank == 4 and record.rank_scores is None
+
+
+class ConstantRegulariser(LoRA):
+    """LoRA plus a constant regulariser: the sum changes, the gradients do not."""
+
+    name = "constant-regulariser"
+    VALUE: ClassVar[float] = 1.85
+
+    def regularization_loss(self):
+        return torch.tensor(self.VALUE)
+
+
+def test_curve_holds_the_task_loss_and_the_regulariser_apart(tiny_model_dir, toy_task, cache):
+    """The curve's ``loss`` is the task loss and ``reg_loss`` the regulariser, averaged over the
+    same steps: a variant whose regulariser is a constant 1.85 (no gradient: it trains exactly as
+    LoRA) records LoRA's losses and 1.85 apart, not their sum; LoRA records a regulariser of 0."""
+    VARIANTS.add(ConstantRegulariser, name="constant-regulariser", overwrite=True)
+    try:
+        plain = execute_run(run_cfg(tiny_model_dir, toy_task), progress=False, cache=cache)
+        regular = execute_run(
+            run_cfg(tiny_model_dir, toy_task, variant="constant-regulariser"),
+            progress=False,
+            cache=cache,
+        )
+    finally:
+        VARIANTS.unregister("constant-regulariser")
+    assert plain.status == regular.status == "finished", regular.error
+    trained = [p for p in regular.curve if p.loss is not None]
+    assert len(trained) >= 6
+    assert [p.loss for p in trained] == pytest.approx(
+        [p.loss for p in plain.curve if p.loss is not None]
+    )
+    assert all(p.loss < 1.85 for p in trained)  # the task loss of a 2-class task, not the sum
+    assert [p.reg_loss for p in trained] == pytest.approx([1.85] * len(trained))
+    assert all(p.reg_loss == 0.0 for p in plain.curve if p.loss is not None)
+
+
+def test_peak_memory_is_the_peak_above_the_baseline_and_does_not_climb_run_after_run():
+    """What one process held before a run (here 64 MiB kept alive) is not the run's; the same
+    work measured three times reads the same, not more each time."""
+    from lorabench.harness.meter import CPU_MEMORY_KIND, PeakMemory
+
+    mib = 2**20
+    held = np.ones(64 * mib // 8)  # the process's earlier state, touched
+    peaks = []
+    for _ in range(3):
+        with PeakMemory(torch.device("cpu"), interval=0.005) as memory:
+            work = np.ones(32 * mib // 8)  # 32 MiB during "training"
+            time.sleep(0.1)
+            del work
+        peaks.append(memory.peak)
+        assert memory.kind == CPU_MEMORY_KIND and memory.baseline > 64 * mib
+        assert memory.absolute_peak == memory.baseline + memory.peak
+    assert all(28 * mib <= p <= 48 * mib for p in peaks), [p / mib for p in peaks]
+    assert max(peaks) - min(peaks) < 8 * mib
+    del held

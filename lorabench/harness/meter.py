@@ -14,11 +14,18 @@ What is counted (``RunRecord.spent``):
   each step's padded tokens. Padded, not non-padding, tokens: the model computes on the padding.
   Attention's quadratic term makes this an approximation for batches much longer than the sample.
   ``flops_per_step`` is the mean over the steps taken.
-* ``peak_memory_bytes`` with ``memory_kind``: on CUDA, ``torch.cuda.max_memory_allocated`` since
-  the run began (``"cuda_peak_allocated"``); on CPU, the peak resident set size of the process
-  sampled every 20 ms by a background thread with psutil (``"cpu_rss_peak"``). The CPU figure is
-  the whole process (model, data, Python), so ``memory_baseline_bytes`` (RSS when the run began)
-  is recorded beside it; ``getrusage`` was not used because its maximum never resets between runs.
+* ``peak_memory_bytes`` with ``memory_kind``: the peak during training *above* what the process
+  held when training began (``memory_baseline_bytes``, recorded beside it), so that runs of one
+  process compare (a whole-process figure grows with every run the process has done: caches,
+  allocator pools). On CUDA, ``torch.cuda.max_memory_allocated`` after
+  ``reset_peak_memory_stats`` minus the memory allocated at the start
+  (``"cuda_peak_above_baseline"``); on CPU, the peak resident set size sampled every 20 ms by a
+  background thread with psutil (and once more at the end) minus the RSS at the start, after
+  freed heap memory was handed back to the system (``malloc_trim`` where glibc has it)
+  (``"cpu_rss_peak_above_baseline"``). ``getrusage`` was not used because its maximum never
+  resets between runs. Records written before this hold whole-process figures under the kinds
+  ``"cpu_rss_peak"`` (peak RSS of the process) and ``"cuda_peak_allocated"`` (peak allocated,
+  model included); reports keep the kinds apart.
 """
 
 from __future__ import annotations
@@ -85,17 +92,45 @@ class Spend:
         return out
 
 
+# The kinds of ``peak_memory_bytes`` PeakMemory records (older records: "cpu_rss_peak",
+# "cuda_peak_allocated", whole-process figures; see the module docstring).
+CUDA_MEMORY_KIND = "cuda_peak_above_baseline"
+CPU_MEMORY_KIND = "cpu_rss_peak_above_baseline"
+
+
+def _release_freed_heap() -> None:
+    """Hands memory that earlier runs freed back to the system before the baseline is taken, so
+    that their allocator pools do not hide this run's growth (glibc's ``malloc_trim``; nothing
+    elsewhere)."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl, Windows): the RSS as it is
+        pass
+
+
 class PeakMemory:
-    """Peak memory while a run trains and evaluates; see the module docstring for the kinds."""
+    """Peak memory while a run trains and evaluates, above what the process held on entry; see
+    the module docstring for the kinds.
+
+    ``with PeakMemory(device) as memory: ...`` then :attr:`peak` (bytes above
+    :attr:`baseline`), :attr:`baseline` and :attr:`kind`.
+    """
 
     def __init__(self, device: torch.device, interval: float = 0.02) -> None:
         self.device = device
         self.interval = interval
-        self.kind = "cuda_peak_allocated" if device.type == "cuda" else "cpu_rss_peak"
+        self.kind = CUDA_MEMORY_KIND if device.type == "cuda" else CPU_MEMORY_KIND
         self.baseline = 0
         self._peak = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._process: Any = None
 
     def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
@@ -105,12 +140,13 @@ class PeakMemory:
         else:
             import psutil
 
-            process = psutil.Process()
+            _release_freed_heap()
+            self._process = process = psutil.Process()
             self.baseline = self._peak = int(process.memory_info().rss)
 
             def sample() -> None:
                 while not self._stop.wait(self.interval):
-                    self._peak = max(self._peak, int(process.memory_info().rss))
+                    self._sample()
 
             self._thread = threading.Thread(target=sample, name="lorabench-memory", daemon=True)
             self._thread.start()
@@ -119,21 +155,30 @@ class PeakMemory:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def _sample(self) -> None:
+        self._peak = max(self._peak, int(self._process.memory_info().rss))
+
     def stop(self) -> None:
-        """Stops the CPU sampling thread; :attr:`peak` keeps its value. Does nothing on CUDA or
-        when already stopped."""
+        """Stops the CPU sampling thread after one last sample; :attr:`peak` keeps its value.
+        Does nothing on CUDA or when already stopped."""
         if self._thread is not None:
             self._stop.set()
             self._thread.join()
             self._thread = None
+            self._sample()
 
     @property
-    def peak(self) -> int:
-        """Peak memory in bytes since entry: CUDA's peak allocated memory, or on CPU the highest
-        resident set size sampled (the whole process; see :attr:`baseline`)."""
+    def absolute_peak(self) -> int:
+        """The peak in bytes including :attr:`baseline`: CUDA's peak allocated memory since
+        entry, or on CPU the highest resident set size sampled (the whole process)."""
         if self.device.type == "cuda":
             return int(torch.cuda.max_memory_allocated(self.device))
         return self._peak
+
+    @property
+    def peak(self) -> int:
+        """Peak memory in bytes since entry above :attr:`baseline` (never negative)."""
+        return max(0, self.absolute_peak - self.baseline)
 
 
 class BudgetBelowOneBatch(BenchmarkConfigError):

@@ -8,6 +8,9 @@ Per optimiser step (see docs/ARCHITECTURE.md)::
 ``adapter.on_train_begin(total_steps)`` is called once before the first step, with the number of
 steps the budget allows (computed up front, see :func:`lorabench.harness.meter.plan_steps`).
 
+The learning curve (``CurvePoint``) holds the task loss in ``loss`` and the regulariser in
+``reg_loss``, each averaged over the steps since the previous point; the step minimises their sum.
+
 Optimiser: AdamW over the adapter's declared parameters and, when the head trains, the task head
 (its own learning rate when ``train.head_learning_rate`` is set). Weight decay applies to matrices
 only; vectors (biases, LayerNorm, DoRA's magnitude, VeRA's scaling vectors, SoRA's gates) are not
@@ -167,6 +170,14 @@ class Trainer:
     def _loss(self, batch: dict[str, torch.Tensor], *, regularize: bool = True) -> torch.Tensor:
         """The task loss plus the adapter's regulariser. Probes before training pass
         ``regularize=False``: no variant hook may run before ``on_train_begin``."""
+        loss, extra = self._loss_parts(batch, regularize=regularize)
+        return loss if extra is None else loss + extra
+
+    def _loss_parts(
+        self, batch: dict[str, torch.Tensor], *, regularize: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The task loss and the adapter's regulariser (None when it has none), apart: the
+        learning curve records them apart, so a large regulariser does not read as task loss."""
         output = self.model(**batch)
         loss = output.loss
         if loss is None:
@@ -175,7 +186,7 @@ class Trainer:
                 "needs a transformers *ForSequenceClassification model"
             )
         extra = self.adapter.regularization_loss() if regularize else None
-        return loss if extra is None else loss + extra
+        return loss, extra
 
     # -- probes before training -------------------------------------------------------------
     def probe_flops(self) -> float:
@@ -315,7 +326,8 @@ class Trainer:
         seconds_limit = self.budget.limit if self.budget.kind == "seconds" else math.inf
         self.adapter.on_train_begin(total)
         self._zero_grad()
-        running: list[float] = []
+        running: list[float] = []  # task losses since the last curve point
+        running_reg: list[float] = []  # the regulariser's values over the same steps
         bar = tqdm(
             total=total,
             desc=self.progress_desc or "train",
@@ -333,7 +345,8 @@ class Trainer:
                 batch = self._batch(step)
                 with self._train_watch:
                     self.adapter.before_step(step)
-                    loss = self._loss(batch)
+                    task_loss, extra = self._loss_parts(batch)
+                    loss = task_loss if extra is None else task_loss + extra
                     value = float(loss.detach())
                     if not math.isfinite(value):
                         raise NonFiniteLoss(
@@ -351,7 +364,9 @@ class Trainer:
                 self.spend.add_step(
                     self.plan.tokens(step), self.plan.padded_tokens(step), self._train_watch.last
                 )
-                running.append(value)
+                # The curve's loss is the task loss; the regulariser (0 without one) apart.
+                running.append(float(task_loss.detach()))
+                running_reg.append(0.0 if extra is None else float(torch.as_tensor(extra).detach()))
                 done = step + 1
                 bar.update(1)
                 if done % log_every == 0 or done == total:
@@ -360,10 +375,11 @@ class Trainer:
                             step=done,
                             loss=float(np.mean(running)),
                             seconds=self.spend.train_seconds,
+                            reg_loss=float(np.mean(running_reg)),
                         )
                     )
                     bar.set_postfix(loss=f"{self.curve[-1].loss:.4f}")
-                    running = []
+                    running, running_reg = [], []
                 if eval_every and done % eval_every == 0 and done < total:
                     self._evaluate_and_report(done, None)
             self.spend.stop_reason = (

@@ -113,6 +113,79 @@ def short_fingerprint(fingerprint: str) -> str:
     return fingerprint[:FINGERPRINT_CHARS] if fingerprint else NOT_RECORDED
 
 
+@dataclass(frozen=True)
+class MemoryKind:
+    """How a report shows one ``memory_kind`` of ``spent["peak_memory_bytes"]``.
+
+    Attributes:
+        column: the table column ("Train mem (MiB)").
+        axis: the figure axis label.
+        caption: a sentence for the table caption and the figure, saying what was measured.
+    """
+
+    column: str
+    axis: str
+    caption: str
+
+
+# memory_kind -> how it reads. The first two are what lorabench records now (the peak above what
+# the process held when training began); the others are older records' whole-process figures,
+# which grow with every run one process did before, so they are never mixed with the first two.
+MEMORY_KINDS = {
+    "cpu_rss_peak_above_baseline": MemoryKind(
+        "Train mem (MiB)",
+        "peak memory above the pre-training baseline (MiB)",
+        "Train mem: peak resident memory during training above what the process held when "
+        "training began (CPU RSS).",
+    ),
+    "cuda_peak_above_baseline": MemoryKind(
+        "Train mem (MiB)",
+        "peak memory above the pre-training baseline (MiB)",
+        "Train mem: peak CUDA memory allocated during training above what was allocated when "
+        "training began.",
+    ),
+    "cpu_rss_peak": MemoryKind(
+        "Process mem (MiB)",
+        "whole-process peak RSS, older records (MiB)",
+        "Process mem: older records' whole-process peak RSS (model, data and every earlier run "
+        "of the process included; not comparable across runs).",
+    ),
+    "cuda_peak_allocated": MemoryKind(
+        "CUDA mem (MiB)",
+        "peak CUDA allocated incl. the model, older records (MiB)",
+        "CUDA mem: older records' peak CUDA memory allocated, the model included.",
+    ),
+}
+
+
+def memory_kind(kind: str) -> MemoryKind:
+    """How a report shows ``kind`` (one this version does not know keeps its name)."""
+    if kind in MEMORY_KINDS:
+        return MEMORY_KINDS[kind]
+    name = kind or "kind not recorded"
+    return MemoryKind(f"Peak mem, {name} (MiB)", f"peak memory, {name} (MiB)", f"Peak mem: {name}.")
+
+
+def is_adaptive_rank(record: RunRecord) -> bool:
+    """Whether the run chose its own ranks: a variant with ``adaptive_rank`` (AdaLoRA), or a
+    variant this process does not know whose final ranks are not all its nominal rank."""
+    cls = variant_class(record.variant)
+    if cls is not None:
+        return bool(cls.adaptive_rank)
+    return any(int(v) != record.rank for v in (record.ranks or {}).values())
+
+
+def axis_rank(record: RunRecord) -> float:
+    """Where a run sits on a rank axis: its nominal rank, or for an adaptive-rank run (see
+    :func:`is_adaptive_rank`) the mean of its final per-matrix ranks (what the adapter ended
+    with: AdaLoRA's target, give or take ties), never its initial rank. NaN when unknown (an
+    adaptive run that recorded no final ranks, a run without a rank)."""
+    if is_adaptive_rank(record):
+        ranks = [float(v) for v in (record.ranks or {}).values()]
+        return float(np.mean(ranks)) if ranks else np.nan
+    return np.nan if record.rank is None else float(record.rank)
+
+
 @dataclass
 class ReportData:
     """Everything a report is built from.
@@ -253,7 +326,10 @@ def runs_frame(records: list[RunRecord]) -> pd.DataFrame:
 
     ``display`` is the score as papers print it (x100 for accuracy-like metrics). ``config`` is
     the row label (:func:`row_labels`), ``series`` the same label without the rank (the runs of
-    one score-vs-rank line), ``rank_label`` the rank part alone ("r=12→8").
+    one score-vs-rank line), ``rank_label`` the rank part alone ("r=12→8"). ``axis_rank`` is
+    where the run sits on a rank axis (:func:`axis_rank`: an adaptive-rank run at its final mean
+    rank), ``peak_memory_mb`` the memory in MiB of the kind ``memory_kind`` names (see
+    :data:`MEMORY_KINDS`).
     """
     rows = []
     for r in records:
@@ -278,18 +354,22 @@ def runs_frame(records: list[RunRecord]) -> pd.DataFrame:
                 "total_params": r.total_params or np.nan,
                 "train_seconds": _float(r.spent.get("train_seconds")),
                 "peak_memory_mb": np.nan if memory is None else float(memory) / 2**20,
-                "memory_kind": r.spent.get("memory_kind") or "",
+                "memory_kind": str(r.spent.get("memory_kind") or ""),
                 "adapter_kb": r.adapter_bytes / 1024 if r.adapter_bytes else np.nan,
                 "steps": _float(r.spent.get("steps")),
+                "axis_rank": axis_rank(r),
+                "adaptive_rank": is_adaptive_rank(r),
             }
         )
     columns = [
         "run_id", "variant", "rank", "task", "seed", "model", "budget", "data_fingerprint",
         "model_fingerprint", "metric", "higher_is_better", "score", "percent", "adapter_params",
         "trainable_params", "total_params", "train_seconds", "peak_memory_mb", "memory_kind",
-        "adapter_kb", "steps",
+        "adapter_kb", "steps", "axis_rank", "adaptive_rank",
     ]  # fmt: skip
     frame = pd.DataFrame(rows, columns=columns)
+    frame["axis_rank"] = frame["axis_rank"].astype(float)
+    frame["adaptive_rank"] = frame["adaptive_rank"].astype(bool)
     frame["rank"] = frame["rank"].astype("Int64")
     frame["display"] = np.where(frame["percent"], frame["score"] * 100, frame["score"])
     labels = row_labels(records)
@@ -582,15 +662,17 @@ def ordered_configs(runs: pd.DataFrame) -> list[str]:
 def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
     """Mean and sample standard deviation (ddof=1) over seeds, per (config, task).
 
-    Columns: config, series, variant, rank, rank_label, task, metric, percent,
-    higher_is_better, mean, std (NaN for one seed), n, seeds, and the means of
-    adapter/trainable/total params, train seconds, peak memory (MiB) and adapter size (KiB).
-    ``mean``/``std`` are in display units.
+    Columns: config, series, variant, model, rank, rank_label, axis_rank (the mean over seeds
+    of :func:`axis_rank`), adaptive_rank, task, metric, percent, higher_is_better, mean, std
+    (NaN for one seed), n, seeds, and the means of adapter/trainable/total params, train
+    seconds, peak memory (MiB; NaN when the runs recorded different ``memory_kind``s, which
+    names them) and adapter size (KiB). ``mean``/``std`` are in display units.
     """
     columns = [
-        "config", "series", "variant", "rank", "rank_label", "task", "metric", "percent",
-        "higher_is_better", "mean", "std", "n", "seeds", "adapter_params", "trainable_params",
-        "total_params", "train_seconds", "peak_memory_mb", "adapter_kb",
+        "config", "series", "variant", "model", "rank", "rank_label", "axis_rank",
+        "adaptive_rank", "task", "metric", "percent", "higher_is_better", "mean", "std", "n",
+        "seeds", "adapter_params", "trainable_params", "total_params", "train_seconds",
+        "peak_memory_mb", "memory_kind", "adapter_kb",
     ]  # fmt: skip
     if runs.empty:
         return pd.DataFrame(columns=columns)
@@ -598,8 +680,11 @@ def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
     out = grouped.agg(
         series=("series", "first"),
         variant=("variant", "first"),
+        model=("model", "first"),
         rank=("rank", "first"),
         rank_label=("rank_label", "first"),
+        axis_rank=("axis_rank", "mean"),
+        adaptive_rank=("adaptive_rank", "first"),
         metric=("metric", "first"),
         percent=("percent", "first"),
         higher_is_better=("higher_is_better", "first"),
@@ -612,8 +697,12 @@ def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
         total_params=("total_params", "mean"),
         train_seconds=("train_seconds", "mean"),
         peak_memory_mb=("peak_memory_mb", "mean"),
+        memory_kind=("memory_kind", lambda k: ", ".join(sorted({str(x) for x in k if x}))),
         adapter_kb=("adapter_kb", "mean"),
     ).reset_index()
+    # Memory of different kinds (an older record's whole-process figure beside a new one) has no
+    # meaningful mean.
+    out.loc[out["memory_kind"].str.contains(","), "peak_memory_mb"] = np.nan
     return out[columns]
 
 

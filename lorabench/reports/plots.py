@@ -22,11 +22,14 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from lorabench.reports.frame import (
+    MEMORY_KINDS,
     ReportData,
     aggregate,
     is_percent,
+    memory_kind,
     metric_value,
     ordered_configs,
     ordered_tasks,
@@ -74,8 +77,48 @@ def variants_with(fact: str, present: set[str] | None = None) -> list[str]:
 
 
 def _score_label(metric: str, percent: bool) -> str:
+    """``"accuracy (×100)"``: the metric's name, and the x100 its record asks for. Never "%": a
+    correlation (Matthews, Pearson) x100 is not a percentage."""
     name = metric.rsplit("/", 1)[-1]
-    return f"{name} (%)" if percent else name
+    return f"{name} (×100)" if percent else name
+
+
+def _with_spread(
+    ax: plt.Axes,
+    x: object,
+    y: object,
+    std: object,
+    n: object,
+    *,
+    label: str | None,
+    linestyle: str = "none",
+    **style: object,
+) -> Line2D:
+    """The points (and line) ``x, y`` and, at the points of more than one run only, a ±std bar:
+    one seed has no spread to show, so its point has no bar (not a bar of 0)."""
+    x, y, std, n = (np.asarray(v, dtype=float) for v in (x, y, std, n))
+    (line,) = ax.plot(x, y, linestyle=linestyle, label=label, **style)
+    spread = (n > 1) & np.isfinite(std)
+    if spread.any():
+        ax.errorbar(
+            x[spread],
+            y[spread],
+            yerr=std[spread],
+            fmt="none",
+            ecolor=line.get_color(),
+            capsize=3,
+            linewidth=1,
+        )
+    return line
+
+
+def _spread_note(counts: object) -> str:
+    """``"; no bar: one run"`` for a title when some points are of a single run."""
+    return "; no bar: one run" if (np.asarray(counts, dtype=float) < 2).any() else ""
+
+
+def _short_model(model: str) -> str:
+    return Path(str(model)).name or str(model)
 
 
 def _grid(
@@ -171,31 +214,37 @@ def pareto_front(
 
 # -- score vs parameters ---------------------------------------------------------------------------
 def plot_score_vs_params(data: ReportData) -> Figure | str:
-    """One panel per task: each config's score (mean ± std over seeds, display units) against
-    its trainable adapter parameters on a log axis, with rank labels and the Pareto front
-    circled. Nothing to draw when no finished run records its adapter parameter count."""
+    """One panel per model and task: each config's score (mean ± std over seeds, display units;
+    no bar for one run) against its trainable adapter parameters on a log axis, with rank labels
+    and the panel's own Pareto front circled (runs of different models are never one front).
+    Nothing to draw when no finished run records its adapter parameter count."""
     agg = aggregate(data.runs)
     agg = agg[np.isfinite(agg["adapter_params"].astype(float))] if not agg.empty else agg
     if agg.empty:
         return "no finished run records its adapter parameter count"
-    tasks = ordered_tasks(agg["task"])
-    fig, axes = _grid(len(tasks))
+    models = sorted(set(agg["model"]))
+    panels = [
+        (model, task)
+        for model in models
+        for task in ordered_tasks(agg.loc[agg["model"] == model, "task"])
+    ]
+    fig, axes = _grid(len(panels))
     point_labels: list[tuple[plt.Axes, list[plt.Text]]] = []
-    for ax, task in zip(axes, tasks, strict=True):
-        mine = agg[agg["task"] == task].reset_index(drop=True)
+    for ax, (model, task) in zip(axes, panels, strict=True):
+        mine = agg[(agg["task"] == task) & (agg["model"] == model)].reset_index(drop=True)
         labels: list[plt.Text] = []
         point_labels.append((ax, labels))
         for variant in _variants_in_order(mine["variant"]):
             rows = mine[mine["variant"] == variant]
             style = variant_style(variant)
-            ax.errorbar(
+            _with_spread(
+                ax,
                 rows["adapter_params"],
                 rows["mean"],
-                yerr=rows["std"].fillna(0),
-                linestyle="none",
-                capsize=3,
-                markersize=7,
+                rows["std"],
+                rows["n"],
                 label=variant_name(variant),
+                markersize=7,
                 **style,
             )
             for _, row in rows.iterrows():
@@ -238,11 +287,14 @@ def plot_score_vs_params(data: ReportData) -> Figure | str:
         ax.set_xscale("log")
         ax.set_xlabel("trainable adapter parameters (count, log scale)")
         ax.set_ylabel(_score_label(mine["metric"].iloc[0], bool(mine["percent"].iloc[0])))
-        ax.set_title(task.upper())
+        ax.set_title(task.upper() if len(models) == 1 else f"{task.upper()}: {_short_model(model)}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    per_model = "; one panel and Pareto front per model" if len(models) > 1 else ""
     _suptitle(
-        fig, "Score vs trainable adapter parameters (mean ± std over seeds; circled: Pareto front)"
+        fig,
+        "Score vs trainable adapter parameters (mean ± std over seeds"
+        f"{_spread_note(agg['n'])}; circled: Pareto front{per_model})",
     )
     fig.draw_without_rendering()  # lay the panels out first: overlaps are judged where they print
     for ax, labels in point_labels:
@@ -257,23 +309,30 @@ def _variants_in_order(variants: pd.Series) -> list[str]:
 
 # -- score vs rank ---------------------------------------------------------------------------------
 def plot_score_vs_rank(data: ReportData) -> Figure | str:
-    """One panel per task: score (mean ± std over seeds) against rank on a log2 axis, a line
-    per variant and recipe trained at each rank, and the one-run curve (with its seed band) of
-    every config that evaluated one training at several ranks (``rank_scores``, e.g. DyLoRA);
-    such a config is drawn only as its curve. Nothing to draw when no run records a rank."""
+    """One panel per task: score (mean ± std over seeds; no bar for one run) against rank on a
+    log2 axis, a line per variant and recipe trained at each rank, and the one-run curve (with
+    its seed band) of every config that evaluated one training at several ranks
+    (``rank_scores``, e.g. DyLoRA); such a config is drawn only as its curve. An adaptive-rank
+    config (AdaLoRA) sits at its final mean rank (``axis_rank``), never at its initial rank; one
+    that recorded no final ranks is left out and the title says so. Nothing to draw when no run
+    records a rank."""
     curves = _one_run_curves(data)
     # A config with a one-run curve is drawn as that curve, not again as a single point.
     with_curves = {r.run_id for r in data.records if r.rank_scores}
     runs = data.runs[~data.runs["run_id"].isin(with_curves)]
     agg = aggregate(runs)
-    agg = agg[agg["rank"].notna()] if not agg.empty else agg
+    unplaced: list[str] = []
+    if not agg.empty:
+        lost = agg["axis_rank"].isna() & agg["adaptive_rank"].astype(bool)
+        unplaced = sorted(set(agg.loc[lost, "config"]))
+        agg = agg[agg["axis_rank"].notna()]
     if agg.empty and not curves:
         return "no finished run records its rank"
     tasks = ordered_tasks(list(agg["task"]) + [task for task, _, _ in curves])
     fig, axes = _grid(len(tasks))
     for ax, task in zip(axes, tasks, strict=False):
         mine = agg[agg["task"] == task]
-        percent, metric = True, "score"
+        percent, metric = False, "score"
         seen: dict[str, int] = defaultdict(int)
 
         def series_order(series: str, mine: pd.DataFrame = mine) -> tuple:
@@ -282,20 +341,22 @@ def plot_score_vs_rank(data: ReportData) -> Figure | str:
             return (variant_sort_key(str(rows["variant"].iloc[0])), -len(rows), series)
 
         for series in sorted(set(mine["series"]), key=series_order):
-            rows = mine[mine["series"] == series].sort_values("rank")
+            rows = mine[mine["series"] == series].sort_values("axis_rank")
             variant = str(rows["variant"].iloc[0])
             percent, metric = bool(rows["percent"].iloc[0]), str(rows["metric"].iloc[0])
             # One line per variant and recipe: a variant's other recipes keep its colour, another
             # dash.
             dash = _LINESTYLES[seen[variant] % len(_LINESTYLES)]
             seen[variant] += 1
-            ax.errorbar(
-                rows["rank"].astype(float),
+            where = ", at the final mean rank" if bool(rows["adaptive_rank"].any()) else ""
+            _with_spread(
+                ax,
+                rows["axis_rank"],
                 rows["mean"],
-                yerr=rows["std"].fillna(0),
-                capsize=3,
+                rows["std"],
+                rows["n"],
                 linestyle=dash,
-                label=f"{series} (trained at each rank)",
+                label=f"{series} (trained at each rank{where})",
                 **variant_style(variant),
             )
         for (curve_task, label, variant), points in curves.items():
@@ -331,10 +392,14 @@ def plot_score_vs_rank(data: ReportData) -> Figure | str:
         ax.grid(alpha=0.3)
     _legend_below(fig, axes)
     multi = variants_with("multi_rank_eval", {variant for _, _, variant in curves})
-    title = "Score vs rank (mean ± std over seeds): separate runs per rank"
+    title = f"Score vs rank (mean ± std over seeds{_spread_note(agg['n'])}): separate runs per rank"
+    if bool(agg["adaptive_rank"].astype(bool).any()):
+        title += " (adaptive-rank variants at their final mean rank)"
     if curves:
         who = ", ".join(multi) or "multi-rank runs"
         title += f", and the one-run curve of {who} over its eval ranks"
+    if unplaced:
+        title += f"; not drawn (no final ranks recorded): {', '.join(unplaced)}"
     _suptitle(fig, title)
     return fig
 
@@ -476,17 +541,34 @@ def _rank_matrix(allocations: list[dict[str, int]]) -> pd.DataFrame:
     return frame.sort_index()
 
 
+def _may_regularise(variant: str) -> bool:
+    """Whether the variant's class adds a regulariser to the loss (overrides
+    ``regularization_loss``); True for a variant this process does not know."""
+    from lorabench.variants import Variant
+
+    cls = variant_class(variant)
+    return cls is None or cls.regularization_loss is not Variant.regularization_loss
+
+
 # -- learning curves -------------------------------------------------------------------------------
 def plot_learning_curves(data: ReportData) -> Figure | str:
-    """One column per task: training loss against optimiser step and, when any run evaluated
-    during training, a second row with the eval score (display units); one line per config,
-    the mean over its seeds. Nothing to draw when no run recorded a curve."""
+    """One column per task: the training task loss against optimiser step; below it, when any
+    run's regulariser is not zero, the regulariser on its own axis (AdaLoRA's orthogonality
+    term would otherwise dwarf every task loss); and when any run evaluated during training,
+    the eval score (display units). One line per config, the mean over its seeds. Records
+    written before the regulariser was recorded apart (``reg_loss`` None) have it inside their
+    loss; the title names their configs (of variants with a regulariser). Nothing to draw when
+    no run recorded a curve."""
     rows = []
+    combined: set[str] = set()  # configs whose recorded loss may include the regulariser
     for r in data.records:
         config = data.config_of(r)
         percent = is_percent(r.primary_metric)
         for p in r.curve:
             value = metric_value(p.metrics, r.primary_metric)
+            reg = getattr(p, "reg_loss", None)
+            if p.loss is not None and reg is None and _may_regularise(r.variant):
+                combined.add(config)
             rows.append(
                 {
                     "task": r.task,
@@ -495,6 +577,7 @@ def plot_learning_curves(data: ReportData) -> Figure | str:
                     "seed": r.seed,
                     "step": p.step,
                     "loss": p.loss,
+                    "reg": reg,
                     "eval": None if value is None else (value * 100 if percent else value),
                     "metric": _score_label(r.primary_metric, percent),
                 }
@@ -502,18 +585,24 @@ def plot_learning_curves(data: ReportData) -> Figure | str:
     if not rows:
         return "no finished run recorded a learning curve"
     frame = pd.DataFrame(rows)
-    frame[["loss", "eval"]] = frame[["loss", "eval"]].astype(float)
+    frame[["loss", "reg", "eval"]] = frame[["loss", "reg", "eval"]].astype(float)
     tasks = ordered_tasks(frame["task"])
-    has_eval = frame["eval"].notna().any()
-    nrows = 2 if has_eval else 1
+    # Configs with a regulariser: drawn in its own row (a config without one has 0 everywhere).
+    regularised = set(frame.loc[frame["reg"].fillna(0.0) != 0.0, "config"])
+    kinds = (
+        ["loss"]
+        + (["reg"] if regularised else [])
+        + (["eval"] if frame["eval"].notna().any() else [])
+    )
     fig, axes = plt.subplots(
-        nrows,
+        len(kinds),
         len(tasks),
-        figsize=(max(6.0, 4.6 * len(tasks)), 3.2 * nrows + 0.6),
+        figsize=(max(6.0, 4.6 * len(tasks)), 3.2 * len(kinds) + 0.6),
         squeeze=False,
         layout="constrained",
         sharex="col",
     )
+    panel = {kind: axes[i] for i, kind in enumerate(kinds)}
     order = {c: i for i, c in enumerate(ordered_configs(data.runs))}
     for col, task in enumerate(tasks):
         mine = frame[frame["task"] == task]
@@ -521,96 +610,117 @@ def plot_learning_curves(data: ReportData) -> Figure | str:
         for config, curve in sorted(
             mine.groupby("config"), key=lambda kv: order.get(kv[0], len(order))
         ):
-            style = variant_style(curve["variant"].iloc[0])
+            variant = curve["variant"].iloc[0]
+            style = variant_style(variant)
             # Configs of one variant share its colour; the line style tells their ranks apart.
-            dash = _LINESTYLES[seen[curve["variant"].iloc[0]] % len(_LINESTYLES)]
-            seen[curve["variant"].iloc[0]] += 1
+            dash = _LINESTYLES[seen[variant] % len(_LINESTYLES)]
+            seen[variant] += 1
+            line = {"label": config, "color": style["color"], "linestyle": dash, "linewidth": 1.4}
             loss = curve.dropna(subset=["loss"]).groupby("step")["loss"].mean()
-            axes[0][col].plot(
-                loss.index,
-                loss.values,
-                label=config,
-                color=style["color"],
-                linestyle=dash,
-                linewidth=1.4,
-            )
-            if has_eval:
+            panel["loss"][col].plot(loss.index, loss.values, **line)
+            if "reg" in panel and config in regularised:
+                reg = curve.dropna(subset=["reg"]).groupby("step")["reg"].mean()
+                panel["reg"][col].plot(reg.index, reg.values, **line)
+            if "eval" in panel:
                 ev = curve.dropna(subset=["eval"]).groupby("step")["eval"].mean()
-                axes[1][col].plot(
-                    ev.index,
-                    ev.values,
-                    label=config,
-                    marker=style["marker"],
-                    markersize=4,
-                    color=style["color"],
-                    linestyle=dash,
-                    linewidth=1.4,
+                panel["eval"][col].plot(
+                    ev.index, ev.values, marker=style["marker"], markersize=4, **line
                 )
         axes[0][col].set_title(task.upper())
-        axes[0][col].set_ylabel("training loss")
+        panel["loss"][col].set_ylabel("training task loss")
+        if "reg" in panel:
+            panel["reg"][col].set_ylabel("regulariser")
+        if "eval" in panel:
+            panel["eval"][col].set_ylabel(f"eval {mine['metric'].iloc[0]}")
         axes[-1][col].set_xlabel("optimiser step")
-        if has_eval:
-            axes[1][col].set_ylabel(f"eval {mine['metric'].iloc[0]}")
-        for row in range(nrows):
+        for row in range(len(kinds)):
             axes[row][col].grid(alpha=0.3)
     _legend_below(fig, [ax for row in axes for ax in row], order=list(order))
-    _suptitle(
-        fig,
-        "Learning curves (mean over seeds): training loss (the variant's regulariser included) "
-        "and the eval score at each evaluation",
-    )
+    title = "Learning curves (mean over seeds): training task loss"
+    if regularised:
+        title += ", the variant's regulariser apart"
+    if "eval" in panel:
+        title += ", and the eval score at each evaluation"
+    if combined:
+        ordered = sorted(combined, key=lambda c: order.get(c, len(order)))
+        title += (
+            f"; recorded before the regulariser was logged apart, the loss of "
+            f"{', '.join(ordered)} may include it"
+        )
+    _suptitle(fig, title)
     return fig
 
 
 # -- cost per variant ------------------------------------------------------------------------------
 def plot_costs(data: ReportData) -> Figure | str:
-    """Horizontal bars per config, mean ± std over all its runs, one panel per cost any run
-    recorded: training time (s), peak memory (MiB), saved adapter size (KiB). Nothing to draw
-    when no run recorded any of them."""
+    """Horizontal bars per config, mean ± std over all its runs (no bar for one run), one panel
+    per cost any run recorded: training time (s), peak memory during training (MiB, a panel per
+    kind of measurement: what lorabench records now is the peak above what the process held
+    before training; older records' whole-process figures are another quantity), saved adapter
+    size (KiB). Nothing to draw when no run recorded any of them."""
     runs = data.runs
-    metrics = [
-        ("train_seconds", "training time (s)"),
-        ("peak_memory_mb", "peak memory (MiB)"),
-        ("adapter_kb", "saved adapter size (KiB)"),
+    if runs.empty:
+        return "no finished run recorded its training time, memory or adapter size"
+    panels: list[tuple[str, str, pd.Series]] = [
+        ("train_seconds", "training time (s)", pd.Series(True, index=runs.index))
     ]
-    metrics = [(c, label) for c, label in metrics if not runs.empty and runs[c].notna().any()]
-    if not metrics:
+    kinds = {str(k) for k in runs.loc[runs["peak_memory_mb"].notna(), "memory_kind"]}
+    known = list(MEMORY_KINDS)
+    for kind in sorted(kinds, key=lambda k: (known.index(k) if k in known else len(known), k)):
+        panels.append(("peak_memory_mb", memory_kind(kind).axis, runs["memory_kind"] == kind))
+    panels.append(("adapter_kb", "saved adapter size (KiB)", pd.Series(True, index=runs.index)))
+    panels = [(c, label, m) for c, label, m in panels if runs.loc[m, c].notna().any()]
+    if not panels:
         return "no finished run recorded its training time, memory or adapter size"
     configs = ordered_configs(runs)
     # One shared config axis: the labels print once, left of the first panel.
     fig, axes = plt.subplots(
         1,
-        len(metrics),
-        figsize=(max(6.0, 3.6 * len(metrics) + 2.0), 0.4 * len(configs) + 1.8),
+        len(panels),
+        figsize=(max(6.0, 3.6 * len(panels) + 2.0), 0.4 * len(configs) + 1.8),
         squeeze=False,
         layout="constrained",
         sharey=True,
     )
-    grouped = runs.groupby("config")
     axes[0][0].set_yticks(range(len(configs)), configs, fontsize=8)
     axes[0][0].invert_yaxis()  # shared: once for all panels
-    for ax, (column, label) in zip(axes[0], metrics, strict=True):
-        means = grouped[column].mean().reindex(configs)
-        stds = grouped[column].std().reindex(configs).fillna(0)
-        colors = [
-            variant_style(runs.loc[runs["config"] == c, "variant"].iloc[0])["color"]
-            for c in configs
-        ]
-        ax.barh(range(len(configs)), means.fillna(0), xerr=stds, color=colors, capsize=3)
-        ax.set_xlabel(label)
+    colors = [
+        variant_style(runs.loc[runs["config"] == c, "variant"].iloc[0])["color"] for c in configs
+    ]
+    counts_seen: list[float] = []
+    for ax, (column, label, mask) in zip(axes[0], panels, strict=True):
+        grouped = runs[mask].dropna(subset=[column]).groupby("config")[column]
+        means = grouped.mean().reindex(configs)
+        stds = grouped.std().reindex(configs)
+        counts = grouped.size().reindex(configs).fillna(0)
+        counts_seen += list(counts[means.notna()])
+        ax.barh(range(len(configs)), means.fillna(0), color=colors)
+        spread = (counts > 1).to_numpy() & np.isfinite(stds.to_numpy(float))
+        if spread.any():  # one run has no spread: its bar has no error bar
+            ax.errorbar(
+                means.to_numpy(float)[spread],
+                np.arange(len(configs))[spread],
+                xerr=stds.to_numpy(float)[spread],
+                fmt="none",
+                ecolor="black",
+                capsize=3,
+                linewidth=1,
+            )
+        ax.set_xlabel(textwrap.fill(label, 34))
         ax.grid(axis="x", alpha=0.3)
-    kinds = sorted(k for k in set(runs["memory_kind"]) if k)
-    note = f" (memory: {', '.join(kinds)})" if kinds else ""
-    _suptitle(fig, f"Cost per variant config, mean ± std over all its runs{note}")
+    _suptitle(
+        fig, f"Cost per variant config, mean ± std over all its runs{_spread_note(counts_seen)}"
+    )
     return fig
 
 
 # -- search history --------------------------------------------------------------------------------
 def plot_search_history(data: ReportData) -> Figure | str:
     """Per study, trial scores and the best so far against trial number and against cumulative
-    spend in the unit of the study's budget (see :data:`SPEND_AXES`); trials without a final
-    score (pruned, failed) show as crosses at the lowest score. Nothing to draw without
-    trials."""
+    spend in the unit of the study's budget (see :data:`SPEND_AXES`). Trials that did not finish
+    (pruned, failed) show as crosses at their last reported value (:func:`last_reported`), not
+    at the axis; they do not count towards the best so far. One that never reported a value is
+    not drawn, and its legend entry says how many. Nothing to draw without trials."""
     studies: dict[str, list[RunRecord]] = defaultdict(list)
     for r in data.trials:
         studies[str((r.search or {}).get("study", "?"))].append(r)
@@ -639,20 +749,19 @@ def plot_search_history(data: ReportData) -> Figure | str:
         )
         finished = np.isfinite(score)
         best = _best_so_far(score, higher)
+        last = np.array([np.nan if (v := last_reported(r)) is None else v * scale for r in trials])
         for ax, x, xlabel in (
             (axes[row][0], number, "trial number"),
             (axes[row][1], spend, spend_label),
         ):
             ax.scatter(x[finished], score[finished], s=22, color="tab:blue", label="finished trial")
-            for s in sorted({r.status for r in trials} - {"finished"}):
-                mask = np.array([r.status == s for r in trials])
-                ax.scatter(
-                    x[mask],
-                    np.full(mask.sum(), np.nanmin(score) if finished.any() else 0),
-                    marker="x",
-                    color="0.5",
-                    label=f"{s} (no final score)",
-                )
+            for status in sorted({r.status for r in trials} - {"finished"}):
+                mask = np.array([r.status == status for r in trials])
+                shown = mask & np.isfinite(last)
+                label = f"{status} (last reported value)"
+                if (mask & ~shown).any():
+                    label += f"; {int((mask & ~shown).sum())} without one, not drawn"
+                ax.scatter(x[shown], last[shown], marker="x", color="0.5", label=label)
             ax.step(x, best, where="post", color="tab:red", label="best so far")
             ax.set_xlabel(xlabel)
             ax.set_ylabel(_score_label(trials[0].primary_metric, percent))
@@ -663,6 +772,19 @@ def plot_search_history(data: ReportData) -> Figure | str:
         axes[row][0].legend(fontsize=7)
     _suptitle(fig, "Search history: trial scores and best-so-far")
     return fig
+
+
+def last_reported(record: RunRecord) -> float | None:
+    """A trial's last reported value of its primary metric (metric units): its score (a pruned
+    run's score is the value it was pruned at), else the last evaluation in its curve; None
+    when it reported none."""
+    if record.score is not None and np.isfinite(record.score):
+        return float(record.score)
+    for point in reversed(record.curve or []):
+        value = metric_value(point.metrics, record.primary_metric)
+        if value is not None and np.isfinite(value):
+            return value
+    return None
 
 
 # study budget kind -> (the record's spent key, axis label)

@@ -1,8 +1,9 @@
 """The results table as the LoRA/AdaLoRA papers print it, in Markdown, LaTeX, CSV and HTML.
 
-Rows are variant configs ("LoRA r=8"), columns the tasks (mean ± sample std over seeds, x100 for
-accuracy-like metrics, the best per task in bold), then the average over tasks and the cost:
-adapter parameters (count and % of the model), training time, peak memory and adapter size.
+Rows are variant configs ("LoRA r=8"), columns the tasks (mean ± sample std over seeds, the mean
+alone for one run; x100 for the metrics whose record says so, the best per task in bold), then
+the average over tasks and the cost: adapter parameters (count and % of the model), training
+time, peak memory during training (a column per kind of measurement) and adapter size.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ import numpy as np
 import pandas as pd
 
 from lorabench.reports.frame import (
+    MEMORY_KINDS,
     MISSING_CELL,
     aggregate,
+    memory_kind,
     metric_label,
     ordered_configs,
     ordered_tasks,
@@ -67,28 +70,58 @@ def build_results_table(runs: pd.DataFrame) -> ResultsTable:
         higher = bool(mine["higher_is_better"].iloc[0])
         best = printed.max() if higher else printed.min()
         for idx, row in mine.iterrows():
-            cells.loc[row["config"], header] = format_mean_std(row["mean"], row["std"], decimals)
+            cells.loc[row["config"], header] = format_mean_std(
+                row["mean"], row["std"], decimals, n=int(row["n"])
+            )
             is_best = bool(printed.loc[idx] == best) and len(mine) > 1
             bold.loc[row["config"], header] = is_best
             agg.loc[idx, "best"] = is_best
     _add_average(cells, bold, agg, tasks)
     _add_costs(cells, runs, configs)
     bold = bold.reindex(columns=cells.columns, fill_value=False)
-    seeds = sorted(set(runs["seed"]))
     caption = (
-        f"Mean ± sample std over {len(seeds)} seed(s) ({', '.join(map(str, seeds))}); "
-        "accuracy-like metrics x100; best per task in bold. # Params: adapter parameters (task "
-        "head excluded) and their share of the model."
+        _seeds_caption(runs, agg)
+        + _scale_caption(agg)
+        + "best per task in bold. # Params: adapter parameters (task head excluded) and their "
+        "share of the model."
     )
-    memory_kinds = sorted(k for k in set(runs["memory_kind"]) if k)
-    if memory_kinds:
-        caption += f" Peak memory: {', '.join(memory_kinds)}."
+    for kind in _memory_kinds(runs):
+        caption += " " + memory_kind(kind).caption
     caption += _mixed_data_caption(runs, tasks)
     numbers = agg.drop(columns=["seeds"]).assign(
         seeds=agg["seeds"].map(lambda s: " ".join(map(str, s)))
     )
     row_variants = dict(zip(runs["config"], runs["variant"], strict=True))
     return ResultsTable(cells, bold, numbers, caption, list(headers.values()), row_variants)
+
+
+def _seeds_caption(runs: pd.DataFrame, agg: pd.DataFrame) -> str:
+    """What a cell holds: the mean ± sample std over seeds, or the one seed's value."""
+    seeds = sorted(set(runs["seed"]))
+    listed = f"{len(seeds)} seed(s) ({', '.join(map(str, seeds))})"
+    if bool((agg["n"] < 2).all()):
+        return f"One run per cell (no std); {listed} in all; "
+    caption = f"Mean ± sample std over {listed}"
+    if bool((agg["n"] < 2).any()):
+        caption += ", a cell of one run without std"
+    return caption + "; "
+
+
+def _scale_caption(agg: pd.DataFrame) -> str:
+    """Which metrics are printed x100 (as their metric records say; a correlation x100 is not a
+    percentage), e.g. ``"accuracy and matthews x100; "``."""
+    scaled = sorted({str(m).rsplit("/", 1)[-1] for m in agg.loc[agg["percent"], "metric"]})
+    if not scaled:
+        return ""
+    names = scaled[0] if len(scaled) == 1 else f"{', '.join(scaled[:-1])} and {scaled[-1]}"
+    return f"{names} x100; "
+
+
+def _memory_kinds(runs: pd.DataFrame) -> list[str]:
+    """The memory kinds the runs recorded, current kinds first (each gets its own column)."""
+    kinds = set(runs.loc[runs["peak_memory_mb"].notna(), "memory_kind"].astype(str))
+    known = list(MEMORY_KINDS)
+    return sorted(kinds, key=lambda k: (known.index(k) if k in known else len(known), k))
 
 
 def _mixed_data_caption(runs: pd.DataFrame, tasks: list[str]) -> str:
@@ -120,9 +153,10 @@ def _decimals(rows: pd.DataFrame) -> int:
     return max(0, 2 - math.floor(math.log10(scale)))
 
 
-def format_mean_std(mean: float, std: float, decimals: int) -> str:
-    """``"85.2 ± 0.4"``; just the mean when there is one seed (no std)."""
-    if std is None or not np.isfinite(std):
+def format_mean_std(mean: float, std: float, decimals: int, n: int | None = None) -> str:
+    """``"85.2 ± 0.4"``; just the mean when there is one run (``n`` < 2) or no std: one seed
+    has no spread to show, not a spread of 0."""
+    if std is None or not np.isfinite(std) or (n is not None and n < 2):
         return f"{mean:.{decimals}f}"
     return f"{mean:.{decimals}f} ± {std:.{decimals}f}"
 
@@ -150,14 +184,21 @@ def _add_costs(cells: pd.DataFrame, runs: pd.DataFrame, configs: list[str]) -> N
     params = per_config["adapter_params"].median()
     total = per_config["total_params"].median()
     seconds = per_config["train_seconds"].mean()
-    memory = per_config["peak_memory_mb"].mean()
     size = per_config["adapter_kb"].mean()
+    # One column per memory kind: an older record's whole-process figure is another quantity.
+    columns: dict[str, pd.Series] = {}
+    for kind in _memory_kinds(runs):
+        mine = runs[runs["memory_kind"] == kind]
+        header = memory_kind(kind).column
+        means = mine.groupby("config")["peak_memory_mb"].mean()
+        columns[header] = means if header not in columns else columns[header].combine_first(means)
     for config in configs:
         p, t = params.get(config, np.nan), total.get(config, np.nan)
         share = f" ({100 * p / t:.2f}%)" if np.isfinite(p) and np.isfinite(t) and t > 0 else ""
         cells.loc[config, "# Params"] = (format_count(p) + share) if np.isfinite(p) else MISSING
         cells.loc[config, "Time (s)"] = _num(seconds.get(config, np.nan), 1)
-        cells.loc[config, "Peak mem (MiB)"] = _num(memory.get(config, np.nan), 0)
+        for header, memory in columns.items():
+            cells.loc[config, header] = _num(memory.get(config, np.nan), 0)
         cells.loc[config, "Adapter (KiB)"] = _num(size.get(config, np.nan), 1)
 
 
@@ -239,12 +280,8 @@ def to_latex(table: ResultsTable, label: str = "tab:lorabench-results") -> str:
         " & ".join(["Method", *(latex_escape(c) for c in columns)]) + r" \\",
         r"\midrule",
     ]
-    previous_variant = None
+    # booktabs: rules at the top, under the header and at the bottom only; none between rows.
     for config, row in table.cells.iterrows():
-        variant = table.row_variants.get(str(config), str(config))
-        if previous_variant is not None and variant != previous_variant:
-            lines.append(r"\midrule")  # a rule between variants, as the papers group them
-        previous_variant = variant
         values = [_latex_cell(str(v), bool(table.bold.loc[config, c])) for c, v in row.items()]
         lines.append(" & ".join([latex_escape(str(config)), *values]) + r" \\")
     lines += [

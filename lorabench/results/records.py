@@ -28,12 +28,18 @@ def config_hash(config: dict[str, Any]) -> str:
 
 @dataclass
 class CurvePoint:
-    """One point of a learning curve: training loss at ``step``, eval metrics when evaluated."""
+    """One point of a learning curve: training loss at ``step``, eval metrics when evaluated.
+
+    ``loss`` is the task loss and ``reg_loss`` the adapter's regulariser (0.0 without one), each
+    averaged over the steps since the previous point. Records written before ``reg_loss`` have
+    None there, and their ``loss`` includes the regulariser.
+    """
 
     step: int
     loss: float | None = None
     metrics: dict[str, float] | None = None
     seconds: float | None = None  # training seconds spent up to this step
+    reg_loss: float | None = None  # the regulariser, apart from ``loss`` (None: not recorded)
 
 
 @dataclass

@@ -256,7 +256,12 @@ def test_a_generated_task_is_identified_before_it_is_generated(tmp_path, monkeyp
     cache = RunCache()
     seed0 = cache.resolve(RunConfig("lora", "planted-tiny", seed=0))
     seed1 = cache.resolve(RunConfig("lora", "planted-tiny", seed=1))
-    assert seed0.data_fingerprint != seed1.data_fingerprint  # each seed is another task instance
+    # Each seed draws another task instance, but the seeds of one suite row read the same task
+    # (generator, recipe, model): one fingerprint, so they stay one report row and one cell of a
+    # comparison; the seed itself still tells the runs apart.
+    assert seed0.data_fingerprint == seed1.data_fingerprint and seed0.run_id != seed1.run_id
+    other = cache.resolve(RunConfig("lora", "planted-mixed", seed=0))
+    assert other.data_fingerprint != seed0.data_fingerprint  # another recipe: other data
     assert RunCache().resolve(RunConfig("lora", "planted-tiny", seed=0)).run_id == seed0.run_id
 
 

@@ -9,6 +9,9 @@ also hash what they plant beside the rows (the true ranks).
 :func:`known_fingerprint` finds a fingerprint without loading. Generated data (planted-rank
 tasks) is a pure function of its generator's key (recipe, model fingerprint, seed), so its
 fingerprint *is* the hash of that key and the limits, whether or not the rows were generated yet.
+The seed is left out of it: a generated task draws a new instance for every run seed by design,
+and the seed is recorded with the run already, so the seeds of one suite row read "the same data"
+(the same generator, recipe and model) and stay one row of a report, one cell of a comparison.
 For files, it comes from a small memo (``fingerprints.json`` in the cache folder) of
 fingerprints computed before, keyed by each file's path, size and modification time. A suite
 that runs again therefore neither reads nor hashes its data to skip its finished runs.
@@ -16,6 +19,7 @@ that runs again therefore neither reads nor hashes its data to skip its finished
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -60,7 +64,8 @@ def _limits(request: LoadRequest) -> dict[str, Any]:
 
 
 def _generated_fingerprint(spec: TaskSpec, request: LoadRequest) -> str | None:
-    key = GENERATED_KEYS[spec.source](spec, request)
+    # Seed 0 stands for every seed (see the module docstring): the key without the run's seed.
+    key = GENERATED_KEYS[spec.source](spec, dataclasses.replace(request, seed=0))
     if key is None:
         return None
     blob = json.dumps(

@@ -66,6 +66,7 @@ from lorabench.variants.base import (
     check_non_negative_int,
     check_positive_float,
     check_positive_int,
+    saved_rank_pattern,
 )
 from lorabench.variants.registry import VARIANTS
 
@@ -447,24 +448,12 @@ class AdaLoRA(Variant):
         return {"rank_pattern": self.rank_pattern()}
 
     def load_extra_config(self, data: dict[str, Any]) -> None:
-        pattern = data.get("rank_pattern")
+        sizes = {name: layer.rank_mask.numel() for name, layer in self._layers_items()}
+        pattern = saved_rank_pattern(data, sizes, rank_name="the initial rank r")
         if pattern is None:
             return
-        missing = sorted(set(self.layers) - set(pattern))
-        extra = sorted(set(pattern) - set(self.layers))
-        if missing or extra:
-            raise AdapterShapeError(
-                f"the saved rank pattern does not match the adapted layers (missing {missing[:3]}, "
-                f"unexpected {extra[:3]}); load the adapter into the model it was trained on"
-            )
         for name, layer in self._layers_items():
-            mask = torch.tensor(pattern[name], dtype=torch.bool, device=layer.rank_mask.device)
-            if mask.shape != layer.rank_mask.shape:
-                raise AdapterShapeError(
-                    f"rank pattern of {name} has {mask.numel()} entries but the initial rank r is "
-                    f"{layer.rank_mask.numel()}; the adapter_config.json is inconsistent"
-                )
-            layer.rank_mask.copy_(mask)
+            layer.rank_mask.copy_(torch.tensor(pattern[name], device=layer.rank_mask.device))
 
     # -- search -----------------------------------------------------------------------------------
     @classmethod

@@ -215,6 +215,31 @@ def check_positive_float(cfg: Any, name: str) -> float:
     return float(value)
 
 
+def saved_rank_pattern(
+    data: Mapping[str, Any], sizes: Mapping[str, int], *, rank_name: str
+) -> dict[str, list[bool]] | None:
+    """The ``rank_pattern`` an adaptive-rank variant saved in ``extra_save_config`` (layer name
+    -> which of its ranks are kept), checked against the layers being loaded (``sizes``: layer
+    name -> ranks allocated, called ``rank_name`` in messages); None when the save has none."""
+    pattern = data.get("rank_pattern")
+    if pattern is None:
+        return None
+    missing = sorted(set(sizes) - set(pattern))
+    extra = sorted(set(pattern) - set(sizes))
+    if missing or extra:
+        raise AdapterShapeError(
+            f"the saved rank pattern does not match the adapted layers (missing {missing[:3]}, "
+            f"unexpected {extra[:3]}); load the adapter into the model it was trained on"
+        )
+    for name, size in sizes.items():
+        if len(pattern[name]) != size:
+            raise AdapterShapeError(
+                f"rank pattern of {name} has {len(pattern[name])} entries but {rank_name} is "
+                f"{size}; the adapter_config.json is inconsistent"
+            )
+    return {name: [bool(v) for v in pattern[name]] for name in sizes}
+
+
 def is_conv1d(module: nn.Module) -> bool:
     """transformers' GPT-2 ``Conv1D``: a linear layer whose weight is stored as (in, out)."""
     return type(module).__name__ == "Conv1D" and hasattr(module, "nf")

@@ -77,6 +77,7 @@ from lorabench.variants.base import (
     check_bool,
     check_positive_float,
     check_positive_int,
+    saved_rank_pattern,
 )
 from lorabench.variants.registry import VARIANTS
 
@@ -372,24 +373,12 @@ class SoRA(Variant):
         return {"rank_pattern": self.rank_pattern()}
 
     def load_extra_config(self, data: dict[str, Any]) -> None:
-        pattern = data.get("rank_pattern")
+        sizes = {name: layer.gate.numel() for name, layer in self._layers_items()}
+        pattern = saved_rank_pattern(data, sizes, rank_name="the maximum rank r")
         if pattern is None:
             return
-        missing = sorted(set(self.layers) - set(pattern))
-        extra = sorted(set(pattern) - set(self.layers))
-        if missing or extra:
-            raise AdapterShapeError(
-                f"the saved rank pattern does not match the adapted layers (missing {missing[:3]}, "
-                f"unexpected {extra[:3]}); load the adapter into the model it was trained on"
-            )
         for name, layer in self._layers_items():
-            mask = torch.tensor(pattern[name], dtype=torch.bool, device=layer.gate.device)
-            if mask.shape != layer.gate.shape:
-                raise AdapterShapeError(
-                    f"rank pattern of {name} has {mask.numel()} entries but the maximum rank r is "
-                    f"{layer.gate.numel()}; the adapter_config.json is inconsistent"
-                )
-            layer.pattern_to_load = mask
+            layer.pattern_to_load = torch.tensor(pattern[name], device=layer.gate.device)
 
     # -- search -----------------------------------------------------------------------------------
     @classmethod

@@ -299,6 +299,7 @@ def test_the_report_and_its_command_carry_the_statistics(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "Friedman" in printed and "paired" in printed.lower()
     assert (tmp_path / "out" / "stats.md").is_file()
+    assert (tmp_path / "out" / "figures" / "critical_difference.svg").is_file()
     page = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
     assert "id='statistics'" in page
     assert report("--reference", "no such row") == 2

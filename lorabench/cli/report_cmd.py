@@ -24,10 +24,17 @@ one row only when their settings, model and data agree; runs of other data or mo
 their own rows, tagged "[data 1a2b3c4d]" or "[data not recorded]" (databases of release 0.1).
 A partial database still gives a report; it lists what is missing.
 
+Which evaluation is the score (--score): every evaluation stays recorded. "final" (default) ranks
+runs by their final evaluation; "best" by their best evaluation on the dev split over training,
+what the LoRA and AdaLoRA papers report, optimistic because the same split chooses and scores
+(the caption says so). Runs never evaluated during training (no --eval-every) keep their final
+score. Regression checks (lorabench regress) always use the final score.
+
 examples:
   lorabench report --results runs/results.db --out reports/glue
   lorabench report --results runs/results.db --out reports/rte --tasks rte --variants lora adalora
-  lorabench report --results postgresql://me@db/lorabench --out reports/ci --tag ci --seeds 0 1 2"""
+  lorabench report --results postgresql://me@db/lorabench --out reports/ci --tag ci --seeds 0 1 2
+  lorabench report --results runs/results.db --out reports/glue-best --score best"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,6 +62,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the row every other row is compared with, per task, in the statistics (a row "
         "label as the table prints it, e.g. 'LoRA r=8'; default: LoRA at the same rank)",
     )
+    parser.add_argument(
+        "--score",
+        choices=("final", "best"),
+        default="final",
+        help="which evaluation is each run's score: 'final', the final evaluation (default), or "
+        "'best', the best evaluation on the dev split over training (what the LoRA and AdaLoRA "
+        "papers report; optimistic, because the same split chooses and scores; runs without "
+        "evaluations during training keep their final score)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -78,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
             tag=args.tag,
             title=args.title,
             reference=args.reference,
+            score=args.score,
         )
     except (ResultStoreError, ValueError) as exc:  # ValueError: an unknown --reference row
         print(f"error: {exc}", file=sys.stderr)

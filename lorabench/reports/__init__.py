@@ -49,22 +49,28 @@ def generate_report(
     tag: str | None = None,
     title: str | None = None,
     reference: str | None = None,
+    score: str = "final",
 ) -> Report:
     """Builds the full report for the runs matching the filters into folder ``out``.
 
     An empty or partial database still yields a report, whose notes say what is missing.
     ``reference``: the row label every row is compared with per task (default: LoRA at the
-    same rank; see :func:`lorabench.reports.stats.paired_differences`).
+    same rank; see :func:`lorabench.reports.stats.paired_differences`). ``score``: which
+    evaluation ranks the runs, ``"final"`` (default) or ``"best"``, the best evaluation on the
+    dev split during training (what the LoRA and AdaLoRA papers report; optimistic, as the
+    caption says). The table, figures and statistics all use it.
     """
     from lorabench.reports.html import render_html
     from lorabench.reports.plots import write_figures
     from lorabench.reports.recovery import rank_recovery, write_recovery
     from lorabench.reports.stats import friedman_ranks, paired_differences, write_stats
 
-    data = load_report_data(results, tasks=tasks, variants=variants, seeds=seeds, tag=tag)
+    data = load_report_data(
+        results, tasks=tasks, variants=variants, seeds=seeds, tag=tag, score=score
+    )
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    table = build_results_table(data.runs)
+    table = build_results_table(data.runs, score=data.score)
     tables = write_tables(table, out_dir)
     recovery = rank_recovery(data)
     tables.update({f"recovery_{k}": v for k, v in write_recovery(recovery, out_dir).items()})

@@ -198,6 +198,7 @@ class ReportData:
         source: the database the data came from (for the report header).
         filters: the filters applied, for the header and the "what is missing" notes.
         notes: what is missing or odd, in plain sentences.
+        score: which evaluation the ``score`` column holds (see :data:`SCORE_CHOICES`).
     """
 
     runs: pd.DataFrame
@@ -208,6 +209,7 @@ class ReportData:
     filters: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     search_budgets: dict[str, str] = field(default_factory=dict)  # study -> its budget kind
+    score: str = "final"
 
     @property
     def empty(self) -> bool:
@@ -226,13 +228,17 @@ def load_report_data(
     variants: Iterable[str] | None = None,
     seeds: Iterable[int] | None = None,
     tag: str | None = None,
+    score: str = "final",
 ) -> ReportData:
     """Reads the records matching the filters and says what is missing.
 
     ``results`` is a results database path/URL or an open store. A database that does not exist
     raises :class:`~lorabench.results.store.ResultStoreError`; an empty one gives empty data
-    with notes saying so.
+    with notes saying so. ``score``: which evaluation each run's ``score`` column holds,
+    ``"final"`` (the record's score) or ``"best"`` (:func:`best_score`; see
+    :data:`SCORE_CHOICES`). Every evaluation stays in the records either way.
     """
+    check_score_choice(score)
     filters = {
         "tasks": _list(tasks),
         "variants": _list(variants),
@@ -254,16 +260,121 @@ def load_report_data(
     ]
     unfinished = [r for r in main if r.status != "finished"]
     data = ReportData(
-        runs=runs_frame(finished),
+        runs=runs_frame(finished, score=score),
         records=finished,
         trials=trials,
         unfinished=unfinished,
         source=store.name,
         filters=filters,
         search_budgets=search_budgets,
+        score=score,
     )
-    data.notes = missing_notes(data, summary)
+    data.notes = missing_notes(data, summary) + score_notes(finished, score)
     return data
+
+
+# -- which evaluation is the score ---------------------------------------------------------------
+# ``--score`` choice -> what the report says it shows (the table caption, the HTML overview).
+SCORE_CHOICES = {
+    "final": "final evaluation",
+    "best": "best evaluation on the dev split during training (optimistic: the same split "
+    "picks and scores)",
+}
+
+
+def check_score_choice(score: str) -> None:
+    """Raises ValueError for a ``score`` that is not one of :data:`SCORE_CHOICES`."""
+    if score not in SCORE_CHOICES:
+        raise ValueError(f"unknown score {score!r}; choose one of {', '.join(SCORE_CHOICES)}")
+
+
+def score_caption(score: str) -> str:
+    """``"score: final evaluation"``: which evaluation the report's scores are."""
+    check_score_choice(score)
+    return f"score: {SCORE_CHOICES[score]}"
+
+
+def primary_key(record: RunRecord) -> str:
+    """The key of the record's score in its metrics dicts: the primary metric, or with several
+    eval splits ``"<first split>/<metric>"`` (as the trainer keys them). The record does not
+    name its splits, so among the ``…/<metric>`` keys of the final evaluation the one holding
+    the record's score is taken (the first of them on a tie)."""
+    metric = record.primary_metric or "score"
+    final = record.metrics or _last_metrics(record)
+    if metric in final:
+        return metric
+    candidates = [k for k in final if k.endswith("/" + metric)]
+    holding = [k for k in candidates if _finite(final[k]) and float(final[k]) == record.score]
+    return (holding or candidates or [metric])[0]
+
+
+def _last_metrics(record: RunRecord) -> Mapping[str, Any]:
+    for point in reversed(record.curve or []):
+        if point.metrics:
+            return point.metrics
+    return {}
+
+
+def _finite(value: Any) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def evaluations(record: RunRecord) -> list[float]:
+    """The primary metric at every evaluation the curve recorded (finite values only), in
+    step order; the final evaluation is the last."""
+    key = primary_key(record)
+    return [
+        float(p.metrics[key])
+        for p in record.curve or []
+        if p.metrics and key in p.metrics and _finite(p.metrics[key])
+    ]
+
+
+def intermediate_evaluations(record: RunRecord) -> int:
+    """How many evaluations the run did during training, the final one aside."""
+    return max(0, len(evaluations(record)) - 1)
+
+
+def best_score(record: RunRecord) -> float:
+    """The best primary metric over the run's evaluations (the highest, or the lowest for a
+    lower-is-better metric), the final score included: a run never evaluated during training
+    keeps its final score."""
+    values = [float(record.score), *evaluations(record)]  # type: ignore[arg-type]
+    values = [v for v in values if math.isfinite(v)]
+    if not values:
+        return float(record.score)  # type: ignore[arg-type]
+    return max(values) if record.higher_is_better else min(values)
+
+
+def run_score(record: RunRecord, score: str = "final") -> float:
+    """The run's score as the report shows it: the final evaluation or :func:`best_score`."""
+    check_score_choice(score)
+    return best_score(record) if score == "best" else float(record.score)  # type: ignore[arg-type]
+
+
+def score_notes(records: list[RunRecord], score: str) -> list[str]:
+    """What the ``best`` score could not do: runs never evaluated during training keep their
+    final score; nothing to say for ``final``."""
+    if score != "best" or not records:
+        return []
+    without = [r for r in records if intermediate_evaluations(r) == 0]
+    notes = []
+    if len(without) == len(records):
+        notes.append("best = final: no run evaluated during training (set --eval-every).")
+    elif without:
+        notes.append(
+            f"{len(without)} of {len(records)} run(s) were not evaluated during training; their "
+            "best score is their final score (set --eval-every)."
+        )
+    if any(r.rank_scores for r in records):
+        notes.append(
+            "The one-run curves over eval ranks (score vs rank) are final evaluations; the rows "
+            "show the best evaluation."
+        )
+    return notes
 
 
 def _search_budgets(url: str) -> dict[str, str]:
@@ -321,8 +432,11 @@ def metric_value(metrics: Mapping[str, Any] | None, metric: str) -> float | None
     return None
 
 
-def runs_frame(records: list[RunRecord]) -> pd.DataFrame:
+def runs_frame(records: list[RunRecord], score: str = "final") -> pd.DataFrame:
     """One row per record: identity, row label, score in display units and resources.
+
+    ``score`` is the record's final score, or with ``score="best"`` the best evaluation during
+    training (:func:`run_score`).
 
     ``display`` is the score as papers print it (x100 for accuracy-like metrics). ``config`` is
     the row label (:func:`row_labels`), ``series`` the same label without the rank (the runs of
@@ -347,7 +461,7 @@ def runs_frame(records: list[RunRecord]) -> pd.DataFrame:
                 "model_fingerprint": r.model_fingerprint or "",
                 "metric": r.primary_metric or "score",
                 "higher_is_better": bool(r.higher_is_better),
-                "score": float(r.score),  # type: ignore[arg-type]
+                "score": run_score(r, score),
                 "percent": is_percent(r.primary_metric or ""),
                 "adapter_params": r.adapter_params or np.nan,
                 "trainable_params": r.trainable_params or np.nan,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from lorabench.reports.frame import MISSING_CELL, ReportData, record_label
+from lorabench.reports.frame import MISSING_CELL, SCORE_CHOICES, ReportData, record_label
 from lorabench.reports.plots import FigureFile
 from lorabench.reports.stats import FriedmanResult
 from lorabench.reports.tables import ResultsTable, to_html
@@ -166,6 +166,7 @@ def _overview(data: ReportData) -> str:
         )
     items = {
         "finished runs": str(len(runs)),
+        "score": SCORE_CHOICES[data.score],
         "tasks": ", ".join(sorted(set(runs["task"]))),
         "variant configs": str(runs["config"].nunique()),
         "seeds": ", ".join(map(str, sorted(set(runs["seed"])))),

@@ -813,6 +813,14 @@ class FigureFile:
 
 
 # name -> (title, drawing function); the HTML report shows them in this order.
+def critical_difference_figure(data: ReportData) -> Figure | str:
+    """Demšar's diagram of the rows' average ranks across tasks (see
+    :func:`lorabench.reports.stats.plot_critical_difference`), or why it is not drawn."""
+    from lorabench.reports.stats import critical_difference_figure as draw
+
+    return draw(data)
+
+
 FIGURES: dict[str, tuple[str, Callable[[ReportData], Figure | str]]] = {
     "score_vs_params": ("Score vs trainable parameters", plot_score_vs_params),
     "score_vs_rank": ("Score vs rank", plot_score_vs_rank),
@@ -820,6 +828,10 @@ FIGURES: dict[str, tuple[str, Callable[[ReportData], Figure | str]]] = {
     "learning_curves": ("Learning curves", plot_learning_curves),
     "costs": ("Time and memory per variant", plot_costs),
     "search_history": ("Search history", plot_search_history),
+    "critical_difference": (
+        "Critical difference diagram (average ranks across tasks)",
+        critical_difference_figure,
+    ),
 }
 
 

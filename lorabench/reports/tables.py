@@ -24,6 +24,7 @@ from lorabench.reports.frame import (
     metric_label,
     ordered_configs,
     ordered_tasks,
+    score_caption,
 )
 
 MISSING = MISSING_CELL
@@ -50,8 +51,10 @@ class ResultsTable:
         return self.cells.empty
 
 
-def build_results_table(runs: pd.DataFrame) -> ResultsTable:
-    """The main table from :func:`lorabench.reports.frame.runs_frame` output."""
+def build_results_table(runs: pd.DataFrame, score: str = "final") -> ResultsTable:
+    """The main table from :func:`lorabench.reports.frame.runs_frame` output; ``score`` names
+    which evaluation the frame's scores are (``"final"`` or ``"best"``), for the caption."""
+    phrase = score_caption(score)
     agg = aggregate(runs)
     if agg.empty:
         empty = pd.DataFrame()
@@ -82,8 +85,8 @@ def build_results_table(runs: pd.DataFrame) -> ResultsTable:
     caption = (
         _seeds_caption(runs, agg)
         + _scale_caption(agg)
-        + "best per task in bold. # Params: adapter parameters (task head excluded) and their "
-        "share of the model."
+        + f"{phrase}; best per task in bold. # Params: adapter parameters (task head "
+        "excluded) and their share of the model."
     )
     for kind in _memory_kinds(runs):
         caption += " " + memory_kind(kind).caption

@@ -1296,3 +1296,23 @@ def test_the_score_flag_of_the_command(tmp_path, capsys):
     assert "best evaluation on the dev split over training" in text
     assert "LoRA and AdaLoRA papers" in text and "optimistic" in text
     assert "the same split chooses and scores" in text
+
+
+def test_the_report_says_when_rows_trained_with_different_recipes(tmp_path):
+    store = ResultStore(tmp_path / "r.db")
+    for seed in SEEDS:
+        store.add(make("lora", 8, "rte", seed, config={"variant_config": {"r": 8}, "train": {
+            "learning_rate": 5e-4, "batch_size": 16}}))  # fmt: skip
+        store.add(make("vera", 256, "rte", seed, config={"variant_config": {"r": 256}, "train": {
+            "learning_rate": 1e-2, "batch_size": 16}}))  # fmt: skip
+    notes = load_report_data(store).notes
+    (note,) = [n for n in notes if "different recipes" in n]
+    assert "LoRA r=8: learning_rate=0.0005" in note and "VeRA r=256: learning_rate=0.01" in note
+    assert "batch_size" not in note  # shared by every row
+
+    alike = ResultStore(tmp_path / "alike.db")
+    for seed in SEEDS:
+        for variant, rank in (("lora", 8), ("vera", 256)):
+            alike.add(make(variant, rank, "rte", seed, config={
+                "variant_config": {"r": rank}, "train": {"learning_rate": 5e-4}}))  # fmt: skip
+    assert not [n for n in load_report_data(alike).notes if "different recipes" in n]

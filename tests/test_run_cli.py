@@ -368,3 +368,55 @@ def test_end_to_end_run_then_resume(
     assert cli_main(argv) == 0
     assert "4 already finished, skipped" in capsys.readouterr().out
     assert len(store.records(status=None)) == 4
+
+
+def test_a_variant_trains_with_its_own_recipe_from_the_suite_file_or_the_command_line(tmp_path):
+    """``train:`` under one variant (or ``--train VARIANT.SETTING=VALUE``) overrides the suite's
+    training settings for that variant's runs only; its runs get their own identity."""
+    path = write_yaml(
+        tmp_path,
+        """
+        variants:
+          - lora
+          - vera: {r: 64, train: {learning_rate: 1e-2, warmup_ratio: "0.1"}}
+        tasks: [rte]
+        train: {learning_rate: 5e-4, batch_size: 16}
+        """,
+    )
+    suite = suite_from("--config", str(path))
+    vera = suite.variants[1]
+    assert vera.train == {"learning_rate": 0.01, "warmup_ratio": 0.1} and vera.config == {"r": 64}
+    assert vera.label == "vera(r=64,train.learning_rate=0.01,train.warmup_ratio=0.1)"
+    runs = {cfg.variant: cfg for cfg in suite.run_configs()}
+    assert runs["vera"].train.learning_rate == 0.01 and runs["vera"].train.batch_size == 16
+    assert runs["lora"].train.learning_rate == 5e-4 and runs["lora"].train.warmup_ratio == 0.06
+    # The file's layout round-trips, and the command line adds or replaces a setting.
+    assert SuiteConfig.from_dict(suite.to_dict()).variants == suite.variants
+    suite = suite_from("--config", str(path), "--train", "lora.learning_rate=2e-3")
+    runs = {cfg.variant: cfg for cfg in suite.run_configs()}
+    assert runs["lora"].train.learning_rate == 2e-3 and runs["vera"].train.learning_rate == 0.01
+    suite = suite_from("--config", str(path), "--train", "*.max_length=64")
+    assert {cfg.train.max_length for cfg in suite.run_configs()} == {64}
+    before = {cfg.variant: cfg.run_id for cfg in suite_from("--config", str(path)).run_configs()}
+    after = suite_from("--config", str(path), "--train", "vera.learning_rate=2e-2").run_configs()
+    same = {c.variant: c.run_id == before[c.variant] for c in after}
+    assert same == {"lora": True, "vera": False}
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--train", "dora.learning_rate=1e-3"], "no variant 'dora' in this suite"),
+        (["--train", "lora.learnig_rate=1e-3"], "Did you mean 'learning_rate'?"),
+        (["--train", "lora.batch_size=0"], "train.batch_size=0 must be a positive integer"),
+        (["--train", "lora.learning_rate=fast"], "train.learning_rate='fast' must be a number"),
+    ],
+)
+def test_a_bad_per_variant_training_setting_is_refused_naming_it(
+    argv, message, cli_main, capsys, tmp_path
+):
+    base = ["run", "--variants", "lora", "--tasks", "rte", "--out", str(tmp_path / "out")]
+    assert cli_main([*base, *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()

@@ -21,6 +21,7 @@ examples:
       --budget steps=500 --data-dir /data/glue --out runs/
   lorabench run --config suite.yaml --seeds 0,5,7 --budget seconds=600
   lorabench run --preset quick --variant-config lora.r=16 --variant-config adalora.target_r=2
+  lorabench run --preset quick --train vera.learning_rate=1e-2   # one variant's own recipe
   lorabench run --config suite.yaml --results postgresql://user@host/lorabench
   lorabench run --config suite.yaml --dry-run  # list the runs, train nothing
 
@@ -95,6 +96,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=(
             "override a variant setting for this suite, e.g. lora.r=16 "
             "(repeatable; '*.dropout=0.1' for all)"
+        ),
+    )
+    source.add_argument(
+        "--train",
+        metavar="VARIANT.SETTING=VALUE",
+        action="append",
+        default=[],
+        help=(
+            "a training setting for one variant's runs only, over the suite's, e.g. "
+            "vera.learning_rate=1e-2 (repeatable; settings as in train: of a suite file)"
         ),
     )
     source.add_argument(
@@ -190,7 +201,12 @@ _TRAIN_FLAGS = {
 
 def build_suite(args: argparse.Namespace):
     """The :class:`SuiteConfig` the arguments describe (preset/file first, flags on top)."""
-    from lorabench.harness.suite import SuiteConfig, SuiteConfigError, apply_overrides
+    from lorabench.harness.suite import (
+        SuiteConfig,
+        SuiteConfigError,
+        apply_overrides,
+        apply_train_overrides,
+    )
 
     if args.preset and args.config:
         raise SuiteConfigError("give --preset or --config, not both")
@@ -228,6 +244,9 @@ def build_suite(args: argparse.Namespace):
     if args.variant_config:
         apply_overrides(suite.variants, args.variant_config)
         suite.validate(where="--variant-config")
+    if args.train:
+        apply_train_overrides(suite.variants, args.train)
+        suite.validate(where="--train")
     return suite
 
 

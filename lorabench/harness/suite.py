@@ -49,21 +49,27 @@ class SuiteConfigError(BenchmarkConfigError):
 
 @dataclass
 class VariantEntry:
-    """One variant configuration of a suite: a registered name and overrides of its defaults."""
+    """One variant configuration of a suite: a registered name, overrides of its defaults and
+    its own training settings over the suite's (``{vera: {r: 256, train: {learning_rate:
+    1e-2}}}``: a recipe per variant, as the papers train each method)."""
 
     variant: str
     config: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
-        """The name alone, or with its overrides sorted by key: ``lora(alpha=32,r=16)``."""
-        if not self.config:
-            return self.variant
-        return (
-            f"{self.variant}("
-            + ",".join(f"{k}={self.config[k]}" for k in sorted(self.config))
-            + ")"
-        )
+        """The name alone, or with its overrides sorted by key: ``lora(alpha=32,r=16)``, then
+        its own training settings: ``vera(r=256,train.learning_rate=0.01)``."""
+        items = [f"{k}={self.config[k]}" for k in sorted(self.config)]
+        items += [f"train.{k}={self.train[k]}" for k in sorted(self.train)]
+        return f"{self.variant}({','.join(items)})" if items else self.variant
+
+    def train_config(self, suite_train: TrainConfig) -> TrainConfig:
+        """The suite's training settings with this entry's own on top."""
+        if not self.train:
+            return dataclasses.replace(suite_train)
+        return TrainConfig.from_dict({**suite_train.to_dict(), **self.train})
 
 
 @dataclass
@@ -185,6 +191,11 @@ class SuiteConfig:
         if len(set(self.seeds)) != len(self.seeds):
             raise SuiteConfigError(f"{where}: seeds {self.seeds} repeat a seed; each seed once")
         self.train.validate()
+        for entry in self.variants:
+            try:
+                entry.train_config(self.train).validate()
+            except BenchmarkConfigError as exc:
+                raise SuiteConfigError(f"{where}: variant {entry.label}: {exc}") from None
 
     def check_inputs(self) -> None:
         """Checks what the suite reads from this machine before anything trains: the data folder
@@ -218,7 +229,7 @@ class SuiteConfig:
                 variant_config=dict(entry.config),
                 model=self.model,
                 budget=self.budget,
-                train=dataclasses.replace(self.train),
+                train=entry.train_config(self.train),
                 data_dir=self.data_dir,
                 tag=self.tag,
             )
@@ -242,7 +253,10 @@ class SuiteConfig:
             "data_dir": self.data_dir,
             "tasks": list(self.tasks),
             "variants": [
-                {e.variant: dict(e.config)} if e.config else e.variant for e in self.variants
+                {e.variant: {**e.config, **({"train": dict(e.train)} if e.train else {})}}
+                if e.config or e.train
+                else e.variant
+                for e in self.variants
             ],
             "seeds": list(self.seeds),
             "budget": str(self.budget),
@@ -333,7 +347,10 @@ def parse_variants(value: Any, *, where: str = "suite") -> list[VariantEntry]:
                     f"{where}: variants[{i}]={item!r} must map a variant name to its overrides, "
                     "e.g. {lora: {r: 16}}"
                 )
-            entries.append(VariantEntry(name.strip().lower(), dict(config)))
+            config = dict(config)
+            train = config.pop("train", None) or {}
+            own = train_overrides(train, f"{where}: variants[{i}] ({name})")
+            entries.append(VariantEntry(name.strip().lower(), config, own))
         else:
             raise SuiteConfigError(
                 f"{where}: variants[{i}]={item!r} must be a name (lora) "
@@ -415,6 +432,32 @@ def apply_overrides(
         for entry in matched:
             entry.config[name] = value
             _canonical_overrides(entry, name)
+
+
+def apply_train_overrides(
+    entries: list[VariantEntry], overrides: list[str], *, where: str = "--train"
+) -> None:
+    """Sets ``VARIANT.SETTING=VALUE`` in the training settings of every entry of that variant
+    (``*.SETTING`` on all), over the suite's ``train:``."""
+    for text in overrides:
+        variant, name, value = parse_override(text)
+        matched = [e for e in entries if variant in ("*", e.variant)]
+        if not matched:
+            raise SuiteConfigError(
+                f"{where} {text!r}: no variant {variant!r} in this suite "
+                f"(it has {', '.join(e.variant for e in entries)})"
+            )
+        for entry in matched:
+            entry.train = train_overrides({**entry.train, name: value}, f"{where} {text!r}")
+
+
+def train_overrides(value: Any, where: str) -> dict[str, Any]:
+    """Training settings given for one variant (a mapping of ``TrainConfig`` fields), checked
+    and converted as the suite's ``train:`` is (``"5e-4"`` -> 0.0005)."""
+    if not value:
+        return {}
+    checked = _train(value, where)
+    return {key: getattr(checked, key) for key in value}
 
 
 def _canonical_overrides(entry: VariantEntry, given: str) -> None:

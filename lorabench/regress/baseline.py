@@ -12,7 +12,6 @@ Which record belongs to which baseline entry is decided by :func:`match_key` alo
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as _dt
 import json
 import math
@@ -312,7 +311,7 @@ def _suite_keys(suite: SuiteConfig) -> dict[str, Key]:
                 variant_config=dict(entry.config),
                 model=suite.model,
                 budget=suite.budget,
-                train=dataclasses.replace(suite.train),
+                train=entry.train_config(suite.train),
             )
             out[match_key(cfg)] = (entry.label, task)
     return out

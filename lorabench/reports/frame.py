@@ -269,7 +269,7 @@ def load_report_data(
         search_budgets=search_budgets,
         score=score,
     )
-    data.notes = missing_notes(data, summary) + score_notes(finished, score)
+    data.notes = missing_notes(data, summary) + score_notes(finished, score) + recipe_notes(data)
     return data
 
 
@@ -353,6 +353,33 @@ def run_score(record: RunRecord, score: str = "final") -> float:
     """The run's score as the report shows it: the final evaluation or :func:`best_score`."""
     check_score_choice(score)
     return best_score(record) if score == "best" else float(record.score)  # type: ignore[arg-type]
+
+
+def recipe_notes(data: ReportData) -> list[str]:
+    """A note when the rows of one table trained with different recipes (a per-variant
+    ``train:`` in the suite, ``--train VARIANT.SETTING=VALUE``): which rows used what, for the
+    settings not shared by every row. Empty when every row trained alike."""
+    if data.runs.empty:
+        return []
+    by_row: dict[str, dict[str, str]] = {}
+    for record in data.records:
+        by_row.setdefault(data.config_of(record), _train_recipe(record))
+    rows = list(by_row)
+    differing = sorted(
+        {k for r in by_row.values() for k in r}
+        - _same_everywhere(list(by_row.values()), list(range(len(rows))))
+    )
+    if not differing:
+        return []
+    parts = [
+        f"{row}: "
+        + ", ".join(f"{k.removeprefix('train.')}={by_row[row].get(k, '-')}" for k in differing)
+        for row in rows
+    ]
+    return [
+        "The rows trained with different recipes (the suite gave some variants their own "
+        "training settings): " + "; ".join(parts) + "."
+    ]
 
 
 def score_notes(records: list[RunRecord], score: str) -> list[str]:

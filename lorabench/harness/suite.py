@@ -422,13 +422,7 @@ def apply_overrides(
 ) -> None:
     """Sets ``VARIANT.FIELD=VALUE`` on every entry of that variant (``*.FIELD`` on all)."""
     for text in overrides:
-        variant, name, value = parse_override(text)
-        matched = [e for e in entries if variant in ("*", e.variant)]
-        if not matched:
-            raise SuiteConfigError(
-                f"{where} {text!r}: no variant {variant!r} in this suite "
-                f"(it has {', '.join(e.variant for e in entries)})"
-            )
+        matched, name, value = _override_targets(entries, text, where)
         for entry in matched:
             entry.config[name] = value
             _canonical_overrides(entry, name)
@@ -440,15 +434,24 @@ def apply_train_overrides(
     """Sets ``VARIANT.SETTING=VALUE`` in the training settings of every entry of that variant
     (``*.SETTING`` on all), over the suite's ``train:``."""
     for text in overrides:
-        variant, name, value = parse_override(text)
-        matched = [e for e in entries if variant in ("*", e.variant)]
-        if not matched:
-            raise SuiteConfigError(
-                f"{where} {text!r}: no variant {variant!r} in this suite "
-                f"(it has {', '.join(e.variant for e in entries)})"
-            )
+        matched, name, value = _override_targets(entries, text, where)
         for entry in matched:
             entry.train = train_overrides({**entry.train, name: value}, f"{where} {text!r}")
+
+
+def _override_targets(
+    entries: list[VariantEntry], text: str, where: str
+) -> tuple[list[VariantEntry], str, Any]:
+    """The entries ``VARIANT.NAME=VALUE`` applies to (every one for ``*``), NAME and VALUE;
+    fails naming the variant when the suite has none of that name."""
+    variant, name, value = parse_override(text)
+    matched = [e for e in entries if variant in ("*", e.variant)]
+    if not matched:
+        raise SuiteConfigError(
+            f"{where} {text!r}: no variant {variant!r} in this suite "
+            f"(it has {', '.join(e.variant for e in entries)})"
+        )
+    return matched, name, value
 
 
 def train_overrides(value: Any, where: str) -> dict[str, Any]:

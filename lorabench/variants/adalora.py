@@ -63,6 +63,8 @@ from lorabench.variants.base import (
     Variant,
     VariantConfig,
     add_low_rank,
+    check_fraction,
+    check_non_negative_float,
     check_non_negative_int,
     check_positive_float,
     check_positive_int,
@@ -124,18 +126,8 @@ class AdaLoRAConfig(VariantConfig):
         check_non_negative_int(self, "tfinal")
         check_positive_int(self, "deltaT")
         for name in ("beta1", "beta2"):
-            value = getattr(self, name)
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, int | float)
-                or not 0.0 < value < 1.0
-            ):
-                raise ConfigError(f"{name}={value!r} must be in (0, 1) (PEFT default 0.85)")
-        reg = self.orth_reg_weight
-        if isinstance(reg, bool) or not isinstance(reg, int | float) or not reg >= 0.0:
-            raise ConfigError(
-                f"orth_reg_weight={reg!r} must be >= 0 (PEFT default 0.5; 0 disables it)"
-            )
+            check_fraction(self, name, default="PEFT default 0.85")
+        check_non_negative_float(self, "orth_reg_weight", default="PEFT default 0.5; 0 disables it")
         if self.total_step is not None:
             check_positive_int(self, "total_step")
             check_schedule(self, self.total_step)

@@ -240,6 +240,29 @@ def saved_rank_pattern(
     return {name: [bool(v) for v in pattern[name]] for name in sizes}
 
 
+def check_fraction(cfg: Any, name: str, *, default: str) -> float:
+    """Validation helper for variant configs: a number strictly between 0 and 1 (an EMA
+    factor); ``default`` is named in the message."""
+    value = getattr(cfg, name)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 < value < 1.0:
+        raise ConfigError(f"{name}={value!r} must be in (0, 1) ({default})")
+    return float(value)
+
+
+def check_non_negative_float(cfg: Any, name: str, *, default: str) -> float:
+    """Validation helper for variant configs: a finite number >= 0 (a weight that 0 switches
+    off); ``default`` is named in the message."""
+    value = getattr(cfg, name)
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise ConfigError(f"{name}={value!r} must be a finite number >= 0 ({default})")
+    return float(value)
+
+
 def is_conv1d(module: nn.Module) -> bool:
     """transformers' GPT-2 ``Conv1D``: a linear layer whose weight is stored as (in, out)."""
     return type(module).__name__ == "Conv1D" and hasattr(module, "nf")

@@ -80,6 +80,8 @@ from lorabench.variants.base import (
     Variant,
     VariantConfig,
     add_low_rank,
+    check_fraction,
+    check_non_negative_float,
     check_non_negative_int,
     check_positive_float,
     check_positive_int,
@@ -164,18 +166,10 @@ class IncreLoRAConfig(VariantConfig):
         if self.incre_rank_num is not None:
             check_positive_int(self, "incre_rank_num")
         for name in ("beta1", "beta2"):
-            value = getattr(self, name)
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, int | float)
-                or not 0.0 < value < 1.0
-            ):
-                raise ConfigError(f"{name}={value!r} must be in (0, 1) (the authors use 0.85)")
-        reg = self.orth_reg_weight
-        if isinstance(reg, bool) or not isinstance(reg, int | float) or not reg >= 0.0:
-            raise ConfigError(
-                f"orth_reg_weight={reg!r} must be >= 0 (the authors use 0.1 to 0.3; 0 disables it)"
-            )
+            check_fraction(self, name, default="the authors use 0.85")
+        check_non_negative_float(
+            self, "orth_reg_weight", default="the authors use 0.1 to 0.3; 0 disables it"
+        )
 
     @property
     def nominal_rank(self) -> int:

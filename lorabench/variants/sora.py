@@ -75,6 +75,7 @@ from lorabench.variants.base import (
     VariantConfig,
     add_low_rank,
     check_bool,
+    check_non_negative_float,
     check_positive_float,
     check_positive_int,
     saved_rank_pattern,
@@ -82,20 +83,6 @@ from lorabench.variants.base import (
 from lorabench.variants.registry import VARIANTS
 
 LAMBDA_SCHEDULES = ("linear", "log_linear", "exp_linear")
-
-
-def _check_non_negative_float(cfg: Any, name: str, default: str) -> float:
-    value = getattr(cfg, name)
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value < 0
-    ):
-        raise ConfigError(
-            f"{name}={value!r} must be a finite number >= 0 (the authors' GLUE default {default})"
-        )
-    return float(value)
 
 
 @dataclass
@@ -132,8 +119,14 @@ class SoRAConfig(VariantConfig):
     def validate(self) -> None:
         super().validate()
         check_positive_float(self, "alpha")
-        _check_non_negative_float(self, "sparse_lambda", "10; 0 disables the L1 term")
-        _check_non_negative_float(self, "sparse_lambda_2", "3e-4; 0 disables the proximal step")
+        check_non_negative_float(
+            self, "sparse_lambda", default="the authors' GLUE default 10; 0 disables the L1 term"
+        )
+        check_non_negative_float(
+            self,
+            "sparse_lambda_2",
+            default="the authors' GLUE default 3e-4; 0 disables the proximal step",
+        )
         check_bool(self, "threshold_times_lr")
         schedule = self.lambda_schedule
         if schedule is not None and schedule not in LAMBDA_SCHEDULES:
@@ -141,7 +134,9 @@ class SoRAConfig(VariantConfig):
                 f"lambda_schedule={schedule!r} is not a schedule: use one of "
                 f"{', '.join(repr(s) for s in LAMBDA_SCHEDULES)}, or None for a constant threshold"
             )
-        _check_non_negative_float(self, "max_lambda", "7e-4 with lambda_schedule='linear'")
+        check_non_negative_float(
+            self, "max_lambda", default="the authors' script: 7e-4 with lambda_schedule='linear'"
+        )
         check_positive_int(self, "lambda_num")
         if schedule == "exp_linear" and (self.sparse_lambda_2 <= 0 or self.max_lambda <= 0):
             raise ConfigError(

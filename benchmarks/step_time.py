@@ -6,7 +6,9 @@ variant's per-step hooks and regulariser, as the harness runs it) on all-MiniLM-
 
 * ours: ``lorabench.variants.attach(model, name, ...)``;
 * PEFT: the same configuration in Hugging Face PEFT (LoRA r8, DoRA r8, VeRA r256, AdaLoRA
-  init_r 12 -> target_r 8; DyLoRA has no PEFT equivalent, so PEFT LoRA at DyLoRA's r_max);
+  init_r 12 -> target_r 8; DyLoRA has no PEFT equivalent, so PEFT LoRA at DyLoRA's r_max).
+  SoRA and IncreLoRA have no PEFT implementation at all: only ours is timed, the PEFT columns
+  read "–" and the verdict "no PEFT implementation";
 * the floor: the frozen model with gradients flowing through every layer (the embedding output
   requires grad, so backward runs through all six layers as it does for any adapter); there is
   nothing to optimise, so its step is forward and backward.
@@ -15,7 +17,19 @@ Timing: every configuration is built once in this process and the steps are inte
 (round-robin, the order rotated each repeat) so that load on a shared machine hits all of them
 alike. Times are medians over repeats; a ratio is the median over repeats of the two times
 taken in the same repeat (paired), which cancels load that drifts during the run. Absolute
-times from different runs or machines are not comparable; the ratios are the result.
+times from different runs or machines are not comparable; the ratios are the result. Besides
+ours/PEFT and ours/floor, every variant gets ours/LoRA: its step time over our LoRA's (r 8, the
+same model, batch and targets; ``lora`` must be among ``--variants``), the comparison that
+counts for the variants PEFT lacks.
+
+The hooks run as the harness' trainer runs them: ``on_train_begin(total_steps)`` once, then per
+step ``before_step(i)``, loss + ``regularization_loss()``, backward, ``optimizer.step()``,
+``after_step(i, learning_rate=lr)``. ``total_steps`` is the steps this script takes plus a
+margin for every variant except IncreLoRA, which is told ``INCRELORA_TOTAL_STEPS`` (10,000): its
+schedule, sized to the run, then puts the first growth round after step 1,000, so every step
+timed here is in the growth phase (importance hooks on every backward pass and an importance
+update after every step, rank 1 of the cap 8 active) and none is a growth round; the script
+stops if IncreLoRA's growth has ended (its hooks would then be off) during a timed step.
 
 Peak memory, "step memory": the peak during one step minus what is held just before it (model,
 adapter, optimiser state after warm-up), so it is activations kept for backward, gradients and
@@ -33,6 +47,7 @@ are exact and get no slack.
 
     HF_HUB_OFFLINE=1 python benchmarks/step_time.py --repeats 20 --json step_time.json
     python benchmarks/step_time.py --variants lora,dora --repeats 5 --device cpu
+    python benchmarks/step_time.py --threads 1 --variants lora,sora,increlora --no-memory
 
 Targets (from the issue): every variant at most PEFT's time (ratio <= 1.00) and memory; LoRA and
 DyLoRA within 1.05x of the floor; DoRA within 1.15x.
@@ -59,7 +74,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 from torch import nn
 
-ALL_VARIANTS = ("lora", "dora", "vera", "adalora", "dylora")
+ALL_VARIANTS = ("lora", "dora", "vera", "adalora", "dylora", "sora", "increlora")
 TARGETS = ["query", "value"]
 # Ours: keyword arguments for lorabench's attach (keys a variant's config lacks are dropped).
 OUR_CONFIGS: dict[str, dict[str, Any]] = {
@@ -68,7 +83,22 @@ OUR_CONFIGS: dict[str, dict[str, Any]] = {
     "vera": {"r": 256},
     "adalora": {"r": 12, "target_r": 8, "tinit": 0, "tfinal": 0, "deltaT": 1},
     "dylora": {"r": 8, "alpha": 8},
+    "sora": {"r": 8, "alpha": 16},
+    # r is IncreLoRA's cap; it starts at rank init_r and grows to an average of target_rank.
+    "increlora": {"r": 8, "init_r": 1, "target_rank": 2},
 }
+# The PEFT configuration each variant is timed against (see peft_config); absent: PEFT has none.
+PEFT_EQUIVALENTS = {
+    "lora": "lora",
+    "dora": "dora",
+    "vera": "vera",
+    "adalora": "adalora",
+    "dylora": "LoRA r8 (r_max)",
+}
+NO_PEFT = "–"  # the PEFT columns of a variant PEFT does not implement
+# IncreLoRA's total_steps for on_train_begin: its growth schedule sized to this run puts the
+# first round after step 1,000, far beyond the steps timed, so they all run its importance hooks.
+INCRELORA_TOTAL_STEPS = 10_000
 FLOOR_TARGETS = {"lora": 1.05, "dylora": 1.05, "dora": 1.15}
 MMAP_THRESHOLD = 128 * 1024  # bytes; see the module docstring
 MEMORY_STEPS = 3
@@ -91,6 +121,7 @@ class Options:
     batch_size: int
     seq_len: int
     total_steps: int
+    learning_rate: float = 1e-4
 
 
 # -- building ------------------------------------------------------------------------------------
@@ -182,24 +213,34 @@ def build_step(setup: Setup, opts: Options) -> Callable[[int], None]:
         from lorabench.variants import attach
 
         adapter = attach(model, setup.variant, **our_config(setup.variant))
-        optimizer = torch.optim.AdamW(adapter.trainable_parameters(), lr=1e-4)
-        adapter.on_train_begin(opts.total_steps)
+        lr = opts.learning_rate
+        optimizer = torch.optim.AdamW(adapter.trainable_parameters(), lr=lr)
+        is_increlora = setup.variant == "increlora"
+        adapter.on_train_begin(INCRELORA_TOTAL_STEPS if is_increlora else opts.total_steps)
 
         def our_step(i: int) -> None:
+            # As lorabench's trainer drives the hooks (no clipping or scheduler: lr is constant).
             adapter.before_step(i)
             loss = model(**batch).loss
             reg = adapter.regularization_loss()
             (loss if reg is None else loss + reg).backward()
             optimizer.step()
-            adapter.after_step(i)
+            adapter.after_step(i, learning_rate=lr)
             optimizer.zero_grad(set_to_none=True)
+            if is_increlora and not adapter.variant.tracking:
+                raise RuntimeError(
+                    f"IncreLoRA's growth ended at step {i}: later steps would be timed without "
+                    "its importance hooks; raise INCRELORA_TOTAL_STEPS"
+                )
 
         return our_step
 
     import peft
 
     peft_model = peft.get_peft_model(model, peft_config(setup.variant, opts.total_steps))
-    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-4)
+    optimizer = torch.optim.AdamW(
+        [p for p in peft_model.parameters() if p.requires_grad], lr=opts.learning_rate
+    )
     is_adalora = setup.variant == "adalora"
 
     def peft_step(i: int) -> None:
@@ -233,8 +274,10 @@ def plan(variants: list[str]) -> tuple[list[Setup], list[str]]:
             skipped.append(f"{v}: not registered in lorabench.variants yet, skipped")
             continue
         setups.append(Setup(f"ours:{v}", "ours", v))
-        if have_peft:
+        if have_peft and v in PEFT_EQUIVALENTS:
             setups.append(Setup(f"peft:{v}", "peft", v))
+    if "lora" not in variants:
+        skipped.append("lora is not among --variants: the ours/LoRA column is left out")
     return setups, skipped
 
 
@@ -360,6 +403,8 @@ def measure_memory(setups: list[Setup], opts: Options, warmup: int) -> dict[str,
             str(warmup),
             "--total-steps",
             str(opts.total_steps),
+            "--threads",
+            str(torch.get_num_threads()),
         ] + (["--model", opts.model] if opts.model else [])
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
@@ -394,12 +439,13 @@ def summarise(
         peft_label = f"peft:{s.variant}"
         row: dict[str, Any] = {
             "variant": s.variant,
-            "peft_equivalent": "LoRA r8 (r_max)" if s.variant == "dylora" else s.variant,
+            "peft_equivalent": PEFT_EQUIVALENTS.get(s.variant),
             "ours_ms": med[s.label],
             "peft_ms": med.get(peft_label),
             "floor_ms": floor_ms,
             "time_vs_peft": paired_ratio(times, s.label, peft_label),
             "time_vs_floor": paired_ratio(times, s.label, "floor"),
+            "time_vs_lora": paired_ratio(times, s.label, "ours:lora"),
             "floor_target": FLOOR_TARGETS.get(s.variant),
             "ours_mib": memory[s.label] / 2**20 if s.label in memory else None,
             "peft_mib": memory[peft_label] / 2**20 if peft_label in memory else None,
@@ -420,13 +466,18 @@ def summarise(
             misses.append("mem>PEFT")
         if row["floor_target"] is not None and row["time_vs_floor"] > row["floor_target"]:
             misses.append(f"time>{row['floor_target']:.2f}x floor")
-        row["verdict"] = "ok" if not misses else "MISS " + ", ".join(misses)
+        if misses:
+            row["verdict"] = "MISS " + ", ".join(misses)
+        elif row["peft_equivalent"] is None:
+            row["verdict"] = "no PEFT implementation"
+        else:
+            row["verdict"] = "ok"
         rows.append(row)
     return rows
 
 
-def _fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
+def _fmt(value: float | None, spec: str, missing: str = "-") -> str:
+    return missing if value is None else format(value, spec)
 
 
 def markdown(rows: list[dict[str, Any]], floor_ms: float, floor_mib: float | None) -> str:
@@ -435,18 +486,20 @@ def markdown(rows: list[dict[str, Any]], floor_ms: float, floor_mib: float | Non
         f"step memory {_fmt(floor_mib, '.1f')} MiB",
         "",
         "| variant | PEFT equivalent | ours ms | PEFT ms | ours/PEFT | ours/floor (target) "
-        "| ours MiB | PEFT MiB "
+        "| ours/LoRA | ours MiB | PEFT MiB "
         "| mem ours/PEFT | mem ours/floor | verdict |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         target = f" (<= {r['floor_target']:.2f})" if r["floor_target"] else ""
+        na = NO_PEFT if r["peft_equivalent"] is None else "-"  # by design, or not measured
         lines.append(
-            f"| {r['variant']} | {r['peft_equivalent']} | {r['ours_ms']:.1f} "
-            f"| {_fmt(r['peft_ms'], '.1f')} "
-            f"| {_fmt(r['time_vs_peft'], '.3f')} | {r['time_vs_floor']:.3f}{target} "
+            f"| {r['variant']} | {r['peft_equivalent'] or 'none'} | {r['ours_ms']:.1f} "
+            f"| {_fmt(r['peft_ms'], '.1f', na)} "
+            f"| {_fmt(r['time_vs_peft'], '.3f', na)} | {r['time_vs_floor']:.3f}{target} "
+            f"| {_fmt(r['time_vs_lora'], '.3f')} "
             f"| {_fmt(r['ours_mib'], '.1f')} "
-            f"| {_fmt(r['peft_mib'], '.1f')} | {_fmt(r['mem_vs_peft'], '.3f')} "
+            f"| {_fmt(r['peft_mib'], '.1f', na)} | {_fmt(r['mem_vs_peft'], '.3f', na)} "
             f"| {_fmt(r['mem_vs_floor'], '.3f')} "
             f"| {r['verdict']} |"
         )
@@ -521,6 +574,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seq-len", type=int, default=64)
     p.add_argument("--no-memory", action="store_true", help="time only")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads (torch.set_num_threads; default: torch's own choice)",
+    )
     p.add_argument("--total-steps", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument(
         "--memory-probe", default=None, help=argparse.SUPPRESS
@@ -528,6 +587,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.repeats < 1 or args.warmup < 0:
         p.error(f"--repeats={args.repeats} must be >= 1 and --warmup={args.warmup} >= 0")
+    if args.threads is not None and args.threads < 1:
+        p.error(f"--threads={args.threads} must be >= 1")
     unknown = sorted(set(args.variants.split(",")) - set(ALL_VARIANTS))
     if unknown:
         p.error(f"--variants: unknown {unknown}; choose from {','.join(ALL_VARIANTS)}")
@@ -536,6 +597,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     # AdaLoRA's budget schedule needs the step count; every configuration sees the same one.
     total_steps = args.total_steps or (args.warmup + args.repeats + MEMORY_STEPS + 10)
     opts = Options(args.model, args.device, args.batch_size, args.seq_len, total_steps)

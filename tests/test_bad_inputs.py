@@ -542,3 +542,60 @@ def test_a_search_trial_budget_below_one_batch_stops_before_any_trial(
     assert f"--trial-budget: budget {unit}=5 is smaller than one training batch" in err
     assert f"use at least {unit}=" in err and "Traceback" not in err
     assert stored_rows(tmp_path / "results.db") == 0
+
+
+@pytest.mark.parametrize("case", ["offline", "no-such-repo", "unreachable"])
+def test_an_unknown_hub_model_stops_the_suite_at_once_with_the_fix(
+    case, tmp_path, capsys, cli_main, toy_task, monkeypatch
+):
+    """A model that is neither a folder nor in the Hugging Face cache: refused before anything
+    loads (no minute of network retries), naming the model and what to give instead."""
+    from unittest import mock
+
+    import huggingface_hub
+    from huggingface_hub.utils import RepositoryNotFoundError
+
+    def no_such_repo(*args, **kwargs):
+        # The Hub's 404 (its constructor wants the HTTP response; any stand-in does).
+        raise RepositoryNotFoundError("404 Repository Not Found", response=mock.MagicMock())
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("[Errno -2] Name or service not known")
+
+    if case == "offline":
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    else:
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        fake = no_such_repo if case == "no-such-repo" else unreachable
+        monkeypatch.setattr(huggingface_hub, "model_info", fake)
+    out = tmp_path / "out"
+    argv = ["run", "--variants", "lora", "--tasks", toy_task, "--model", "org/no-such-model"]
+    assert cli_main([*argv, "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    expected = {
+        "offline": "HF_HUB_OFFLINE is set",
+        "no-such-repo": "the Hugging Face Hub has no model of that name",
+        "unreachable": "the Hub cannot be reached ([Errno -2] Name or service not known)",
+    }[case]
+    assert_clean(err, "model 'org/no-such-model'", expected, "give a model folder")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(b"{not json", "config.json' is not valid JSON"), (None, "has no config.json")],
+    ids=["broken-config", "no-config"],
+)
+def test_a_model_folder_without_a_readable_config_is_refused_naming_the_file(
+    content, message, tmp_path, capsys, cli_main, toy_task
+):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    if content is not None:
+        (folder / "config.json").write_bytes(content)
+    out = tmp_path / "out"
+    argv = ["run", "--variants", "lora", "--tasks", toy_task, "--model", str(folder)]
+    assert cli_main([*argv, "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert_clean(err, str(folder), message)
+    assert "save_pretrained" in err and not out.exists()

@@ -204,7 +204,7 @@ class SuiteConfig:
         Without this, every run of a suite would fail the same way, one by one, and be stored
         as failed; with it, the command stops at once with the fix (e.g. the pip command).
         """
-        from lorabench.models import ModelNotFoundError, resolve_model
+        from lorabench.models import ModelNotFoundError, check_model_available
 
         if self.data_dir is not None and not Path(self.data_dir).expanduser().is_dir():
             raise SuiteConfigError(
@@ -214,7 +214,7 @@ class SuiteConfig:
                 "or leave it unset for the Hugging Face Hub"
             )
         try:
-            resolve_model(self.model)
+            check_model_available(self.model)
         except ModelNotFoundError as exc:
             raise SuiteConfigError(f"model={self.model!r}: {exc}") from None
 

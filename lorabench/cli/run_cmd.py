@@ -250,6 +250,18 @@ def build_suite(args: argparse.Namespace):
     return suite
 
 
+def _stored_finished_ids(location: str) -> set[str]:
+    """The finished runs of an existing results database (empty when there is none yet or it
+    cannot be read: the store opened below reports that), read without creating anything."""
+    from lorabench.results.store import ResultStore, ResultStoreError
+
+    try:
+        with ResultStore(location, create=False) as store:
+            return store.finished_ids()
+    except ResultStoreError:
+        return set()
+
+
 def run(args: argparse.Namespace) -> int:
     """Runs ``lorabench run`` (or, with ``--dry-run``, lists its runs and whether each is
     finished); returns the exit code (0 done, 1 some run failed, 2 a bad flag, suite, input,
@@ -295,7 +307,7 @@ def run(args: argparse.Namespace) -> int:
     # each task's data at most once (to fingerprint it); nothing trains.
     cache = RunCache()  # shared with run_suite below: nothing is resolved or loaded twice
     try:
-        configs = resolve_suite(suite, cache)
+        configs = resolve_suite(suite, cache, finished=_stored_finished_ids(suite.results_location))
     except SuiteInputError as exc:
         print(f"lorabench run: {exc}", file=sys.stderr)
         return 2

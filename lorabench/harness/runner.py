@@ -21,7 +21,7 @@ import signal
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -224,12 +224,16 @@ class SuiteInputError(ValueError):
     """A run of a suite cannot be resolved (its data or model cannot be read); nothing trained."""
 
 
-def resolve_suite(suite: SuiteConfig, cache: RunCache) -> list[RunConfig]:
+def resolve_suite(
+    suite: SuiteConfig, cache: RunCache, *, finished: Collection[str] = ()
+) -> list[RunConfig]:
     """Every run of ``suite``, resolved (see :meth:`RunCache.resolve`), in suite order.
 
     Every run is resolved and attached to its model's shapes on the meta device
     (:func:`lorabench.harness.checks.shape_problems`: a rank larger than a layer, missing target
-    modules, an AdaLoRA schedule longer than a steps budget) before any trains. Raises
+    modules, an AdaLoRA schedule longer than a steps budget) before any trains; runs not in
+    ``finished`` (run ids already stored) also get the memory check, which reads their training
+    data, so a resumed suite reads nothing for the runs it skips. Raises
     :class:`SuiteInputError` listing every problem, each naming the run and the fix.
     """
     from lorabench.harness.checks import shape_problems
@@ -244,7 +248,7 @@ def resolve_suite(suite: SuiteConfig, cache: RunCache) -> list[RunConfig]:
                 problems.append(problem)
     if not problems:
         problems = shape_problems(
-            resolved, batch_tokens=functools.partial(_largest_batch, cache=cache),
+            resolved, batch_tokens=functools.partial(_largest_batch, cache=cache, skip=finished),
             device=default_device(),
         )  # fmt: skip
     if problems:
@@ -256,10 +260,12 @@ def resolve_suite(suite: SuiteConfig, cache: RunCache) -> list[RunConfig]:
     return resolved
 
 
-def _largest_batch(cfg: RunConfig, cache: RunCache) -> int | None:
+def _largest_batch(cfg: RunConfig, cache: RunCache, skip: Collection[str] = ()) -> int | None:
     """Tokens in run ``cfg``'s largest training batch: batch size x its longest example (a
     batch is padded to its longest); None when the data cannot be read here (the run will say
-    why)."""
+    why) or the run is in ``skip`` (finished: it will not train)."""
+    if cfg.run_id in skip:
+        return None
     try:
         lengths = cache.train_split(cfg).lengths
     except Exception:
@@ -468,9 +474,9 @@ def _run_suite(
     from tqdm import tqdm
 
     cache = cache or RunCache()
-    if configs is None:
-        configs = resolve_suite(suite, cache)
     finished = store.finished_ids()
+    if configs is None:
+        configs = resolve_suite(suite, cache, finished=finished)
     todo = [c for c in configs if c.run_id not in finished]
     check_budgets(todo, cache)  # before any run trains: one budget for all, one message
     if out is not None:

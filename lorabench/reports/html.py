@@ -123,20 +123,17 @@ def _statistics_section(paired: pd.DataFrame, friedman: FriedmanResult) -> str:
 
 
 def _recovery_section(recovery: pd.DataFrame) -> str:
-    """The rank-recovery table (its Markdown caption as the paragraph above it)."""
-    from lorabench.reports.recovery import to_markdown
+    """The rank-recovery table with its caption."""
+    from lorabench.reports.recovery import CAPTION, HEADER, table_rows
 
-    caption, _, table = to_markdown(recovery).partition("\n\n")
-    rows = [line.strip("|").split(" | ") for line in table.strip().splitlines()]
-    header, body = rows[0], rows[2:]
-    cells = "".join(f"<th>{html.escape(h.strip())}</th>" for h in header)
+    cells = "".join(f"<th>{html.escape(h)}</th>" for h in HEADER)
     out = [
         "<h2 id='rank-recovery'>Rank recovery</h2>",
-        f"<p>{html.escape(caption)}</p>",
+        f"<p>{html.escape(CAPTION)}</p>",
         f"<table class='results'><thead><tr>{cells}</tr></thead><tbody>",
     ]
-    for row in body:
-        out.append("<tr>" + "".join(f"<td>{html.escape(c.strip())}</td>" for c in row) + "</tr>")
+    for row in table_rows(recovery):
+        out.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>")
     out.append("</tbody></table>")
     return "".join(out)
 

@@ -81,13 +81,25 @@ def rank_recovery(data: ReportData) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def to_markdown(frame: pd.DataFrame) -> str:
-    """The recovery table in Markdown, with a caption saying what the numbers are."""
-    lines = [
-        "| task | method | Spearman rho, mean ± sd | per seed | mean final rank | "
-        "mean planted rank |",
-        "|---|---|---|---|---|---|",
-    ]
+CAPTION = (
+    "Rank recovery on planted-rank tasks: Spearman's rho between each run's final rank per "
+    "adapted matrix and the rank planted there (1: the allocation follows the planted "
+    "order; n/a: every matrix ended with the same rank, so there is no order), per seed, "
+    "with the mean and standard deviation over seeds."
+)
+HEADER = [
+    "task",
+    "method",
+    "Spearman rho, mean ± sd",
+    "per seed",
+    "mean final rank",
+    "mean planted rank",
+]
+
+
+def table_rows(frame: pd.DataFrame) -> list[list[str]]:
+    """The recovery table's cells, one list per row (for Markdown and HTML alike)."""
+    rows = []
     for row in frame.itertuples(index=False):
         per_seed = ", ".join(
             f"{s}: {_rho(x)}" for s, x in zip(row.seeds, row.spearman_per_seed, strict=True)
@@ -98,17 +110,24 @@ def to_markdown(frame: pd.DataFrame) -> str:
                 summary += f" ± {row.spearman_std:.2f}"
         else:
             summary = "n/a (same rank everywhere)"
-        lines.append(
-            f"| {row.task} | {row.config} | {summary} | {per_seed} | "
-            f"{row.mean_final_rank:.2f} | {row.mean_planted_rank:.2f} |"
+        rows.append(
+            [
+                row.task,
+                row.config,
+                summary,
+                per_seed,
+                f"{row.mean_final_rank:.2f}",
+                f"{row.mean_planted_rank:.2f}",
+            ]
         )
-    caption = (
-        "Rank recovery on planted-rank tasks: Spearman's rho between each run's final rank per "
-        "adapted matrix and the rank planted there (1: the allocation follows the planted "
-        "order; n/a: every matrix ended with the same rank, so there is no order), per seed, "
-        "with the mean and standard deviation over seeds."
-    )
-    return caption + "\n\n" + "\n".join(lines) + "\n"
+    return rows
+
+
+def to_markdown(frame: pd.DataFrame) -> str:
+    """The recovery table in Markdown, with a caption saying what the numbers are."""
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in table_rows(frame)]
+    return CAPTION + "\n\n" + "\n".join(lines) + "\n"
 
 
 def write_recovery(frame: pd.DataFrame, out_dir: Path) -> dict[str, Path]:

@@ -69,6 +69,7 @@ from lorabench.variants.base import (
     check_positive_float,
     check_positive_int,
     saved_rank_pattern,
+    scheduled_rank_label,
 )
 from lorabench.variants.registry import VARIANTS
 
@@ -254,16 +255,9 @@ class AdaLoRA(Variant):
         two are equal); ``" (mean 7.9)"`` is added when the final per-matrix ranks are known and
         their mean misses the target (ties pruned at the threshold, or training stopped before
         the schedule's end)."""
-        r = config.get("r", config.get("init_r"))  # a raw 0.1 config may still say init_r
-        target = config.get("target_r")
-        if r is None:
-            return ""
-        label = f"r={r}" if target is None or target == r else f"r={r}→{target}"
-        if ranks:
-            mean = sum(float(v) for v in ranks.values()) / len(ranks)
-            if abs(mean - float(target if target is not None else r)) >= 0.05:
-                label += f" (mean {mean:.1f})"
-        return label
+        # A raw 0.1 config may still say init_r.
+        r = config.get("r", config.get("init_r"))
+        return scheduled_rank_label(r, config.get("target_r"), ranks)
 
     def __init__(self, config: AdaLoRAConfig) -> None:
         super().__init__(config)

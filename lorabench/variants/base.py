@@ -215,6 +215,24 @@ def check_positive_float(cfg: Any, name: str) -> float:
     return float(value)
 
 
+def scheduled_rank_label(
+    start: Any, target: Any = None, ranks: Mapping[str, float] | None = None
+) -> str:
+    """The rank label of a variant whose ranks move from ``start`` towards ``target`` (None:
+    no target, the ranks can only fall below ``start``): ``"r=12→8"``, or ``"r=8"`` when the two
+    are equal; ``" (mean 7.9)"`` is added when the final per-matrix ``ranks`` are known and
+    their mean misses the target (or ``start``) by 0.05 or more."""
+    if start is None:
+        return ""
+    goal = start if target is None else target
+    label = f"r={start}" if goal == start else f"r={start}→{goal}"
+    if ranks:
+        mean = sum(float(v) for v in ranks.values()) / len(ranks)
+        if abs(mean - float(goal)) >= 0.05:
+            label += f" (mean {mean:.1f})"
+    return label
+
+
 def saved_rank_pattern(
     data: Mapping[str, Any], sizes: Mapping[str, int], *, rank_name: str
 ) -> dict[str, list[bool]] | None:

@@ -87,6 +87,7 @@ from lorabench.variants.base import (
     check_positive_int,
     layer_shape,
     saved_rank_pattern,
+    scheduled_rank_label,
 )
 from lorabench.variants.registry import VARIANTS
 
@@ -376,14 +377,7 @@ class IncreLoRA(Variant):
         misses the target (training stopped before the last round)."""
         init_r = config.get("init_r", IncreLoRAConfig.init_r)
         target = config.get("target_rank")
-        if target is None:
-            return ""
-        label = f"r={target}" if init_r == target else f"r={init_r}→{target}"
-        if ranks:
-            mean = sum(float(v) for v in ranks.values()) / len(ranks)
-            if abs(mean - float(target)) >= 0.05:
-                label += f" (mean {mean:.1f})"
-        return label
+        return "" if target is None else scheduled_rank_label(init_r, target, ranks)
 
     def __init__(self, config: IncreLoRAConfig) -> None:
         super().__init__(config)

@@ -79,6 +79,7 @@ from lorabench.variants.base import (
     check_positive_float,
     check_positive_int,
     saved_rank_pattern,
+    scheduled_rank_label,
 )
 from lorabench.variants.registry import VARIANTS
 
@@ -276,15 +277,7 @@ class SoRA(Variant):
     def rank_label(cls, config: Mapping[str, Any], ranks: Mapping[str, float] | None = None) -> str:
         """``"r=8"``: the maximum rank; ``" (mean 3.4)"`` is added when the final per-matrix live
         ranks are known and their mean is below it (gates died)."""
-        r = config.get("r")
-        if r is None:
-            return ""
-        label = f"r={r}"
-        if ranks:
-            mean = sum(float(v) for v in ranks.values()) / len(ranks)
-            if abs(mean - float(r)) >= 0.05:
-                label += f" (mean {mean:.1f})"
-        return label
+        return scheduled_rank_label(config.get("r"), None, ranks)
 
     def __init__(self, config: SoRAConfig) -> None:
         super().__init__(config)

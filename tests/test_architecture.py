@@ -19,6 +19,7 @@ LAYERS = {
     "interrupts": 0,
     "variants": 1,
     "tasks": 2,
+    "integrations": 2,
     "testing": 2,
     "results": 3,
     "harness": 4,
@@ -28,7 +29,14 @@ LAYERS = {
     "cli": 8,
     "presets": 8,
 }
-BUILT_IN_VARIANTS = {"lora", "dora", "adalora", "vera", "dylora", "sora", "increlora"}
+BUILT_IN_VARIANTS = {
+    "lora", "dora", "adalora", "vera", "dylora", "sora", "increlora", "full", "bitfit",
+}  # fmt: skip
+# Built-in names that are also common words, used elsewhere for other things (git's "HEAD" in
+# results/provenance.py, the "head" label of a generated task's seed stream): a module names one
+# of these as a variant when it *compares* a value with it (``variant == "head"``,
+# ``name in ("head", ...)``), which is what deciding by a variant's name looks like.
+COMMON_WORD_VARIANTS = {"head"}
 
 
 def modules() -> list[Path]:
@@ -94,3 +102,43 @@ def test_no_module_outside_variants_names_a_variant(path):
         }
     )
     assert not named, f"{path.name} names variant(s) {named}"
+
+
+def compared_strings(tree: ast.AST) -> set[str]:
+    """String constants a module compares something with: either side of ``==``/``!=``/``in``
+    and the like, or an element of a tuple, list or set on one side."""
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Compare):
+            continue
+        for side in (node.left, *node.comparators):
+            items = side.elts if isinstance(side, ast.Tuple | ast.List | ast.Set) else [side]
+            found.update(
+                item.value
+                for item in items
+                if isinstance(item, ast.Constant) and isinstance(item.value, str)
+            )
+    return found
+
+
+@pytest.mark.parametrize(
+    "path",
+    [p for p in modules() if part_of(p) not in ("variants", "testing")],
+    ids=lambda p: str(p.relative_to(PACKAGE)),
+)
+def test_no_module_outside_variants_decides_by_a_common_word_variant_name(path):
+    """The reference method ``head`` is named like many other things; comparing with its name
+    outside lorabench/variants is deciding by it (read ``trains_head_only`` instead)."""
+    named = sorted(
+        compared_strings(ast.parse(path.read_text(encoding="utf-8"))) & COMMON_WORD_VARIANTS
+    )
+    assert not named, f"{path.name} compares with variant name(s) {named}"
+
+
+def test_the_common_word_check_sees_a_comparison():
+    """The check above is not vacuous: it finds a comparison with "head" in either form."""
+    assert compared_strings(ast.parse('if v == "head" or w in ("x", "head"): pass')) == {
+        "head",
+        "x",
+    }
+    assert not compared_strings(ast.parse('label = "head"; f(seed, "head")'))

@@ -46,6 +46,13 @@ CONFIG_OVERRIDES: dict[str, dict[str, Any]] = {
         "init_warmup": 0,
         "incre_interval": 1,
     },
+    # The reference methods take no setting. What of the contract does not apply to them is read
+    # from what they declare (mergeable = False: merge must be refused; wraps_layers = False: no
+    # rank, detach keeps the trained weights; trains_head_only: head declares nothing to move),
+    # and BitFit skips Llama, which has no bias to train.
+    "full": {},
+    "bitfit": {},
+    "head": {},
 }
 
 VARIANT_NAMES = list_variants()
@@ -178,6 +185,28 @@ def test_patterns_select_gpt2_conv1d_modules(patterns, expected: list[str]) -> N
 def test_bad_patterns_fail_with_the_module_names(pattern: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         attach(build_model("bert"), "lora", r=2, target_modules=[pattern])
+
+
+# -- the reference methods: what is checked, and what is skipped ----------------------------------
+def test_the_reference_methods_skip_only_what_they_declare_does_not_apply() -> None:
+    from lorabench.testing import check_variant_contract
+    from lorabench.testing.contract import CHECKS
+
+    def skipped(ran: list[str]) -> set[str]:
+        return set(CHECKS) - {case.partition("[")[0] for case in ran}
+
+    # Full fine-tuning: every check runs (merge as a refusal, detach keeping the weights).
+    assert skipped(check_variant_contract("full", families=["bert", "gpt2"])) == set()
+    # The head alone: nothing of its own to move, save into another shape or train in a loop.
+    assert skipped(check_variant_contract("head", families=["bert"])) == {
+        "perturbed_adapter_changes_output",
+        "only_declared_parameters_get_gradients",
+        "loading_into_a_model_of_another_shape_fails",
+        "training_hooks_run_in_a_mini_loop",
+    }
+    # BitFit on a model without biases: not applicable, so nothing runs (and nothing fails).
+    assert check_variant_contract("bitfit", families=["llama"]) == []
+    assert skipped(check_variant_contract("bitfit", families=["roberta"])) == set()
 
 
 # -- the suite catches a broken variant -----------------------------------------------------------

@@ -32,7 +32,7 @@ from lorabench.models import (
 from lorabench.results.store import ResultStore
 from lorabench.testing.models import ALL_FAMILIES, save_tiny_model
 from lorabench.variants import load_adapter
-from lorabench.variants.adapter import HEAD_FILE
+from lorabench.variants.adapter import CONFIG_FILE, HEAD_FILE
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -134,7 +134,7 @@ def test_the_trained_head_is_saved_and_restored_with_the_adapter(
     params = dict(fresh.named_parameters())
     for name, tensor in saved.items():
         assert torch.equal(params[name].detach(), tensor), name
-    meta = json.loads((folder / "adapter_config.json").read_text())
+    meta = json.loads((folder / CONFIG_FILE).read_text())
     assert sorted(adapter.target_names) == sorted(meta["layers"])  # the file's keys are sorted
     assert tuple(meta["target_patterns"]) == adapter.target_patterns == EXPECTED[family][0]
 

@@ -282,7 +282,11 @@ def test_cli_lists_every_variant_with_a_one_line_description(capsys) -> None:
     for name, line in zip(names, lines, strict=True):
         listed, _, description = line.partition(" ")
         assert listed == name
-        assert description.strip() == VARIANTS.describe(name) != ""
+        # The description, then the variant's paper recipe when it has one ("[paper recipe: ...]").
+        described, _, recipe = description.strip().partition("  [paper recipe: ")
+        assert described == VARIANTS.describe(name) != ""
+        own = VARIANTS.get(name).recipe
+        assert recipe == ("" if own.is_identity else f"{own.summary()}]")
 
 
 def test_cli_list_with_a_pattern_that_matches_nothing_fails(capsys) -> None:

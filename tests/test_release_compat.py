@@ -34,7 +34,7 @@ def test_release_database_loads(tmp_path):
     assert {r.task for r in records} == {"rte", "reviews.yaml"}
     assert all(r.schema_version == 1 and r.data_fingerprint == "" for r in records)
     frame = load_results(folder / "results.db")
-    assert len(frame) == 20 and frame["score"].notna().all()
+    assert len(frame) == 20 and frame["final_score"].notna().all()
     # Their configs still parse (AdaLoRA's were written with init_r) and resolve the variant.
     for record in records:
         cfg = run_config_of(record)

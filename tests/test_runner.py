@@ -15,6 +15,7 @@ from lorabench.harness.runner import format_summary, run_suite, summary_table
 from lorabench.harness.suite import SuiteConfig, VariantEntry
 from lorabench.results.store import ResultStore
 from lorabench.variants import VARIANTS
+from lorabench.variants.adapter import WEIGHTS_FILE
 from lorabench.variants.lora import LoRA
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -80,9 +81,10 @@ def test_resume_skips_finished_runs_and_never_duplicates(
     records = run_suite(suite, store, progress=False, stream=out)
     assert [r.status for r in records] == ["finished"] * 4
     assert len(store.records(status=None)) == 4
-    assert (tmp_path / "adapters" / records[0].run_id / "adapter_model.safetensors").is_file()
+    assert (tmp_path / "adapters" / records[0].run_id / WEIGHTS_FILE).is_file()
     text = out.getvalue()
-    assert "lora(r=2)" in text and "dylora(r=2)" in text and "±" in text
+    # DyLoRA's paper recipe (alpha = 2 * r) is part of what its runs record and are labelled by.
+    assert "lora(r=2)" in text and "dylora(alpha=4,r=2)" in text and "±" in text
 
     calls = []
     monkeypatch.setattr(

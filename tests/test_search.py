@@ -205,6 +205,10 @@ BUILT_IN_SPACES = {
     "dylora": {"r", "alpha", "dropout", "train.learning_rate"},
     "sora": {"r", "alpha", "sparse_lambda", "sparse_lambda_2", "dropout", "train.learning_rate"},
     "increlora": {"target_rank", "top_h", "alpha", "orth_reg_weight", "train.learning_rate"},
+    # The reference methods have no setting but the learning rate (issue 11).
+    "full": {"train.learning_rate"},
+    "bitfit": {"train.learning_rate"},
+    "head": {"train.learning_rate"},
 }
 
 

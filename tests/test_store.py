@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from lorabench.results.provenance import collect_environment
 from lorabench.results.records import CurvePoint, RunRecord
-from lorabench.results.store import ResultStore, ResultStoreError, load_results
+from lorabench.results.store import ResultStore, ResultStoreError, load_curves, load_results
 
 
 def make_record(
@@ -95,13 +95,12 @@ def test_filters_and_dataframe(tmp_path):
 
     frame = load_results(path, tasks=["mrpc"])
     assert sorted(frame["run_id"]) == ["r3", "r4"]
-    assert frame["metric.accuracy"].tolist() == [0.5, 0.5]
-    assert frame["spent.train_seconds"].tolist() == [1.5, 1.5]
-    assert frame["budget.limit"].tolist() == [10, 10]
-    assert isinstance(frame["config"].iloc[0], dict) and frame["ranks"].iloc[0] == {
-        "layer.0.query": 8
-    }
-    assert frame["curve"].iloc[0][1]["metrics"] == {"accuracy": 0.5}
+    assert frame["accuracy"].tolist() == [0.5, 0.5]
+    assert frame["train_seconds"].tolist() == [1.5, 1.5]
+    assert frame["budget_limit"].tolist() == [10, 10]
+    assert frame["r"].tolist() == [8, 8] and frame["final_rank_total"].tolist() == [8, 8]
+    curves = load_curves(path, tasks=["mrpc"])
+    assert curves.loc[curves["run_id"] == "r3", "accuracy"].tolist()[1] == 0.5
 
     empty = load_results(path, tasks=["nope"])
     assert empty.empty and "run_id" in empty.columns

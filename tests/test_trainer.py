@@ -17,6 +17,7 @@ from lorabench.harness.config import Budget, RunConfig, TrainConfig
 from lorabench.harness.runner import RunCache, execute_run, run_config_of
 from lorabench.harness.trainer import RunPruned, build_optimizer, linear_schedule
 from lorabench.variants import VARIANTS
+from lorabench.variants.adapter import WEIGHTS_FILE
 from lorabench.variants.lora import LoRA
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -118,7 +119,7 @@ def test_record_is_complete(tiny_model_dir, toy_task, cache, tmp_path):
     assert record.trainable_params == record.adapter_params + 32 * 2 + 2  # + classifier head
     assert record.total_params > record.trainable_params
     assert set(record.ranks.values()) == {4} and len(record.ranks) == 4
-    saved = tmp_path / cfg.run_id / "adapter_model.safetensors"
+    saved = tmp_path / cfg.run_id / WEIGHTS_FILE
     assert record.adapter_bytes == saved.stat().st_size > 0
     assert (tmp_path / cfg.run_id / "head.safetensors").is_file()
     spent = record.spent

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 THREADS_HELP = (
     "CPU threads for torch (default: torch's choice; on a shared machine fewer threads than "
@@ -51,3 +53,80 @@ def out_dir_error(out: str | Path | None, flag: str = "--out") -> str | None:
                 )
             break
     return None
+
+
+# -- list options -------------------------------------------------------------------------------
+LIST_FORMS = "comma-separated; spaces or a repeated flag work too"
+
+
+def comma_list(text: str, item: Callable[[str], Any] = str, *, flag: str = "") -> list[Any]:
+    """The values of one comma-separated token, ``"lora, dora,"`` -> ``["lora", "dora"]``,
+    each converted by ``item`` (``int`` for seeds). Empty pieces are skipped, so a trailing
+    comma is harmless. Raises :class:`argparse.ArgumentTypeError` naming the bad value."""
+    values = []
+    for piece in text.split(","):
+        piece = piece.strip()
+        if not piece:
+            continue
+        try:
+            values.append(item(piece))
+        except (TypeError, ValueError):
+            kind = getattr(item, "__name__", "value")
+            raise argparse.ArgumentTypeError(
+                f"{piece!r} in {text!r} is not a valid {kind}"
+                + (f", e.g. {flag} 0,1,2" if flag and item is int else "")
+            ) from None
+    return values
+
+
+class CommaList(argparse.Action):
+    """A list option in the one form every subcommand takes (see :func:`add_list_argument`):
+    ``--variants lora,dora``, ``--variants lora dora`` and ``--variants lora --variants dora``
+    all give ``["lora", "dora"]``; repeated values are kept once, in the order first given.
+
+    ``item`` converts each value (``int`` for seeds); a bad value stops the parser with exit
+    code 2 and a message naming it."""
+
+    def __init__(
+        self, option_strings: Sequence[str], dest: str, item: Callable[[str], Any] = str, **kwargs
+    ) -> None:
+        kwargs.setdefault("nargs", "+")
+        super().__init__(option_strings, dest, **kwargs)
+        self.item = item
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        tokens = [values] if isinstance(values, str) else list(values or [])
+        flag = option_string or self.dest
+        given: list[Any] = []
+        for token in tokens:
+            try:
+                given += comma_list(str(token), self.item, flag=flag)
+            except argparse.ArgumentTypeError as exc:
+                raise argparse.ArgumentError(self, str(exc)) from None
+        if tokens and not given:
+            raise argparse.ArgumentError(self, f"{' '.join(map(str, tokens))!r} names no value")
+        # A repeated flag adds to the values before it (the default is not a value given).
+        before = getattr(namespace, self.dest, None)
+        earlier = list(before) if isinstance(before, list) and before is not self.default else []
+        setattr(namespace, self.dest, list(dict.fromkeys([*earlier, *given])))
+
+
+def add_list_argument(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    *flags: str,
+    item: Callable[[str], Any] = str,
+    help: str,
+    **kwargs: Any,
+) -> argparse.Action:
+    """Adds a list option (``--variants``, ``--tasks``, ``--seeds``...) that takes the comma form
+    of every subcommand (:class:`CommaList`); ``help`` gets the accepted forms appended."""
+    kwargs.setdefault("metavar", "LIST")
+    return parser.add_argument(
+        *flags, action=CommaList, item=item, help=f"{help} ({LIST_FORMS})", **kwargs
+    )

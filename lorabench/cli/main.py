@@ -19,7 +19,21 @@ COMMANDS: dict[str, str] = {
     "search": "lorabench.cli.search_cmd",
     "report": "lorabench.cli.report_cmd",
     "regress": "lorabench.cli.regress_cmd",
+    "export": "lorabench.cli.export_cmd",
 }
+
+
+def version() -> str:
+    """The installed lorabench's version (``"0.1.0"``), from its package metadata; ``"unknown"``
+    when lorabench runs from a source tree that was never installed (``pip install -e .``
+    records it)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as package_version
+
+    try:
+        return package_version("lorabench")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,6 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
             "GLUE-style tasks under equal compute budgets."
         ),
         epilog="Run 'lorabench COMMAND --help' for a command's options.",
+    )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"%(prog)s {version()}",
+        help="print lorabench's version and exit",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module_name in COMMANDS.items():

@@ -61,6 +61,8 @@ DEFAULT_OUT = "regress-out"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the flags of ``lorabench regress`` to ``parser``."""
+    from lorabench.cli.common import add_list_argument
+
     parser.add_argument(
         "--baseline",
         required=True,
@@ -108,6 +110,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quiet", action="store_true", help="no progress bars; print only the comparison"
     )
+    add_list_argument(
+        parser,
+        "--log",
+        metavar="KINDS",
+        help="training logs of the runs, a row per step: csv (the default; "
+        "OUT/logs/<run_id>.csv), tensorboard (OUT/tensorboard/<run_id>/), none, or "
+        "csv,tensorboard",
+    )
     update = parser.add_argument_group("writing a baseline")
     update.add_argument(
         "--update-baseline",
@@ -143,6 +153,13 @@ def _check_flags(args: argparse.Namespace) -> str | None:
             return f"{flag} {value} must be a number >= 0 (e.g. {flag} {example})"
     if args.threads is not None and args.threads < 1:
         return f"--threads {args.threads} must be >= 1 (e.g. --threads 1)"
+    if args.log is not None:
+        from lorabench.harness.logs import LogSettingError, parse_log
+
+        try:
+            parse_log(args.log)
+        except LogSettingError as exc:
+            return f"--log: {exc}"
     if not args.update_baseline:
         for flag, value in (
             ("--preset", args.preset),
@@ -211,14 +228,18 @@ def _set_threads(threads: int | None) -> None:
 
 # -- shared ------------------------------------------------------------------------------------
 def _prepare_suite(suite: SuiteConfig, args: argparse.Namespace) -> SuiteConfig:
-    """The suite as this machine runs it: results in OUT/results.db, data from --data-dir."""
+    """The suite as this machine runs it: results in OUT/results.db, data from --data-dir, the
+    training logs of --log (else the suite's) under OUT."""
     import dataclasses
+
+    from lorabench.harness.logs import parse_log
 
     return dataclasses.replace(
         suite,
         out=args.out,
         results=None,
         data_dir=args.data_dir if args.data_dir else suite.data_dir,
+        log=parse_log(args.log) if args.log is not None else suite.log,
     )
 
 

@@ -5,6 +5,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
+
+from lorabench.cli.common import add_list_argument
+
+if TYPE_CHECKING:
+    from lorabench.results.store import ResultStore
 
 HELP = "write tables (Markdown, LaTeX, CSV, HTML), figures and an HTML report from results"
 DESCRIPTION = """Summarise a results database the way papers do: a task x variant table (mean ± std
@@ -30,10 +36,13 @@ what the LoRA and AdaLoRA papers report, optimistic because the same split choos
 (the caption says so). Runs never evaluated during training (no --eval-every) keep their final
 score. Regression checks (lorabench regress) always use the final score.
 
+Filters (--tasks, --variants, --seeds, --tag) that match no run of the database stop the command
+with exit code 2 and the values the database has, instead of writing an empty report.
+
 examples:
   lorabench report --results runs/results.db --out reports/glue
-  lorabench report --results runs/results.db --out reports/rte --tasks rte --variants lora adalora
-  lorabench report --results postgresql://me@db/lorabench --out reports/ci --tag ci --seeds 0 1 2
+  lorabench report --results runs/results.db --out reports/rte --tasks rte --variants lora,adalora
+  lorabench report --results postgresql://me@db/lorabench --out reports/ci --tag ci --seeds 0,1,2
   lorabench report --results runs/results.db --out reports/glue-best --score best"""
 
 
@@ -47,11 +56,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", required=True, help="folder to write the report into, e.g. reports/glue"
     )
-    parser.add_argument("--tasks", nargs="+", metavar="TASK", help="only these tasks")
-    parser.add_argument(
-        "--variants", nargs="+", metavar="VARIANT", help="only these variants (registry names)"
+    add_list_argument(parser, "--tasks", help="only these tasks, e.g. rte,mrpc")
+    add_list_argument(
+        parser, "--variants", help="only these variants (registry names), e.g. lora,dora"
     )
-    parser.add_argument("--seeds", nargs="+", type=int, metavar="SEED", help="only these seeds")
+    add_list_argument(parser, "--seeds", item=int, help="only these seeds, e.g. 0,1,2")
     parser.add_argument("--tag", help="only runs with this tag")
     parser.add_argument(
         "--title", help="report title (default: 'lorabench report: OUT folder name')"
@@ -75,12 +84,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Runs ``lorabench report``: writes the report and prints its notes, the Markdown table and
-    what was drawn; returns the exit code (0 written, 2 when the database cannot be read)."""
+    what was drawn; returns the exit code (0 written, 2 when the database cannot be read or a
+    filter matches no run in it)."""
     from lorabench.cli.common import out_dir_error
     from lorabench.reports import generate_report
-    from lorabench.results.store import ResultStoreError
+    from lorabench.results.store import ResultStore, ResultStoreError
 
     problem = out_dir_error(args.out)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    try:
+        with ResultStore(args.results, create=False) as store:
+            problem = filter_problem(store, args)
+    except ResultStoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
@@ -113,3 +132,65 @@ def run(args: argparse.Namespace) -> int:
         print(f"  not drawn: {name} ({why})")
     print(f"report: {report.html}")
     return 0
+
+
+# flag -> (the namespace attribute, the column of ResultStore.summary() listing what is present)
+_FILTERS = {
+    "--tasks": ("tasks", "task"),
+    "--variants": ("variants", "variant"),
+    "--seeds": ("seeds", "seed"),
+}
+
+
+def filter_problem(store: ResultStore, args: argparse.Namespace) -> str | None:
+    """Why the filters select nothing (``None`` when some run matches, or when none is given).
+
+    A filter none of whose values the database holds names the values it does hold; filters
+    that each match but select no run together say so with every filter's present values. A
+    database without any run is not a filter problem: the report says it holds no runs yet.
+    A filter that matches only partly (``--variants lora,dora`` with no DoRA run) is fine: the
+    report notes what is missing."""
+    summary = store.summary()
+    if not summary["runs"]:
+        return None
+    given = {flag: getattr(args, attr) for flag, (attr, _) in _FILTERS.items()}
+    present = {flag: summary[column] for flag, (_, column) in _FILTERS.items()}
+    if args.tag is not None:
+        given["--tag"], present["--tag"] = [args.tag], summary["tag"]
+    given = {flag: values for flag, values in given.items() if values}
+    if not given:
+        return None
+    for flag, values in given.items():
+        if not set(values) & set(present[flag]):
+            return (
+                f"{flag} {_joined(values)} matches no run in {store.name}; it has "
+                f"{_present(present[flag])}. Give one of those (or leave {flag} out)"
+            )
+    if store.count(**_store_filters(args)):
+        return None
+    asked = " ".join(f"{flag} {_joined(values)}" for flag, values in given.items())
+    have = "; ".join(f"{flag}: {_present(present[flag])}" for flag in given)
+    return (
+        f"{asked}: no run in {store.name} matches these filters together (it has {have}); "
+        "widen one of them"
+    )
+
+
+def _store_filters(args: argparse.Namespace) -> dict[str, object]:
+    """The filters as :meth:`ResultStore.records` takes them (any status: a failed run is
+    something to report)."""
+    return {
+        "tasks": args.tasks,
+        "variants": args.variants,
+        "seeds": args.seeds,
+        "tag": args.tag,
+        "status": None,
+    }
+
+
+def _joined(values: list[object]) -> str:
+    return ",".join(map(str, values))
+
+
+def _present(values: list[object]) -> str:
+    return ", ".join(repr(v) if v == "" else str(v) for v in values) or "none"

@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lorabench.cli.common import add_threads_argument, out_dir_error, set_threads, threads_error
+from lorabench.cli.common import (
+    LIST_FORMS,
+    add_list_argument,
+    add_threads_argument,
+    out_dir_error,
+    set_threads,
+    threads_error,
+)
 
 HELP = "run a benchmark suite: variants x tasks x seeds under one compute budget"
 _DESCRIPTION = """Train and evaluate adapter variants on tasks, every run under the same compute
@@ -22,6 +29,7 @@ examples:
   lorabench run --config suite.yaml --seeds 0,5,7 --budget seconds=600
   lorabench run --preset quick --variant-config lora.r=16 --variant-config adalora.target_r=2
   lorabench run --preset quick --train vera.learning_rate=1e-2   # one variant's own recipe
+  lorabench run --preset quick --recipes none    # no paper recipes: the suite's settings alone
   lorabench run --config suite.yaml --results postgresql://user@host/lorabench
   lorabench run --config suite.yaml --dry-run  # list the runs, train nothing
 
@@ -57,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the flags of ``lorabench run`` to ``parser``, in three groups (what to run, the
     training recipe, output); the help shows the defaults of :class:`TrainConfig`."""
     from lorabench.harness.config import DEFAULT_BUDGET, TrainConfig
-    from lorabench.harness.suite import list_presets
+    from lorabench.harness.suite import RECIPE_CHOICES, list_presets
 
     source = parser.add_argument_group("what to run")
     source.add_argument(
@@ -70,18 +78,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="YAML",
         help="a suite file (see docs: name, variants, tasks, seeds, budget, train, ...)",
     )
-    source.add_argument(
-        "--variants",
-        metavar="LIST",
-        help="comma-separated variant names, e.g. lora,dora,adalora,vera,dylora",
+    add_list_argument(
+        source, "--variants", help="variant names, e.g. lora,dora,adalora,vera,dylora"
     )
-    source.add_argument(
+    add_list_argument(
+        source,
         "--tasks",
-        metavar="LIST",
-        help="comma-separated task names (lorabench list tasks) or custom task YAML paths",
+        help="task names (lorabench list tasks) or custom task YAML paths, e.g. rte,mrpc",
     )
+    # Not a CommaList: one number is a count here, so the text is kept for parse_seeds.
     source.add_argument(
-        "--seeds", metavar="N|LIST", help="a count (3 -> 0,1,2) or a list (0,5,7); default 1"
+        "--seeds",
+        metavar="N|LIST",
+        nargs="+",
+        action="extend",
+        help=f"a count (3 -> 0,1,2) or a list (0,5,7; only seed 7: 7,); default 1 ({LIST_FORMS})",
     )
     source.add_argument(
         "--budget",
@@ -106,6 +117,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=(
             "a training setting for one variant's runs only, over the suite's, e.g. "
             "vera.learning_rate=1e-2 (repeatable; settings as in train: of a suite file)"
+        ),
+    )
+    source.add_argument(
+        "--recipes",
+        choices=list(RECIPE_CHOICES),
+        help=(
+            "paper (the default): each variant trains with its paper's recipe relative to "
+            "LoRA's (VeRA's larger learning rate, AdaLoRA's schedule, DyLoRA's alpha; "
+            "'lorabench list variants' shows them) under the settings given here; none: every "
+            "variant with the suite's settings as written"
         ),
     )
     source.add_argument(
@@ -162,7 +183,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     output.add_argument(
         "--out",
         metavar="DIR",
-        help="output folder: results.db and adapters/<run_id>/ (default runs/)",
+        help="output folder: results.db, adapters/<run_id>/ and logs/<run_id>.csv (default runs/)",
+    )
+    add_list_argument(
+        output,
+        "--log",
+        metavar="KINDS",
+        help="training logs, a row per step: csv (the default; OUT/logs/<run_id>.csv), "
+        "tensorboard (OUT/tensorboard/<run_id>/; pip install tensorboard), none, or both: "
+        "csv,tensorboard",
     )
     output.add_argument(
         "--results",
@@ -224,13 +253,16 @@ def build_suite(args: argparse.Namespace):
     flags = {
         "variants": args.variants,
         "tasks": args.tasks,
-        "seeds": args.seeds,
+        "seeds": seeds_text(args.seeds),
         "budget": args.budget,
         "model": args.model,
         "data_dir": args.data_dir,
         "out": args.out,
         "results": args.results,
         "tag": args.tag,
+        "log": args.log,
+        # getattr: a Namespace built by hand (tests, scripts) may not have it.
+        "recipes": getattr(args, "recipes", None),
     }
     data = {**base, **{k: v for k, v in flags.items() if v is not None}}
     train = dict(data.get("train") or {})
@@ -248,6 +280,15 @@ def build_suite(args: argparse.Namespace):
         apply_train_overrides(suite.variants, args.train)
         suite.validate(where="--train")
     return suite
+
+
+def seeds_text(seeds: list[str] | str | None) -> str | None:
+    """``--seeds`` as :func:`~lorabench.harness.suite.parse_seeds` reads it: one token as given
+    (``3`` is a count, ``0,5,7`` or ``7,`` a list), several tokens (``--seeds 0 5 7``, a repeated
+    flag) joined into a list."""
+    if seeds is None or isinstance(seeds, str):
+        return seeds
+    return seeds[0] if len(seeds) == 1 else ",".join(seeds)
 
 
 def _stored_finished_ids(location: str) -> set[str]:
@@ -319,7 +360,7 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         finished = store.finished_ids()
         print(
-            f"suite {suite.name or '(unnamed)'}: {len(configs)} runs, budget {suite.budget}, "
+            f"suite {suite.name or '(unnamed)'}: {len(configs)} runs, budget {suite.budget_text}, "
             f"results {store.name}"
         )
         for line in data_changes([c for c in configs if c.run_id not in finished], store):

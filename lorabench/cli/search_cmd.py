@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lorabench.cli.common import add_threads_argument, set_threads, threads_error
+from lorabench.cli.common import add_list_argument, add_threads_argument, set_threads, threads_error
 
 HELP = "search hyper-parameters (rank, alpha, lr, ...) per variant and task under a spend budget"
 DESCRIPTION = """Search each variant's hyper-parameters on each task with Optuna, one study per
@@ -79,10 +79,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ``--config`` value shows through (the defaults live in :class:`SearchConfig`)."""
     from lorabench.search.loop import DEFAULT_TRIAL_BUDGET
 
-    parser.add_argument(
-        "--variants", help="comma-separated variant names (see 'lorabench list variants')"
+    add_list_argument(
+        parser, "--variants", help="variant names, e.g. lora,dora (see 'lorabench list variants')"
     )
-    parser.add_argument("--tasks", help="comma-separated task names (see 'lorabench list tasks')")
+    add_list_argument(
+        parser, "--tasks", help="task names, e.g. rte,mrpc (see 'lorabench list tasks')"
+    )
     parser.add_argument(
         "--budget", help="total spend of each study: steps=N, tokens=N, seconds=N or flops=N"
     )

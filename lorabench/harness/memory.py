@@ -82,12 +82,16 @@ def estimate_training_memory(
         trainable.update({id(p): p for p in head_parameters(model)})
     training_state = sum(_nbytes(p) * (1 + _ADAMW_STATE) for p in trainable.values())
     element = _element_size(model)
-    rank = int(adapter.config.nominal_rank)
+    rank = int(adapter.config.nominal_rank or 0)  # None: a reference method has no rank
     adapter_activations = len(adapter.layers) * batch_tokens * rank * element
     config = getattr(model, "config", None)
     hidden = int(getattr(config, "hidden_size", 0) or 0)
     layers = int(getattr(config, "num_hidden_layers", 0) or 0)
     model_activations = layers * ACTIVATIONS_PER_LAYER * batch_tokens * hidden * element
+    if not adapter.trainable_parameters():
+        # Only the head trains (a linear probe): no gradient flows into the backbone, so autograd
+        # keeps none of its activations for a backward pass. A lower bound must not count them.
+        model_activations = 0
     return MemoryEstimate(
         weights=weights,
         training_state=training_state,

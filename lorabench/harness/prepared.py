@@ -28,7 +28,7 @@ from lorabench.models import head_parameter_names, reset_head
 from lorabench.tasks.data import LoadRequest, TaskData
 from lorabench.tasks.spec import TaskSpec
 from lorabench.variants.adapter import Adapter
-from lorabench.variants.base import VariantConfig
+from lorabench.variants.base import ConfigError, VariantConfig
 
 # Sources whose rows never depend on the seed: their loaded data is shared by every seed.
 SEED_INDEPENDENT_SOURCES = frozenset({"glue", "custom"})
@@ -72,11 +72,35 @@ class RunCache:
         cfg.resolved_variant_config()  # validates the overrides once, naming a bad field
         spec = get_task(cfg.task)
         cfg = dataclasses.replace(cfg, task=spec.name, task_version=spec.version)
+        self.check_head_trains(cfg, spec)
         return dataclasses.replace(
             cfg,
             data_fingerprint=self.data_fingerprint(spec, cfg),
             model_fingerprint=model_fingerprint(cfg.model),
         )
+
+    def check_head_trains(self, cfg: RunConfig, spec: TaskSpec) -> None:
+        """Refuses a run of a variant that trains only the task head (``head``, a linear probe)
+        when the head would not train: ``train.train_head`` false, or a task whose head is part
+        of the task (generated tasks keep it frozen; the task is loaded to know). Nothing would
+        train, so the suite stops before any run does."""
+        from lorabench.variants import VARIANTS
+
+        if not VARIANTS.get(cfg.variant).trains_head_only:
+            return
+        if not cfg.train.train_head:
+            raise ConfigError(
+                f"variant {cfg.variant!r} trains the task head alone, but train.train_head is "
+                "false: nothing would train. Set train.train_head: true (the default) for it, "
+                f"or leave {cfg.variant!r} out of this suite"
+            )
+        _, data = self.task(spec, cfg)
+        if data.extras.get("freeze_head", False):
+            raise ConfigError(
+                f"variant {cfg.variant!r} trains the task head alone, but task {spec.name!r} "
+                "keeps its head frozen (the head is part of the generated task): nothing would "
+                f"train. Run {cfg.variant!r} on a task whose head trains (a GLUE or custom task)"
+            )
 
     def _request(self, spec: TaskSpec, cfg: RunConfig) -> tuple[tuple, LoadRequest]:
         seed = None if spec.source in SEED_INDEPENDENT_SOURCES else cfg.seed
@@ -234,6 +258,7 @@ def prepare_run(
     if data.extras.get("head_state"):
         _load_head_state(model, data.extras["head_state"], spec.name)
     train_head = bool(cfg.train.train_head) and not data.extras.get("freeze_head", False)
+    cache.check_head_trains(cfg, spec)  # a resolved run skipped resolve(): check here too
     model.to(device)
     adapter = attach_variant(model, variant_cls, variant_config) if attach else None
     train_split, eval_splits = cache.splits(task_key, data, tokenizer, cfg.train.max_length)

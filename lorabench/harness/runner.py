@@ -21,6 +21,7 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -29,6 +30,7 @@ import torch
 from torch import nn
 
 from lorabench.harness.config import BenchmarkConfigError, RunConfig
+from lorabench.harness.logs import LogSettingError, LogSettings, progress_bars, require_log_backends
 from lorabench.harness.meter import PeakMemory
 from lorabench.harness.prepared import RunCache, default_device, prepare_run
 from lorabench.harness.trainer import OnEval, RunPruned, Trainer, error_text
@@ -53,6 +55,7 @@ __all__ = [
     "format_summary",
     "resolve_suite",
     "run_config_of",
+    "run_line",
     "run_suite",
     "summary_table",
 ]
@@ -112,6 +115,7 @@ def execute_run(
     cache: RunCache | None = None,
     adapter_root: str | os.PathLike | None = None,
     device: torch.device | str | None = None,
+    log: LogSettings | None = None,
 ) -> RunRecord:
     """Trains and evaluates one configuration and returns its record (never raises for a failed
     run; KeyboardInterrupt propagates).
@@ -125,6 +129,9 @@ def execute_run(
         adapter_root: keep the trained adapter in ``adapter_root/<run_id>/`` (default: saved to a
             temporary folder only to measure its size).
         device: default ``LORABENCH_DEVICE``, else CUDA if available, else CPU.
+        log: the training logs to write (:class:`~lorabench.harness.logs.LogSettings`: a CSV
+            ``OUT/logs/<run_id>.csv``, TensorBoard events); default none. Not part of the run's
+            identity.
     """
     from lorabench.models import model_name
     from lorabench.variants import VARIANTS
@@ -167,14 +174,19 @@ def execute_run(
         if data.extras.get("true_ranks") is not None:
             record.true_ranks = {k: int(v) for k, v in data.extras["true_ranks"].items()}
         model, adapter, train_head = prepared.model, prepared.adapter, prepared.train_head
-        trainer = Trainer(prepared, on_eval=on_eval, progress=progress)
+        logs = log.open(cfg.run_id) if log is not None else None
+        trainer = Trainer(prepared, on_eval=on_eval, progress=progress, logger=logs)
         head_params = head_parameters(model) if train_head else []
         record.adapter_params = adapter.num_trainable_parameters()
         record.trainable_params = record.adapter_params + sum(p.numel() for p in head_params)
         record.total_params = sum(p.numel() for p in model.parameters())
 
-        with PeakMemory(device) as memory:
-            result = trainer.fit()
+        try:
+            with PeakMemory(device) as memory:
+                result = trainer.fit()
+        finally:
+            if logs is not None:
+                logs.close()
         spent = result.spend.to_dict()
         spent.update(
             peak_memory_bytes=memory.peak,
@@ -447,6 +459,9 @@ def run_suite(
     Each record is stored as soon as its run ends, so an interrupted suite keeps its finished
     runs and a re-run resumes. Failed runs are stored and the suite goes on. Prints a
     comparison table at the end to ``stream`` (default stdout; ``None`` with progress off: quiet).
+    Progress: bars on a terminal; elsewhere (piped, CI) one plain line per run to ``stream``.
+    Each run writes the training logs of ``suite.log`` (default a CSV, ``OUT/logs/<run_id>.csv``;
+    :mod:`lorabench.harness.logs`); a missing tensorboard package stops the suite before any run.
 
     Ctrl-C and SIGTERM (in the main thread) raise :class:`SuiteInterrupted`, a
     KeyboardInterrupt whose message says how many runs are finished and stored; a signal that
@@ -478,6 +493,11 @@ def _run_suite(
     if configs is None:
         configs = resolve_suite(suite, cache, finished=finished)
     todo = [c for c in configs if c.run_id not in finished]
+    log = LogSettings(suite.log_kinds, Path(suite.out))
+    try:
+        require_log_backends(log.kinds)  # a missing tensorboard: stop before anything trains
+    except LogSettingError as exc:
+        raise SuiteInputError(str(exc)) from None
     check_budgets(todo, cache)  # before any run trains: one budget for all, one message
     if out is not None:
         skipped = len(configs) - len(todo)
@@ -485,23 +505,35 @@ def _run_suite(
             f"suite {suite.name or '(unnamed)'}: {len(configs)} runs "
             f"({len(suite.variants)} variant configs x {len(suite.tasks)} tasks "
             f"x {len(suite.seeds)} seeds), "
-            f"budget {suite.budget}"
+            f"budget {suite.budget_text}"
             + (f"; {skipped} already finished, skipped" if skipped else ""),
             file=out,
         )
         for line in data_changes(todo, store):
             print(line, file=out)
+        if todo and log.kinds:
+            print(f"training logs: {log.describe()}", file=out)
     adapter_root = Path(suite.out) / "adapters" if keep_adapters else None
     new: dict[str, RunRecord] = {}
-    bar = tqdm(total=len(todo), desc="runs", unit="run", disable=not progress, dynamic_ncols=True)
+    # Bars on a terminal; elsewhere (piped, CI) their redraws are escape sequences and noise, so
+    # one plain line per run instead.
+    bars = progress and progress_bars()
+    lines = progress and not bars and out is not None
+    bar = tqdm(total=len(todo), desc="runs", unit="run", disable=not bars, dynamic_ncols=True)
     try:
-        for cfg in todo:
+        for index, cfg in enumerate(todo, 1):
             bar.set_postfix_str(f"{cfg.variant}/{cfg.task}/seed {cfg.seed}")
-            record = execute_run(cfg, progress=progress, cache=cache, adapter_root=adapter_root)
+            started = time.perf_counter()
+            record = execute_run(
+                cfg, progress=bars, cache=cache, adapter_root=adapter_root, log=log
+            )
             with stop.deferred():  # a signal now waits until the record is stored whole
                 store.add(record)
                 new[cfg.run_id] = record
             bar.update(1)
+            if lines:
+                line = run_line(record, index, len(todo), time.perf_counter() - started)
+                print(line, file=out, flush=True)
             if record.status == "failed" and out is not None:
                 bar.write(
                     f"run {cfg.run_id} ({cfg.variant}/{cfg.task}/seed {cfg.seed}) failed: "
@@ -532,6 +564,17 @@ def error_message(error: str | None) -> str:
     if not error:
         return ""
     return error.split("\nTraceback (most recent call last", 1)[0].strip()
+
+
+def run_line(record: RunRecord, index: int, total: int, seconds: float) -> str:
+    """A finished run on one plain line (the progress of a suite outside a terminal):
+    ``[2/8] lora(r=2) rte seed 0: accuracy 0.6532 (41.2 s)``."""
+    head = f"[{index}/{total}] {_variant_label(record)} {record.task} seed {record.seed}"
+    if record.status == "finished" and record.score is not None:
+        outcome = f"{record.primary_metric or 'score'} {record.score:.4f}"
+    else:
+        outcome = record.status
+    return f"{head}: {outcome} ({seconds:.1f} s)"
 
 
 def _variant_label(record: RunRecord) -> str:

@@ -9,7 +9,9 @@ when the suite is loaded, before anything runs; errors name the key, the bad val
     name: glue-small
     model: null                 # the packaged all-MiniLM-L6-v2; or a folder / hub name
     data_dir: /data/glue        # GLUE TSV folders (null: the Hugging Face Hub)
-    tasks: [rte, mrpc]
+    tasks:                      # a name, or {name: {train: {...}, budget: ...}}: its own settings
+      - rte
+      - mrpc: {train: {learning_rate: 4e-4, batch_size: 16}, budget: steps=6900}
     variants:                   # a name, or {name: {config overrides}}; a name may repeat
       - lora
       - lora: {r: 16}
@@ -17,6 +19,7 @@ when the suite is loaded, before anything runs; errors name the key, the bad val
     seeds: 3                    # a count (0, 1, 2) or a list [0, 5, 7]
     budget: steps=500           # or tokens=..., seconds=..., flops=...; every run gets the same
     train: {learning_rate: 5e-4, batch_size: 32, max_length: 128, eval_every: 100}
+    recipes: paper              # each variant's paper recipe under what is set here (or: none)
     tag: ""
     out: runs                   # adapters go to OUT/adapters/<run_id>/
     results: null               # default OUT/results.db; or any SQLAlchemy URL
@@ -29,7 +32,7 @@ import difflib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lorabench.harness.config import (
     DEFAULT_BUDGET,
@@ -39,12 +42,52 @@ from lorabench.harness.config import (
     TrainConfig,
     build_variant_config,
 )
+from lorabench.results.store import RESULTS_FILE
+
+if TYPE_CHECKING:
+    from lorabench.variants.recipe import Recipe
 
 PRESET_PACKAGE = "lorabench.presets"
+# ``recipes:``: "paper" applies each variant's declared paper recipe (Variant.recipe) under the
+# settings the user gives; "none" runs every variant with the suite's settings as written.
+RECIPE_CHOICES: tuple[str, ...] = ("paper", "none")
+DEFAULT_RECIPES = "paper"
 
 
 class SuiteConfigError(BenchmarkConfigError):
     """A bad suite setting; the message names where it is, the key, the value and the fix."""
+
+
+# The keys a task entry of ``tasks:`` may set ({mrpc: {train: {...}, budget: steps=6900}}).
+TASK_SETTING_KEYS: tuple[str, ...] = ("train", "budget")
+
+
+@dataclass
+class TaskSettings:
+    """One task's own settings in a suite (``tasks: [{mrpc: {train: {...}, budget: ...}}]``),
+    as the papers train each task with its own recipe (the LoRA paper's learning rate, epochs
+    and batch differ per GLUE task).
+
+    ``train`` goes over the suite's ``train:`` for every run on the task, and under a variant
+    entry's own ``train:``; the variant's paper recipe scales the resulting learning rate (a
+    recipe is relative to LoRA's rate, and a task's rate is LoRA's rate for that task).
+    ``budget``, when set, replaces the suite's budget for the task's runs.
+    """
+
+    train: dict[str, Any] = field(default_factory=dict)
+    budget: Budget | None = None
+
+    @property
+    def empty(self) -> bool:
+        """Whether it sets nothing (the task then resolves exactly as a plain name does)."""
+        return not self.train and self.budget is None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings in their YAML layout (only the keys set); :func:`parse_tasks` reads it."""
+        return {
+            **({"train": dict(self.train)} if self.train else {}),
+            **({"budget": str(self.budget)} if self.budget is not None else {}),
+        }
 
 
 @dataclass
@@ -65,11 +108,27 @@ class VariantEntry:
         items += [f"train.{k}={self.train[k]}" for k in sorted(self.train)]
         return f"{self.variant}({','.join(items)})" if items else self.variant
 
-    def train_config(self, suite_train: TrainConfig) -> TrainConfig:
-        """The suite's training settings with this entry's own on top."""
-        if not self.train:
+    def train_config(self, suite_train: TrainConfig, recipe: Recipe | None = None) -> TrainConfig:
+        """The suite's training settings, with the variant's paper ``recipe`` applied to them
+        (its learning-rate factor; None: not applied), and this entry's own settings on top: an
+        entry's ``train: {learning_rate: ...}`` (or ``--train VARIANT.learning_rate=``) is used
+        as given, never scaled."""
+        base = suite_train.to_dict()
+        if recipe is not None and recipe.learning_rate_scale != 1.0:
+            base["learning_rate"] = recipe.scaled_learning_rate(suite_train.learning_rate)
+        if not self.train and base == suite_train.to_dict():
             return dataclasses.replace(suite_train)
-        return TrainConfig.from_dict({**suite_train.to_dict(), **self.train})
+        return TrainConfig.from_dict({**base, **self.train})
+
+    def variant_config(self, recipe: Recipe | None = None) -> dict[str, Any]:
+        """This entry's variant overrides with the paper ``recipe``'s config values under them
+        (None: the overrides alone): a field the entry sets keeps its value."""
+        if recipe is None or not recipe.config:
+            return dict(self.config)
+        from lorabench.variants import VARIANTS
+
+        config_class = VARIANTS.get(self.variant).config_class
+        return {**recipe.config_overrides(config_class, self.config), **self.config}
 
 
 @dataclass
@@ -88,6 +147,15 @@ class SuiteConfig:
     results: str | None = None
     name: str = ""
     description: str = ""
+    # Training logs (lorabench.harness.logs.parse_log: csv, tensorboard, none); None: the default,
+    # csv. Not part of any run's identity.
+    log: tuple[str, ...] | None = None
+    # "paper": each variant's paper recipe under the settings above; "none": the settings alone.
+    # Each run records the values it resolved to, so this is identity through them.
+    recipes: str = DEFAULT_RECIPES
+    # {task: its own settings}, written inside ``tasks:`` (not a key of its own); a task without
+    # an entry here (every task of a plain list) runs with the suite's settings alone.
+    task_settings: dict[str, TaskSettings] = field(default_factory=dict)
 
     # -- building ---------------------------------------------------------------------------
     @classmethod
@@ -97,7 +165,7 @@ class SuiteConfig:
             raise SuiteConfigError(
                 f"{where}: a suite must be a mapping of settings, got {type(data).__name__}"
             )
-        known = [f.name for f in dataclasses.fields(cls)]
+        known = [f.name for f in dataclasses.fields(cls) if f.name != "task_settings"]
         for key in data:
             if key not in known:
                 close = difflib.get_close_matches(str(key), known, n=1)
@@ -111,9 +179,11 @@ class SuiteConfig:
                     f"{where}: {required!r} is missing or empty; "
                     f"e.g. {required}: {'[lora, dora]' if required == 'variants' else '[rte]'}"
                 )
+        tasks, task_settings = parse_tasks(data["tasks"], where=where)
         suite = cls(
             variants=parse_variants(data["variants"], where=where),
-            tasks=_string_list(data["tasks"], "tasks", where),
+            tasks=tasks,
+            task_settings=task_settings,
             seeds=parse_seeds(data.get("seeds", 1), where=where),
             budget=_budget(data.get("budget", DEFAULT_BUDGET), where),
             train=_train(data.get("train") or {}, where),
@@ -124,6 +194,8 @@ class SuiteConfig:
             results=_optional_str(data, "results", where),
             name=_optional_str(data, "name", where) or "",
             description=_optional_str(data, "description", where) or "",
+            log=_log(data.get("log"), where),
+            recipes=_recipes(data.get("recipes", DEFAULT_RECIPES), where),
         )
         suite.validate(where=where)
         return suite
@@ -186,8 +258,24 @@ class SuiteConfig:
                     f"{where}: tasks[{i}]: {task!r} and {first!r} are two tasks named "
                     f"{spec.name!r}; a task is its name, so rename one in its YAML"
                 )
+            if first != task and task in self.task_settings:
+                # Its settings would be dropped with the second spelling: say so, not guess.
+                raise SuiteConfigError(
+                    f"{where}: tasks[{i}]: {task!r} is {first!r} again, with its own settings; "
+                    "list the task once and give its settings there"
+                )
         # A task is its name: 'tri.yaml', './tri.yaml' and its absolute path are one task.
         self.tasks = list(names.values())
+        for task in self.task_settings:
+            if task not in self.tasks:
+                raise SuiteConfigError(
+                    f"{where}: task_settings has {task!r}, which is not one of the suite's "
+                    f"tasks ({', '.join(self.tasks)}); give settings only for a listed task"
+                )
+            try:
+                self.task_train(task).validate()
+            except BenchmarkConfigError as exc:
+                raise SuiteConfigError(f"{where}: task {task}: {exc}") from None
         if len(set(self.seeds)) != len(self.seeds):
             raise SuiteConfigError(f"{where}: seeds {self.seeds} repeat a seed; each seed once")
         self.train.validate()
@@ -196,10 +284,34 @@ class SuiteConfig:
                 entry.train_config(self.train).validate()
             except BenchmarkConfigError as exc:
                 raise SuiteConfigError(f"{where}: variant {entry.label}: {exc}") from None
+        if self.recipes not in RECIPE_CHOICES:
+            raise SuiteConfigError(
+                f"{where}: recipes={self.recipes!r} must be one of {', '.join(RECIPE_CHOICES)}"
+            )
+        for entry in self.variants:
+            recipe = self.recipe_of(entry)
+            if recipe is None or recipe.is_identity:
+                continue
+            # The paper recipe under the entry's settings must still make a valid run; say so
+            # by name rather than fail when the run starts. Each task with its own settings is a
+            # different base for the recipe (a scaled rate can leave the valid range on one).
+            for task in [None, *self.task_settings]:
+                base = self.train if task is None else self.task_train(task)
+                on = "" if task is None else f" on task {task}"
+                try:
+                    entry.train_config(base, recipe).validate()
+                    build_variant_config(entry.variant, entry.variant_config(recipe))
+                except (BenchmarkConfigError, ConfigError, TypeError, ValueError) as exc:
+                    raise SuiteConfigError(
+                        f"{where}: variant {entry.label} with its paper recipe "
+                        f"({recipe.summary()}){on}: {exc}; set the value in the entry, or "
+                        "recipes: none"
+                    ) from None
 
     def check_inputs(self) -> None:
         """Checks what the suite reads from this machine before anything trains: the data folder
-        exists and the model resolves (for the default model: the packaged copy is installed).
+        exists, the model resolves (for the default model: the packaged copy is installed) and
+        the package of a ``log`` kind (tensorboard) is installed.
 
         Without this, every run of a suite would fail the same way, one by one, and be stored
         as failed; with it, the command stops at once with the fix (e.g. the pip command).
@@ -217,31 +329,92 @@ class SuiteConfig:
             check_model_available(self.model)
         except ModelNotFoundError as exc:
             raise SuiteConfigError(f"model={self.model!r}: {exc}") from None
+        from lorabench.harness.logs import LogSettingError, require_log_backends
+
+        try:
+            require_log_backends(self.log_kinds)  # tensorboard installed, if asked for
+        except LogSettingError as exc:
+            raise SuiteConfigError(str(exc)) from None
 
     # -- using ------------------------------------------------------------------------------
+    def recipe_of(self, entry: VariantEntry) -> Recipe | None:
+        """The paper recipe the suite applies to ``entry``'s runs: its variant's
+        :attr:`~lorabench.variants.base.Variant.recipe` with ``recipes: paper``, None with
+        ``recipes: none`` (or for a variant not installed here, which fails elsewhere by name)."""
+        if self.recipes == "none":
+            return None
+        from lorabench.registry import UnknownNameError
+        from lorabench.variants import VARIANTS
+
+        try:
+            return VARIANTS.get(entry.variant).recipe
+        except UnknownNameError:
+            return None
+
+    def task_train(self, task: str) -> TrainConfig:
+        """The training settings of ``task``'s runs before any variant's: the suite's ``train:``
+        with the task's own ``train:`` over it (the suite's own object for a plain task)."""
+        settings = self.task_settings.get(task)
+        if settings is None or not settings.train:
+            return self.train
+        return TrainConfig.from_dict({**self.train.to_dict(), **settings.train})
+
+    @property
+    def budget_text(self) -> str:
+        """The budget as a header line says it: the suite's, or ``per task`` with each task's
+        own when tasks set their own (``per task: mrpc steps=6900, rte steps=6240``)."""
+        budgets = {task: self.task_budget(task) for task in self.tasks}
+        if all(b == self.budget for b in budgets.values()):
+            return str(self.budget)
+        return "per task: " + ", ".join(f"{t} {b}" for t, b in budgets.items())
+
+    def task_budget(self, task: str) -> Budget:
+        """The budget of ``task``'s runs: the task's own, else the suite's."""
+        settings = self.task_settings.get(task)
+        return settings.budget if settings is not None and settings.budget else self.budget
+
+    def run_config(self, entry: VariantEntry, task: str, seed: int = 0) -> RunConfig:
+        """The run of ``entry`` on ``task`` with ``seed``: the one place a suite entry becomes a
+        :class:`RunConfig`, the paper recipe applied under the entry's own settings (so the run
+        records, and its id hashes, the values it trains with).
+
+        Training settings resolve suite ``train:`` < the task's ``train:`` < the variant's paper
+        recipe (its learning-rate factor, applied to the task's rate) < the variant entry's
+        ``train:`` (used as given). A plain task (no settings of its own) resolves as before
+        task settings existed, so its run ids do not change."""
+        recipe = self.recipe_of(entry)
+        return RunConfig(
+            variant=entry.variant,
+            task=task,
+            seed=seed,
+            variant_config=entry.variant_config(recipe),
+            model=self.model,
+            budget=self.task_budget(task),
+            train=entry.train_config(self.task_train(task), recipe),
+            data_dir=self.data_dir,
+            tag=self.tag,
+        )
+
     def run_configs(self) -> list[RunConfig]:
         """One :class:`RunConfig` per variant config x task x seed (seeds innermost)."""
         return [
-            RunConfig(
-                variant=entry.variant,
-                task=task,
-                seed=seed,
-                variant_config=dict(entry.config),
-                model=self.model,
-                budget=self.budget,
-                train=entry.train_config(self.train),
-                data_dir=self.data_dir,
-                tag=self.tag,
-            )
+            self.run_config(entry, task, seed)
             for entry in self.variants
             for task in self.tasks
             for seed in self.seeds
         ]
 
     @property
+    def log_kinds(self) -> tuple[str, ...]:
+        """The training logs its runs write (``log``, or the default, csv, when unset)."""
+        from lorabench.harness.logs import DEFAULT_LOG
+
+        return DEFAULT_LOG if self.log is None else tuple(self.log)
+
+    @property
     def results_location(self) -> str:
         """Where records go: ``results`` if set, else ``OUT/results.db``."""
-        return self.results or str(Path(self.out) / "results.db")
+        return self.results or str(Path(self.out) / RESULTS_FILE)
 
     def to_dict(self) -> dict[str, Any]:
         """The suite in its YAML layout (seeds as a list, the budget as ``KIND=N``);
@@ -251,7 +424,13 @@ class SuiteConfig:
             "description": self.description,
             "model": self.model,
             "data_dir": self.data_dir,
-            "tasks": list(self.tasks),
+            # A task with settings as {task: {...}}; a plain one as its name, as before.
+            "tasks": [
+                {t: self.task_settings[t].to_dict()}
+                if t in self.task_settings and not self.task_settings[t].empty
+                else t
+                for t in self.tasks
+            ],
             "variants": [
                 {e.variant: {**e.config, **({"train": dict(e.train)} if e.train else {})}}
                 if e.config or e.train
@@ -264,6 +443,9 @@ class SuiteConfig:
             "tag": self.tag,
             "out": self.out,
             "results": self.results,
+            # Only when set: suites (and baselines) without it keep their layout.
+            **({"log": ",".join(self.log) or "none"} if self.log is not None else {}),
+            **({"recipes": self.recipes} if self.recipes != DEFAULT_RECIPES else {}),
         }
 
 
@@ -326,6 +508,29 @@ def yaml_problem(exc: Exception) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
+def _recipes(value: Any, where: str) -> str:
+    """The ``recipes`` key: ``paper`` (the default) or ``none``."""
+    text = value.strip().lower() if isinstance(value, str) else value
+    if text not in RECIPE_CHOICES:
+        raise SuiteConfigError(
+            f"{where}: recipes={value!r} must be one of {', '.join(RECIPE_CHOICES)} (paper: "
+            "each variant's paper recipe under the suite's settings; none: the settings alone)"
+        )
+    return text
+
+
+def _log(value: Any, where: str) -> tuple[str, ...] | None:
+    """The ``log`` key: csv, tensorboard, none, or a comma string or list of them (None: unset)."""
+    from lorabench.harness.logs import LogSettingError, parse_log
+
+    if value is None:
+        return None
+    try:
+        return parse_log(value)
+    except LogSettingError as exc:
+        raise SuiteConfigError(f"{where}: {exc}") from None
+
+
 def parse_variants(value: Any, *, where: str = "suite") -> list[VariantEntry]:
     """``[lora, {dora: {r: 16}}]`` (or a comma-separated string ``"lora,dora"``) to entries."""
     if isinstance(value, str):
@@ -357,6 +562,60 @@ def parse_variants(value: Any, *, where: str = "suite") -> list[VariantEntry]:
                 "or one name with overrides ({lora: {r: 16}})"
             )
     return entries
+
+
+def parse_tasks(value: Any, *, where: str = "suite") -> tuple[list[str], dict[str, TaskSettings]]:
+    """``[rte, {mrpc: {train: {learning_rate: 4e-4}, budget: steps=6900}}]`` (or a comma
+    string ``"rte,mrpc"``) to the task names and ``{task: its own settings}`` (only tasks that
+    set something are in it)."""
+    if isinstance(value, str) or (
+        isinstance(value, list) and all(isinstance(v, str) for v in value)
+    ):
+        return _string_list(value, "tasks", where), {}
+    if not isinstance(value, list) or not value:
+        raise SuiteConfigError(
+            f"{where}: tasks={value!r} must be a non-empty list of names, e.g. [rte, mrpc]"
+        )
+    names: list[str] = []
+    settings: dict[str, TaskSettings] = {}
+    for i, item in enumerate(value):
+        if isinstance(item, str) and item:
+            names.append(item)
+            continue
+        if not (isinstance(item, dict) and len(item) == 1):
+            raise SuiteConfigError(
+                f"{where}: tasks[{i}]={item!r} must be a name (rte) or one name with its "
+                "settings ({mrpc: {train: {learning_rate: 4e-4}, budget: steps=6900}})"
+            )
+        ((name, given),) = item.items()
+        given = {} if given is None else given
+        if not isinstance(name, str) or not name or not isinstance(given, dict):
+            raise SuiteConfigError(
+                f"{where}: tasks[{i}]={item!r} must map a task name to its settings, "
+                "e.g. {mrpc: {train: {batch_size: 16}}}"
+            )
+        for key in given:
+            if key not in TASK_SETTING_KEYS:
+                raise SuiteConfigError(
+                    f"{where}: tasks[{i}] ({name}): unknown key {key!r}; a task sets only "
+                    f"{', '.join(TASK_SETTING_KEYS)} (e.g. {{{name}: {{budget: steps=500}}}})"
+                )
+        own = TaskSettings(
+            train=train_overrides(given.get("train") or {}, f"{where}: tasks[{i}] ({name})"),
+            budget=(
+                _budget(given["budget"], f"{where}: tasks[{i}] ({name})")
+                if given.get("budget") is not None
+                else None
+            ),
+        )
+        if name in settings or name in names:
+            raise SuiteConfigError(
+                f"{where}: tasks[{i}]: {name!r} is listed twice; list it once with its settings"
+            )
+        names.append(name)
+        if not own.empty:
+            settings[name] = own
+    return names, settings
 
 
 def parse_seeds(value: Any, *, where: str = "suite") -> list[int]:

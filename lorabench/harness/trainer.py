@@ -11,6 +11,11 @@ steps the budget allows (computed up front, see :func:`lorabench.harness.meter.p
 The learning curve (``CurvePoint``) holds the task loss in ``loss`` and the regulariser in
 ``reg_loss``, each averaged over the steps since the previous point; the step minimises their sum.
 
+A training log (``logger``, see :mod:`lorabench.harness.logs`) gets one row per optimiser step:
+the step's task loss, regulariser, learning rate and live ranks, and the metrics of the evaluation
+that follows the step, if any. Logging happens outside the timed part of a step, so it never
+counts against a ``seconds`` budget.
+
 Optimiser: AdamW over the adapter's declared parameters and, when the head trains, the task head
 (its own learning rate when ``train.head_learning_rate`` is set). Weight decay applies to matrices
 only; vectors (biases, LayerNorm, DoRA's magnitude, VeRA's scaling vectors, SoRA's gates) are not
@@ -35,6 +40,13 @@ from torch import nn
 
 from lorabench.harness.batches import BatchPlan, iterate_eval
 from lorabench.harness.config import TrainConfig
+from lorabench.harness.logs import (
+    LogColumns,
+    LogRow,
+    TrainingLogger,
+    progress_bars,
+    rank_columns,
+)
 from lorabench.harness.meter import (
     TIMING_PROBE_STEPS,
     Spend,
@@ -136,7 +148,12 @@ class Trainer:
         *,
         on_eval: OnEval | None = None,
         progress: bool = True,
+        logger: TrainingLogger | None = None,
     ) -> None:
+        """``on_eval(step, metrics, score)`` runs after every evaluation (raise
+        :class:`RunPruned` there to stop); ``progress`` draws a bar of the steps on a terminal
+        (never when stderr is not one); ``logger`` gets a row per optimiser step (the caller
+        opened it and closes it)."""
         if prepared.adapter is None:
             raise ValueError("the prepared run has no adapter attached (prepare_run(attach=True))")
         cfg = prepared.cfg
@@ -152,6 +169,9 @@ class Trainer:
         self.on_eval = on_eval
         self.progress = progress
         self.progress_desc = prepared.progress_desc
+        self.logger = logger
+        # A step's row waits here while the evaluation after that step runs (one row per step).
+        self._pending_row: LogRow | None = None
         self.plan = BatchPlan(prepared.train_split, cfg.train.batch_size, seed=cfg.seed)
         self.head_params = head_parameters(model) if train_head else []
         for p in self.head_params:
@@ -210,14 +230,17 @@ class Trainer:
         saved = [p.detach().clone() for p in self.params]
         probe_optimizer = build_optimizer(self.adapter_params, self.head_params, self.cfg)
         times = []
-        for i in range(TIMING_PROBE_STEPS + 1):
-            batch = self._batch(i)
-            with self._train_watch:
-                self._loss(batch, regularize=False).backward()
-                torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
-                probe_optimizer.step()
-                probe_optimizer.zero_grad(set_to_none=True)
-            times.append(self._train_watch.last)
+        # probing(): these throw-away updates happen before on_train_begin by design; they must
+        # not trip the variant's "trained without its hooks" warning.
+        with self.adapter.variant.probing():
+            for i in range(TIMING_PROBE_STEPS + 1):
+                batch = self._batch(i)
+                with self._train_watch:
+                    self._loss(batch, regularize=False).backward()
+                    torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
+                    probe_optimizer.step()
+                    probe_optimizer.zero_grad(set_to_none=True)
+                times.append(self._train_watch.last)
         with torch.no_grad():
             for p, value in zip(self.params, saved):
                 p.copy_(value)
@@ -277,6 +300,7 @@ class Trainer:
             self.curve.append(
                 CurvePoint(step=step, loss=loss, metrics=metrics, seconds=self.spend.train_seconds)
             )
+        self._log_evaluation(step, metrics)
         if self.on_eval is not None:
             self.on_eval(step, metrics, score)
         return metrics, score
@@ -313,6 +337,9 @@ class Trainer:
         except Exception as exc:
             self.spend.stop_reason = "error"
             return self._result("failed", self._last_metrics(), None, None, error_text(exc))
+        finally:
+            # A step whose evaluation failed or was interrupted still gets its row.
+            self._flush_log()
 
     def _train(self, total: int) -> None:
         from tqdm import tqdm
@@ -325,6 +352,15 @@ class Trainer:
         eval_every = self.cfg.eval_every
         seconds_limit = self.budget.limit if self.budget.kind == "seconds" else math.inf
         self.adapter.on_train_begin(total)
+        if self.logger is not None:
+            self.logger.start(
+                LogColumns(
+                    metric_names=tuple(self._metric_names()),
+                    rank_modules=rank_columns(
+                        self.adapter.ranks(), type(self.adapter.variant).adaptive_rank
+                    ),
+                )
+            )
         self._zero_grad()
         running: list[float] = []  # task losses since the last curve point
         running_reg: list[float] = []  # the regulariser's values over the same steps
@@ -333,7 +369,8 @@ class Trainer:
             desc=self.progress_desc or "train",
             unit="step",
             leave=False,
-            disable=not self.progress,
+            # Piped or in CI a bar is escape sequences and a line per redraw: none there.
+            disable=not (self.progress and progress_bars()),
             dynamic_ncols=True,
         )
         try:
@@ -365,8 +402,10 @@ class Trainer:
                     self.plan.tokens(step), self.plan.padded_tokens(step), self._train_watch.last
                 )
                 # The curve's loss is the task loss; the regulariser (0 without one) apart.
-                running.append(float(task_loss.detach()))
-                running_reg.append(0.0 if extra is None else float(torch.as_tensor(extra).detach()))
+                step_loss = float(task_loss.detach())
+                step_reg = 0.0 if extra is None else float(torch.as_tensor(extra).detach())
+                running.append(step_loss)
+                running_reg.append(step_reg)
                 done = step + 1
                 bar.update(1)
                 if done % log_every == 0 or done == total:
@@ -380,13 +419,66 @@ class Trainer:
                     )
                     bar.set_postfix(loss=f"{self.curve[-1].loss:.4f}")
                     running, running_reg = [], []
-                if eval_every and done % eval_every == 0 and done < total:
+                evaluate_now = bool(eval_every and done % eval_every == 0 and done < total)
+                if self.logger is not None:
+                    # The last step (the run's final evaluation follows it, in fit) is the one
+                    # where the loop stops: all steps taken, or the seconds budget spent.
+                    last = done == total or self.spend.train_seconds >= seconds_limit
+                    self._log_step(
+                        LogRow(
+                            step=done,
+                            seconds=self.spend.train_seconds,
+                            loss=step_loss,
+                            reg_loss=step_reg,
+                            learning_rate=step_lr,
+                            ranks=self.adapter.ranks(),
+                        ),
+                        evaluation_follows=evaluate_now or last,
+                    )
+                if evaluate_now:
                     self._evaluate_and_report(done, None)
             self.spend.stop_reason = (
                 self.budget.kind if self.budget.kind != "seconds" else "planned_steps"
             )
         finally:
             bar.close()
+
+    # -- the training log -------------------------------------------------------------------
+    def _metric_names(self) -> list[str]:
+        """The keys :meth:`evaluate` returns, known before it runs (the log's header)."""
+        names = [metric.name for metric in self.spec.metrics]
+        if len(self.eval_splits) > 1:
+            return [f"{split}/{name}" for split in self.eval_splits for name in names]
+        return names
+
+    def _log_step(self, row: LogRow, *, evaluation_follows: bool) -> None:
+        """Hands a step's row to the logger now, or, when an evaluation of this step follows,
+        keeps it until that evaluation adds its metrics."""
+        self._flush_log()
+        if evaluation_follows:
+            self._pending_row = row
+        elif self.logger is not None:
+            self.logger.log(row)
+
+    def _log_evaluation(self, step: int, metrics: Mapping[str, float]) -> None:
+        """Logs an evaluation's metrics in the row of its step (a row of its own when that
+        step's row is already written)."""
+        if self.logger is None:
+            return
+        row, self._pending_row = self._pending_row, None
+        if row is not None and row.step != step:
+            self.logger.log(row)
+            row = None
+        if row is None:
+            row = LogRow(step=step, seconds=self.spend.train_seconds, ranks=self.adapter.ranks())
+        row.metrics = dict(metrics)
+        self.logger.log(row)
+
+    def _flush_log(self) -> None:
+        """Writes a step's row still waiting for its evaluation."""
+        row, self._pending_row = self._pending_row, None
+        if row is not None and self.logger is not None:
+            self.logger.log(row)
 
     # -- helpers ----------------------------------------------------------------------------
     def _last_loss(self) -> float | None:

@@ -152,6 +152,8 @@ class Baseline:
             "results",
         ):  # where one machine kept its outputs is not part of the suite
             suite.pop(local, None)
+        # Always explicit: a baseline without the key predates paper recipes (see from_dict).
+        suite["recipes"] = self.suite.recipes
         return {
             "kind": BASELINE_KIND,
             "schema_version": self.schema_version,
@@ -186,8 +188,13 @@ class Baseline:
         for key in ("suite", "entries"):
             if key not in data:
                 raise BaselineError(f"{where}: missing {key!r}; {fix}")
+        suite_data = data["suite"]
+        if isinstance(suite_data, dict) and "recipes" not in suite_data:
+            # Written before variants declared paper recipes: its runs trained the suite's
+            # settings as written, and must be matched (and re-run) that way.
+            suite_data = {**suite_data, "recipes": "none"}
         try:
-            suite = SuiteConfig.from_dict(data["suite"], where=f"{where}: suite")
+            suite = SuiteConfig.from_dict(suite_data, where=f"{where}: suite")
         except SuiteConfigError as exc:
             raise BaselineError(str(exc)) from None
         if not isinstance(data["entries"], list) or not data["entries"]:
@@ -304,16 +311,8 @@ def _suite_keys(suite: SuiteConfig) -> dict[str, Key]:
     out: dict[str, Key] = {}
     for entry in suite.variants:
         for task in suite.tasks:
-            cfg = RunConfig(
-                variant=entry.variant,
-                task=task,
-                seed=0,
-                variant_config=dict(entry.config),
-                model=suite.model,
-                budget=suite.budget,
-                train=entry.train_config(suite.train),
-            )
-            out[match_key(cfg)] = (entry.label, task)
+            # Through the suite, so that a variant's paper recipe resolves as it does for the run.
+            out[match_key(suite.run_config(entry, task, 0))] = (entry.label, task)
     return out
 
 

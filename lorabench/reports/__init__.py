@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from lorabench.reports.claims import ClaimCheck
 from lorabench.reports.frame import ReportData, load_report_data
 from lorabench.reports.stats import FriedmanResult
 from lorabench.reports.tables import ResultsTable, build_results_table, write_tables
@@ -33,6 +34,9 @@ class Report:
     recovery: pd.DataFrame | None = None  # rank recovery on planted-rank tasks (recovery.py)
     paired: pd.DataFrame | None = None  # each row against its reference, per task (stats.py)
     friedman: FriedmanResult | None = None  # average ranks across tasks (stats.py)
+    claims: list[ClaimCheck] | None = None  # the papers' claims checked (claims.py)
+    # Published numbers beside this run's, paper | this run | difference (published.py).
+    published: pd.DataFrame | None = None
 
     @property
     def empty(self) -> bool:
@@ -60,8 +64,10 @@ def generate_report(
     dev split during training (what the LoRA and AdaLoRA papers report; optimistic, as the
     caption says). The table, figures and statistics all use it.
     """
+    from lorabench.reports.claims import check_claims, write_claims
     from lorabench.reports.html import render_html
     from lorabench.reports.plots import write_figures
+    from lorabench.reports.published import compare_published, write_published
     from lorabench.reports.recovery import rank_recovery, write_recovery
     from lorabench.reports.stats import friedman_ranks, paired_differences, write_stats
 
@@ -76,6 +82,17 @@ def generate_report(
     tables.update({f"recovery_{k}": v for k, v in write_recovery(recovery, out_dir).items()})
     paired, friedman = paired_differences(data, reference), friedman_ranks(data)
     tables.update({f"stats_{k}": v for k, v in write_stats(paired, friedman, out_dir).items()})
+    # The claims section goes into stats.md, the statistics `lorabench report` prints; a report
+    # without any run has no statistics and nothing to check.
+    claims = check_claims(data) if not data.runs.empty else []
+    written = write_claims(claims, out_dir, append_to=tables.get("stats_md"))
+    tables.update({f"claims_{k}": v for k, v in written.items()})
+    # Shown only when a row matches a published number (a RoBERTa-base GLUE run, say).
+    published = compare_published(data)
+    written = write_published(
+        published, out_dir, score=data.score, append_to=tables.get("stats_md")
+    )
+    tables.update({f"published_{k}": v for k, v in written.items()})
     figures, skipped = write_figures(data, out_dir / "figures")
     page = out_dir / "report.html"
     page.write_text(
@@ -88,6 +105,8 @@ def generate_report(
             recovery=recovery,
             paired=paired,
             friedman=friedman,
+            claims=claims,
+            published=published,
         ),
         encoding="utf-8",
     )
@@ -103,6 +122,8 @@ def generate_report(
         recovery=recovery,
         paired=paired,
         friedman=friedman,
+        claims=claims,
+        published=published,
     )
 
 

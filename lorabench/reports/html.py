@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from lorabench.reports.claims import ClaimCheck
 from lorabench.reports.frame import MISSING_CELL, SCORE_CHOICES, ReportData, record_label
 from lorabench.reports.plots import FigureFile
-from lorabench.reports.stats import FriedmanResult
+from lorabench.reports.stats import FriedmanResult, Section
 from lorabench.reports.tables import ResultsTable, to_html
 
 _CSS = """
@@ -51,10 +52,14 @@ def render_html(
     recovery: pd.DataFrame | None = None,
     paired: pd.DataFrame | None = None,
     friedman: FriedmanResult | None = None,
+    claims: list[ClaimCheck] | None = None,
+    published: pd.DataFrame | None = None,
 ) -> str:
     """The whole report as one HTML string (``recovery``: the rank-recovery table of
     :mod:`lorabench.reports.recovery`; ``paired`` and ``friedman``: the statistics of
-    :mod:`lorabench.reports.stats`; each shown when not empty)."""
+    :mod:`lorabench.reports.stats`; ``claims``: the papers' claims checked by
+    :mod:`lorabench.reports.claims`; ``published``: paper | this run | difference from
+    :mod:`lorabench.reports.published`; each shown when not empty)."""
     esc = html.escape
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
@@ -80,6 +85,10 @@ def render_html(
         parts.append(_recovery_section(recovery))
     if paired is not None and friedman is not None:
         parts.append(_statistics_section(paired, friedman))
+    if claims:
+        parts.append(_claims_section(claims))
+    if published is not None and not published.empty:
+        parts.append(_published_section(published, data.score))
     if figures or skipped:
         parts.append("<h2 id='figures'>Figures</h2>")
     for fig in figures:
@@ -108,17 +117,37 @@ def _statistics_section(paired: pd.DataFrame, friedman: FriedmanResult) -> str:
     found = sections(paired, friedman)
     if not found:
         return ""
-    out = ["<h2 id='statistics'>Statistics</h2>"]
-    for section in found:
-        out.append(f"<h3>{html.escape(section.title)}</h3><p>{html.escape(section.caption)}</p>")
-        if section.header:
-            cells = "".join(f"<th>{html.escape(str(h))}</th>" for h in section.header)
-            out.append(f"<table class='results'><thead><tr>{cells}</tr></thead><tbody>")
-            for row in section.rows:
-                out.append(
-                    "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>"
-                )
-            out.append("</tbody></table>")
+    return "<h2 id='statistics'>Statistics</h2>" + "".join(map(_section_html, found))
+
+
+def _claims_section(checks: list[ClaimCheck]) -> str:
+    """Each registered paper's claim with its verdict and the tests behind it."""
+    from lorabench.reports.claims import sections
+
+    # Verdicts are sentences: the plain style wraps them (the results style keeps cells on a line).
+    return "<h2 id='claims'>The papers' claims</h2>" + "".join(
+        _section_html(s, table_class="plain") for s in sections(checks)
+    )
+
+
+def _published_section(published: pd.DataFrame, score: str) -> str:
+    """The papers' published numbers beside this run's medians."""
+    from lorabench.reports.published import sections
+
+    return "<h2 id='published'>Published results</h2>" + "".join(
+        _section_html(s, table_class="plain") for s in sections(published, score)
+    )
+
+
+def _section_html(section: Section, *, table_class: str = "results") -> str:
+    """One statistics section: its title, caption and table (when it has one)."""
+    out = [f"<h3>{html.escape(section.title)}</h3><p>{html.escape(section.caption)}</p>"]
+    if section.header:
+        cells = "".join(f"<th>{html.escape(str(h))}</th>" for h in section.header)
+        out.append(f"<table class='{table_class}'><thead><tr>{cells}</tr></thead><tbody>")
+        for row in section.rows:
+            out.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>")
+        out.append("</tbody></table>")
     return "".join(out)
 
 

@@ -49,6 +49,7 @@ MIN_TASKS = 2  # tasks the Friedman test needs
 CANNOT_DECIDE = "cannot decide"
 # Two rows are paired on a task only when all of these agree.
 _SAME = ("task", "metric", "data_fingerprint", "model", "model_fingerprint", "budget")
+SAME_SETUP = _SAME  # public: the claims check pairs rows on the same columns
 
 PAIRED_COLUMNS = [
     "task",
@@ -213,6 +214,24 @@ def _undecided(verdict: str, n: int, seeds: list[int]) -> dict[str, object]:
         "verdict": verdict,
         "note": "",
     }
+
+
+def paired_test(
+    method: np.ndarray | list[float],
+    base: np.ndarray | list[float],
+    seeds: list[int],
+    *,
+    alpha: float = ALPHA,
+) -> dict[str, object]:
+    """The paired t-test of ``method - base`` over ``seeds`` (the two arrays aligned by seed and
+    already signed so that higher is better), exactly as :func:`paired_differences` runs it:
+    keys ``n``, ``seeds``, ``mean_difference``, ``ci_low``, ``ci_high``, ``p_value``,
+    ``verdict`` and ``note`` of :data:`PAIRED_COLUMNS`. Fewer than :data:`MIN_SEEDS` pairs give
+    the "cannot decide" verdict and no interval; differences without spread give the interval
+    ``[mean, mean]`` and no p-value (the note says so)."""
+    return _paired_test(
+        np.asarray(method, dtype=float), np.asarray(base, dtype=float), list(seeds), alpha
+    )
 
 
 def _paired_test(

@@ -70,9 +70,15 @@ class ResultStoreError(RuntimeError):
     """The results database cannot be used; the message names the database and the fix."""
 
 
+RESULTS_FILE = "results.db"  # a suite's database inside its output folder (OUT/results.db)
+
+
 def results_database_url(url_or_path: str | Path) -> str:
     """A SQLAlchemy URL for the results database (see
-    :func:`lorabench.results.urls.database_url`)."""
+    :func:`lorabench.results.urls.database_url`). A suite's output folder stands for the
+    database inside it (``runs`` -> ``runs/results.db``), as ``lorabench run --out`` wrote it."""
+    if "://" not in str(url_or_path) and Path(url_or_path).expanduser().is_dir():
+        url_or_path = Path(url_or_path).expanduser() / RESULTS_FILE
     try:
         return database_url(url_or_path, what="results database")
     except DatabaseURLError as exc:
@@ -311,22 +317,45 @@ class ResultStore:
         query = sa.select(RUNS.c.run_id, RUNS.c.record).order_by(
             RUNS.c.task, RUNS.c.variant, RUNS.c.seed, RUNS.c.started_at, RUNS.c.run_id
         )
-        for column, wanted in (
-            (RUNS.c.task, tasks),
-            (RUNS.c.variant, variants),
-            (RUNS.c.seed, seeds),
-            (RUNS.c.model, models),
-            (RUNS.c.status, status),
-        ):
-            values = _as_list(wanted)
-            if values is not None:
-                query = query.where(column.in_(values))
-        if tag is not None:
-            query = query.where(RUNS.c.tag == tag)
+        query = _filtered(
+            query,
+            tasks=tasks,
+            variants=variants,
+            seeds=seeds,
+            models=models,
+            tag=tag,
+            status=status,
+        )
         with self.engine.connect() as conn:
             rows = conn.execute(query).all()
         parsed = (_parse(row.run_id, row.record) for row in rows)
         return [record for record in parsed if record is not None]
+
+    def count(
+        self,
+        *,
+        tasks: Iterable[str] | str | None = None,
+        variants: Iterable[str] | str | None = None,
+        seeds: Iterable[int] | int | None = None,
+        models: Iterable[str] | str | None = None,
+        tag: str | None = None,
+        status: Iterable[str] | str | None = "finished",
+    ) -> int:
+        """How many runs match the filters of :meth:`records`, without reading their records
+        (what a command checks before it reports on them)."""
+        if not self._has_runs:
+            return 0
+        query = _filtered(
+            sa.select(sa.func.count()).select_from(RUNS),
+            tasks=tasks,
+            variants=variants,
+            seeds=seeds,
+            models=models,
+            tag=tag,
+            status=status,
+        )
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
 
     def summary(self) -> dict[str, Any]:
         """Counts of stored runs by status, and the distinct tasks, variants, seeds and tags."""
@@ -345,7 +374,8 @@ class ResultStore:
         return out
 
     def to_dataframe(self, **filters: Any) -> Any:
-        """The matching records as a flat pandas DataFrame (see :func:`records_to_dataframe`)."""
+        """The matching records as a raw pandas DataFrame with the nested fields kept as Python
+        objects (see :func:`records_to_dataframe`); :func:`load_results` gives the tidy one."""
         return records_to_dataframe(self.records(**filters))
 
     def close(self) -> None:
@@ -374,9 +404,10 @@ _NESTED_FIELDS = ("config", "ranks", "rank_scores", "true_ranks", "search", "env
 
 
 def records_to_dataframe(records: Iterable[RunRecord]) -> Any:
-    """One row per record: key columns, ``metric.<name>``, ``spent.<name>``, ``budget.<key>``,
-    ``search.<key>`` (scalars), and the nested fields (config, ranks, rank_scores, true_ranks,
-    search, environment, curve) as JSON-able Python objects."""
+    """One row per record, raw: key columns, ``metric.<name>``, ``spent.<name>``,
+    ``budget.<key>``, ``search.<key>`` (scalars), and the nested fields (config, ranks,
+    rank_scores, true_ranks, search, environment, curve) as JSON-able Python objects. For
+    analysis use :func:`load_results` (flat, typed columns) and :func:`load_curves`."""
     import pandas as pd
 
     rows = []
@@ -398,12 +429,47 @@ def records_to_dataframe(records: Iterable[RunRecord]) -> Any:
 
 
 def load_results(url_or_path: str | Path, **filters: Any) -> Any:
-    """The finished runs of a results database as a pandas DataFrame, in one call.
+    """The finished runs of a results database as a tidy pandas DataFrame, in one call: one row
+    per run, one scalar per cell, numeric and datetime dtypes.
+
+    Columns (documented in :func:`lorabench.results.tidy.runs_table`): ``run_id``, ``label``
+    (the report's row label, "AdaLoRA r=12→8"), ``variant``, ``task``, ``model``, ``seed``,
+    ``tag``, ``status``, ``primary_metric``, ``higher_is_better``, ``final_score``,
+    ``best_score``, ``evaluations``, ``rank`` (the rank the run is compared at: for an
+    adaptive-rank variant its final mean rank), ``nominal_rank``, ``final_rank_mean``,
+    ``final_rank_total``, ``final_rank_min``, ``final_rank_max``, ``adapted_matrices``,
+    ``adaptive_rank``, ``trainable_params``, ``adapter_params``, ``total_params``,
+    ``adapter_bytes``, ``budget``, ``budget_kind``, ``budget_limit``; then the final metrics
+    (``accuracy``, ``f1``...), the spend (``steps``, ``train_seconds``, ``peak_memory_bytes``...),
+    the variant's resolved config (``r``, ``alpha``, ``target_modules``...) and the training
+    recipe (``learning_rate``, ``batch_size``...); then provenance (``variant_version``,
+    ``task_version``, ``data_fingerprint``, ``model_fingerprint``, ``device``,
+    ``adapted_modules``, ``search_study``, ``search_trial``, ``search_role``, ``git_commit``,
+    package versions, ``error``...) and ``started_at``/``finished_at`` (UTC datetimes).
 
     Filters are those of :meth:`ResultStore.records` (tasks, variants, seeds, models, tag, status).
+    The learning curves are in :func:`load_curves`; the whole records in
+    :meth:`ResultStore.records`.
     """
+    from lorabench.results.tidy import runs_table
+
     with ResultStore(url_or_path, create=False) as store:
-        return store.to_dataframe(**filters)
+        return runs_table(store.records(**filters))
+
+
+def load_curves(url_or_path: str | Path, **filters: Any) -> Any:
+    """The learning curves of the matching runs as one long pandas DataFrame: a row per run and
+    curve point, columns ``run_id``, ``label``, ``variant``, ``task``, ``seed``, ``step``,
+    ``loss``, ``seconds``, ``reg_loss`` (and any value newer records store per point), then one
+    float column per evaluated metric (missing between evaluations). See
+    :func:`lorabench.results.tidy.curves_table`; join with :func:`load_results` on ``run_id``.
+
+    Filters are those of :meth:`ResultStore.records`.
+    """
+    from lorabench.results.tidy import curves_table
+
+    with ResultStore(url_or_path, create=False) as store:
+        return curves_table(store.records(**filters))
 
 
 def _row(record: RunRecord) -> dict[str, Any]:
@@ -437,6 +503,33 @@ def _parse(run_id: str, text: str) -> RunRecord | None:
             stacklevel=3,
         )
         return None
+
+
+def _filtered(
+    query: sa.Select,
+    *,
+    tasks: Any,
+    variants: Any,
+    seeds: Any,
+    models: Any,
+    tag: str | None,
+    status: Any,
+) -> sa.Select:
+    """``query`` restricted to the runs every given filter admits (see
+    :meth:`ResultStore.records`)."""
+    for column, wanted in (
+        (RUNS.c.task, tasks),
+        (RUNS.c.variant, variants),
+        (RUNS.c.seed, seeds),
+        (RUNS.c.model, models),
+        (RUNS.c.status, status),
+    ):
+        values = _as_list(wanted)
+        if values is not None:
+            query = query.where(column.in_(values))
+    if tag is not None:
+        query = query.where(RUNS.c.tag == tag)
+    return query
 
 
 def _as_list(value: Any) -> list[Any] | None:

@@ -42,6 +42,8 @@ MAX_CONSECUTIVE_DUPLICATES = 25
 MEASURED_ESTIMATE_SLACK = 0.8
 # Trial attributes a duplicate trial copies from its finished twin.
 RESULT_ATTRS = ("score", "rank", "final_rank", "rank_scores", "trainable_params")
+# The second objective of a multi-objective study (what the loop returns beside the score).
+PARAMS_OBJECTIVE = "trainable_params"
 
 
 class SearchError(BenchmarkConfigError):
@@ -227,6 +229,7 @@ def prepare_search(cfg: SearchConfig, *, cache: Any = None, probe: bool = True) 
         )
     task = get_task(cfg.task)
     higher_is_better = task.higher_is_better
+    metric_names = [task.primary_metric, PARAMS_OBJECTIVE][: 2 if cfg.multi_objective else 1]
     _check_budget_fits_a_trial(cfg, [])  # before the storage is touched
 
     storage = open_storage(
@@ -262,6 +265,7 @@ def prepare_search(cfg: SearchConfig, *, cache: Any = None, probe: bool = True) 
         _check_budget_fits_an_estimated_trial(cfg, _run_config(cfg, dict(space.fixed)), cache)
     # Claimed only now, so that a refused budget leaves no settings behind to contradict the fix.
     _claim_study_settings(study, settings)
+    name_objectives(study, metric_names)
     return PreparedSearch(cfg, space, study, higher_is_better, base_values, cache)
 
 
@@ -349,6 +353,20 @@ def _claim_study_settings(study: optuna.Study, settings: dict[str, Any]) -> None
         + "; ".join(diffs)
         + "): re-run with the study's settings to resume or join it, or give a new --study name"
     )
+
+
+def name_objectives(study: optuna.Study, names: list[str]) -> None:
+    """Names the study's objectives (``["accuracy"]``, ``["accuracy", "trainable_params"]``), so
+    that optuna-dashboard shows "accuracy", not "Objective 0" (and ``study.trials_dataframe()``
+    has ``value_accuracy``). A study that already has names keeps them: a study created by an older
+    lorabench (no names) gets them when it is resumed, and workers never fight over them.
+    The names are not part of the settings workers must share, so they never block a resume."""
+    if study.metric_names is not None:
+        return
+    with warnings.catch_warnings():
+        # set_metric_names is marked experimental (since Optuna 3.2) but stable in use.
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(list(names))
 
 
 def _roundtrip(value: Any) -> Any:

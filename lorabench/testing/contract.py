@@ -49,6 +49,9 @@ from lorabench.variants import (
     AdapterLayer,
     AdapterShapeError,
     ConfigError,
+    NotMergeableError,
+    ReferenceMethodNotApplicable,
+    Variant,
     attach,
     load_adapter,
     make_config,
@@ -78,12 +81,15 @@ def contract_config(
     ``config`` (keys the variant's config does not take are dropped, so one table may serve
     several variants) plus the family's ``target_modules``. Without ``config``:
     :data:`GENERIC_CONFIG` (r = 4), or the variant's own defaults when r = 4 does not validate
-    for it (a second rank field that must stay below r, say).
+    for it (a second rank field that must stay below r, say). A variant that wraps no layer (a
+    reference method) gets no ``target_modules``: it has no module to target.
     """
     cls = resolve_variant(variant)
     accepted = cls.config_class.input_names()
     wanted = dict(GENERIC_CONFIG if config is None else config)
     cfg = {k: v for k, v in wanted.items() if k in accepted}
+    if not cls.wraps_layers:
+        return cfg
     targets = {"target_modules": list(FAMILIES[family].target_modules)}
     if config is None:
         try:
@@ -93,11 +99,29 @@ def contract_config(
     return {**cfg, **targets}
 
 
+def _attach(model: torch.nn.Module, variant: str, config: Mapping[str, Any]) -> Adapter:
+    """``attach``, with a reference method that does not apply to this family (BitFit on a model
+    without biases) turned into a skip carrying its message."""
+    try:
+        return attach(model, variant, dict(config))
+    except ReferenceMethodNotApplicable as exc:
+        raise ContractSkip(str(exc)) from exc
+
+
 def _attached(
     variant: str, family: str, config: Mapping[str, Any] | None, *, seed: int = 0
 ) -> tuple[torch.nn.Module, Adapter]:
     model = build_model(family, seed=seed)
-    return model, attach(model, variant, contract_config(variant, family, config))
+    return model, _attach(model, variant, contract_config(variant, family, config))
+
+
+def _skip_head_only(variant: str) -> None:
+    """A variant that trains only the task head declares no parameter a check could move."""
+    if resolve_variant(variant).trains_head_only:
+        raise ContractSkip(
+            f"{variant} declares no trainable parameter of its own: only the task head learns, "
+            "trained by the harness (train.train_head), not by the adapter"
+        )
 
 
 @torch.no_grad()
@@ -167,6 +191,7 @@ def check_perturbed_adapter_changes_output(
     variant: str, family: str, config: Mapping | None = None
 ) -> None:
     """Moving the trainable parameters moves the output: the adapter is on the forward path."""
+    _skip_head_only(variant)
     batch = make_batch()
     model, adapter = _attached(variant, family, config)
     before = logits(model, batch)
@@ -178,7 +203,9 @@ def check_perturbed_adapter_changes_output(
 def check_only_declared_parameters_get_gradients(
     variant: str, family: str, config: Mapping | None = None
 ) -> None:
-    """Exactly the declared parameters require and receive gradients; the base stays frozen."""
+    """Exactly the declared parameters require and receive gradients; the base stays frozen
+    (but for the base parameters a reference method declares)."""
+    _skip_head_only(variant)
     model, adapter = _attached(variant, family, config)
     perturb(adapter)
     declared = {id(p) for p in adapter.trainable_parameters()}
@@ -202,7 +229,11 @@ def check_only_declared_parameters_get_gradients(
     assert not undeclared, f"base-model parameters received gradients: {undeclared[:5]}"
     # And the declaration is no wider than what the forward uses: every declared tensor is
     # reached.
-    unreached = sorted(n for n, p in adapter.named_trainable_parameters().items() if p.grad is None)
+    # Shared parameters by their name in the model: a reference method's are base parameters.
+    named = dict(adapter.named_trainable_parameters())
+    shared = {id(p) for p in adapter.variant.shared_parameters()}
+    named.update({n: p for n, p in model.named_parameters() if id(p) in shared})
+    unreached = sorted(n for n, p in named.items() if p.grad is None)
     assert not unreached, f"declared trainable parameters the forward never used: {unreached[:5]}"
     assert any(p.grad.abs().sum() > 0 for p in adapter.trainable_parameters())
 
@@ -211,12 +242,20 @@ def check_merge_matches_unmerged_and_unmerge_restores_bits(
     variant: str, family: str, config: Mapping | None = None
 ) -> None:
     """Merging gives the unmerged outputs (twice too); unmerging restores the weights bit for
-    bit."""
+    bit. A variant that declares ``mergeable = False`` must refuse both, naming itself, and
+    leave the weights as they were."""
     batch = make_batch()
     model, adapter = _attached(variant, family, config)
     perturb(adapter)
     unmerged_out = logits(model, batch)
     weights_before = clone_state(model)
+    if not adapter.variant.mergeable:
+        for action in (adapter.merge, adapter.unmerge):
+            with _raises(NotMergeableError, rf"cannot {action.__name__} .*'{re.escape(variant)}'"):
+                action()
+        assert not adapter.merged
+        assert_state_equal(clone_state(model), weights_before)
+        return
 
     adapter.merge()
     assert adapter.merged
@@ -234,7 +273,9 @@ def check_detach_returns_the_original_model(
     variant: str, family: str, config: Mapping | None = None
 ) -> None:
     """``detach`` (merged or not) gives back the very model: weights, module types and
-    ``requires_grad`` as before, and a new adapter can be attached."""
+    ``requires_grad`` as before, and a new adapter can be attached. A variant that wraps no
+    layer (a reference method) trained the model's own weights: detach keeps their trained
+    values, and restores the rest as above."""
     batch = make_batch()
     model = build_model(family)
     # A mixed requires_grad pattern, which detach must restore (attach freezes everything).
@@ -245,8 +286,20 @@ def check_detach_returns_the_original_model(
     grads = {n: p.requires_grad for n, p in model.named_parameters()}
     base_out = logits(model, batch)
 
-    adapter = attach(model, variant, contract_config(variant, family, config))
+    adapter = _attach(model, variant, contract_config(variant, family, config))
     perturb(adapter)
+    if not adapter.variant.wraps_layers:
+        trained = clone_state(model)
+        trained_out = logits(model, batch)
+        restored = adapter.detach()
+        assert restored is model
+        assert not any(isinstance(m, Variant) for m in restored.modules()), "variant left on"
+        assert_state_equal(clone_state(restored), trained)
+        assert {n: type(m) for n, m in restored.named_modules()} == types
+        assert {n: p.requires_grad for n, p in restored.named_parameters()} == grads
+        torch.testing.assert_close(logits(restored, batch), trained_out, rtol=0, atol=0)
+        _attach(restored, variant, contract_config(variant, family, config)).detach()
+        return
     adapter.merge()  # detach must unmerge first
     restored = adapter.detach()
 
@@ -256,7 +309,7 @@ def check_detach_returns_the_original_model(
     assert {n: p.requires_grad for n, p in restored.named_parameters()} == grads
     torch.testing.assert_close(logits(restored, batch), base_out, rtol=0, atol=0)
     # Detached cleanly: a new adapter can be attached.
-    attach(restored, variant, contract_config(variant, family, config)).detach()
+    _attach(restored, variant, contract_config(variant, family, config)).detach()
 
 
 def check_save_load_roundtrip_in_a_fresh_model(
@@ -285,7 +338,7 @@ def check_attach_keeps_the_model_training_mode(
     (both modes when ``training`` is None)."""
     for mode in (False, True) if training is None else (training,):
         model = build_model(family).train(mode)
-        attach(model, variant, contract_config(variant, family, config))
+        _attach(model, variant, contract_config(variant, family, config))
         modes = {n: m.training for n, m in model.named_modules()}
         assert all(m == mode for m in modes.values()), [n for n, m in modes.items() if m != mode]
 
@@ -299,8 +352,12 @@ def check_attaching_twice_fails_naming_the_adapted_modules(
     cfg = contract_config(variant, family, config)
     with _raises(ConfigError, rf"already has a '{re.escape(variant)}' adapter attached") as info:
         attach(model, variant, cfg)
-    assert repr(next(iter(adapter.layers))) in str(info.value)
     assert "adapter.detach()" in str(info.value)
+    if not adapter.layers:
+        # A reference method changes no module, so a submodule carries no trace of it: only
+        # the model it was attached to can tell.
+        return
+    assert repr(next(iter(adapter.layers))) in str(info.value)
     # Also through a submodule of the adapted model (the adapter's layers are inside it).
     with _raises(ConfigError, "already has an adapter attached"):
         attach(model.base_model, variant, cfg)
@@ -309,26 +366,37 @@ def check_attaching_twice_fails_naming_the_adapted_modules(
 def check_loading_into_a_model_of_another_shape_fails(
     variant: str, family: str, config: Mapping | None = None, *, tmp_path: Path | None = None
 ) -> None:
-    """Loading into a wider model fails with the layers' shapes and leaves nothing attached."""
+    """Loading into a wider model fails with the shapes (of the layers, or of the parameters a
+    reference method trained) and leaves nothing attached."""
+    _skip_head_only(variant)
     _, adapter = _attached(variant, family, config)
     wider = build_model(family, hidden=48)
+    before = clone_state(wider)
     with _directory(tmp_path) as folder:
         adapter.save(folder / "adapter")
         with _raises(
             AdapterShapeError,
-            r"saved for another model shape .*: saved \(\d+, 32\) vs model \(\d+, 48\)",
+            # (out, in) of a layer; a trained bias (32,) or matrix (n, 32) of a reference method
+            r"saved for another model shape .*: saved \((\d+, )?32,?\) vs model \((\d+, )?48,?\)",
         ):
             load_adapter(wider, folder / "adapter")
-    assert not any(isinstance(m, AdapterLayer) for m in wider.modules()), "left half-attached"
+    assert not any(isinstance(m, AdapterLayer | Variant) for m in wider.modules()), (
+        "left half-attached"
+    )
+    assert_state_equal(clone_state(wider), before)
 
 
 def check_ranks_has_one_entry_per_adapted_module(
     variant: str, family: str, config: Mapping | None = None
 ) -> None:
     """``ranks()`` names every adapted module once, with a non-negative int; ``eval_ranks()`` is
-    not empty."""
+    not empty. A variant that wraps no layer has no rank: both are empty."""
     model, adapter = _attached(variant, family, config)
     ranks = adapter.ranks()
+    if not adapter.variant.wraps_layers:
+        assert ranks == {} and not adapter.layers, ranks
+        assert adapter.eval_ranks() == [], adapter.eval_ranks()
+        return
     assert set(ranks) == set(adapter.layers)
     patterns = FAMILIES[family].target_modules
     n_targets = sum(1 for n, _ in model.named_modules() if n.rsplit(".", 1)[-1] in patterns)
@@ -345,7 +413,7 @@ def check_every_eval_rank_can_be_evaluated(
     model, adapter = _attached(variant, family, config)
     perturb(adapter)
     eval_ranks = adapter.eval_ranks()
-    if len(eval_ranks) == 1:  # a single-rank variant: nothing to switch
+    if len(eval_ranks) <= 1:  # a single-rank variant (or one without a rank): nothing to switch
         assert torch.isfinite(logits(model, make_batch())).all()
         return
     outputs = []
@@ -365,6 +433,7 @@ def check_training_hooks_run_in_a_mini_loop(
 ) -> None:
     """A few optimiser steps through the hooks, as the runner drives them: finite losses, the
     parameters move, the model still evaluates."""
+    _skip_head_only(variant)
     model, adapter = _attached(variant, family, config)
     params = adapter.trainable_parameters()
     start = [p.detach().clone() for p in params]

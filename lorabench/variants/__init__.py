@@ -10,10 +10,17 @@ from lorabench.variants import (
     dylora,  # noqa: F401  (registers "dylora")
     increlora,  # noqa: F401  (registers "increlora")
     lora,  # noqa: F401  (registers "lora")
+    reference,  # noqa: F401  (registers the reference methods "full", "bitfit", "head")
     sora,  # noqa: F401  (registers "sora")
     vera,  # noqa: F401  (registers "vera")
 )
-from lorabench.variants.adapter import Adapter, attach, load_adapter, make_config
+from lorabench.variants.adapter import (
+    Adapter,
+    NotMergeableError,
+    attach,
+    load_adapter,
+    make_config,
+)
 from lorabench.variants.base import (
     AdapterLayer,
     AdapterShapeError,
@@ -21,6 +28,14 @@ from lorabench.variants.base import (
     Variant,
     VariantConfig,
 )
+from lorabench.variants.peft_format import (
+    PeftConverter,
+    PeftFormatError,
+    export_peft,
+    register_peft_converter,
+)
+from lorabench.variants.recipe import Proportional, Recipe
+from lorabench.variants.reference import ReferenceMethod, ReferenceMethodNotApplicable
 from lorabench.variants.registry import VARIANTS, get_variant, list_variants, register_variant
 
 __all__ = [
@@ -29,12 +44,21 @@ __all__ = [
     "AdapterLayer",
     "AdapterShapeError",
     "ConfigError",
+    "NotMergeableError",
+    "PeftConverter",
+    "PeftFormatError",
+    "Proportional",
+    "Recipe",
+    "ReferenceMethod",
+    "ReferenceMethodNotApplicable",
     "Variant",
     "VariantConfig",
     "attach",
+    "export_peft",
     "get_variant",
     "list_variants",
     "load_adapter",
     "make_config",
+    "register_peft_converter",
     "register_variant",
 ]

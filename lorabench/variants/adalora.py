@@ -30,7 +30,10 @@ operation for operation (tested bit for bit against PEFT). Differences, on purpo
   0-based step ``s`` calls :meth:`update_and_allocate` with ``s + 1``, the number of optimiser
   steps completed, so ``tinit`` steps pass before any pruning, the last ``tfinal`` steps run on
   the frozen pattern, and the last step of a budget of ``T`` steps lands exactly on the target.
-* ``total_step`` comes from the harness (:meth:`on_train_begin`), not from the user.
+* ``total_step`` comes from the harness (:meth:`on_train_begin`), not from the user; ``tinit``
+  and ``tfinal`` may be fractions of it (floats in [0, 1), resolved to whole steps when training
+  begins), so the authors' schedule, set relative to each run in their scripts, suits any budget.
+  Ints are steps, as in PEFT.
 * ``target_r == r`` (nothing to prune) is allowed and never masks; PEFT fails there
   (``kthvalue`` with k = 0).
 * the initial rank is the contract's rank field ``r``; PEFT's name ``init_r`` is accepted on
@@ -71,6 +74,7 @@ from lorabench.variants.base import (
     saved_rank_pattern,
     scheduled_rank_label,
 )
+from lorabench.variants.recipe import Recipe
 from lorabench.variants.registry import VARIANTS
 
 # PEFT adds this to the rank before dividing (guards r = 0, which PEFT allows and we do not).
@@ -90,12 +94,16 @@ class AdaLoRAConfig(VariantConfig):
             ``target_r * n_matrices``); at most ``r``.
         alpha: the scale numerator (PEFT's ``lora_alpha``); the update is scaled by
             ``alpha / (r + 1e-5)``.
-        tinit: optimiser steps of warm-up before any pruning.
-        tfinal: optimiser steps at the end that train on the frozen final rank pattern.
+        tinit: warm-up before any pruning: an int is optimiser steps; a float in [0, 1) is a
+            fraction of the run's steps, resolved when training begins (``0.1`` of 500 steps is
+            50), so one setting suits every budget (the paper recipe uses it).
+        tfinal: the end of training that runs on the frozen final rank pattern: optimiser steps
+            (int) or a fraction of the run's steps (float in [0, 1)), as ``tinit``.
         deltaT: prune every ``deltaT`` steps during the budget-reduction phase.
         beta1: EMA factor of the sensitivity.
         beta2: EMA factor of the uncertainty.
-        orth_reg_weight: weight of the orthogonality regulariser (paper's scripts: 0.1-0.3).
+        orth_reg_weight: weight of the orthogonality regulariser (PEFT's 0.5; the paper's
+            scripts 0.1, the paper recipe's value).
         total_step: total optimiser steps of the schedule. Leave it unset: the harness supplies
             the budget's step count through ``on_train_begin``. When set, it takes precedence.
     """
@@ -103,8 +111,8 @@ class AdaLoRAConfig(VariantConfig):
     r: int = 12  # PEFT's init_r
     target_r: int = 8
     alpha: float = 8.0
-    tinit: int = 0
-    tfinal: int = 0
+    tinit: int | float = 0  # int: steps; float in [0, 1): a fraction of the run's steps
+    tfinal: int | float = 0
     deltaT: int = 1  # PEFT's and the paper's name
     beta1: float = 0.85
     beta2: float = 0.85
@@ -123,8 +131,16 @@ class AdaLoRAConfig(VariantConfig):
                 f"shrinks; choose target_r <= {r} (PEFT default 8 with r 12)"
             )
         check_positive_float(self, "alpha")
-        check_non_negative_int(self, "tinit")
-        check_non_negative_int(self, "tfinal")
+        check_steps_or_fraction(self, "tinit", example=100)
+        check_steps_or_fraction(self, "tfinal", example=200)
+        # Two fractions are checked now; a fraction beside steps once the run's length is known.
+        fractions = isinstance(self.tinit, float) and isinstance(self.tfinal, float)
+        if fractions and self.tinit + self.tfinal >= 1.0:
+            raise ConfigError(
+                f"tinit={self.tinit!r} + tfinal={self.tfinal!r} cover the whole run (fractions "
+                "must sum to less than 1), leaving no budget-reduction phase; the paper recipe "
+                "uses tinit=0.1, tfinal=0.5"
+            )
         check_positive_int(self, "deltaT")
         for name in ("beta1", "beta2"):
             check_fraction(self, name, default="PEFT default 0.85")
@@ -134,13 +150,47 @@ class AdaLoRAConfig(VariantConfig):
             check_schedule(self, self.total_step)
 
 
+def check_steps_or_fraction(cfg: Any, name: str, *, example: int) -> int | float:
+    """Validation helper: a schedule length given as whole optimiser steps (an int >= 0) or as a
+    fraction of the run's steps (a float in [0, 1))."""
+    value = getattr(cfg, name)
+    if isinstance(value, float):
+        if not 0.0 <= value < 1.0:  # also refuses NaN and infinities
+            raise ConfigError(
+                f"{name}={value!r} must be whole optimiser steps (an int, e.g. {name}={example}) "
+                f"or a fraction of the run's steps in [0, 1) (e.g. {name}=0.1); a float "
+                f"{'>= 1' if value >= 1.0 else 'outside [0, 1)'} is neither"
+            )
+        return value
+    return check_non_negative_int(cfg, name)
+
+
+def schedule_steps_of(value: int | float, total_steps: int) -> int:
+    """``tinit``/``tfinal`` in optimiser steps for a run of ``total_steps``: an int as given, a
+    fraction rounded to the nearest step (0.58 x 100 is 58, not the 57 truncation gives)."""
+    if isinstance(value, float):
+        return round(value * total_steps)
+    return int(value)
+
+
 def check_schedule(config: AdaLoRAConfig, total_steps: int) -> None:
-    """The schedule needs a budget-reduction phase: ``tinit < total_steps - tfinal``."""
-    if config.tinit >= total_steps - config.tfinal:
+    """The schedule needs a budget-reduction phase: ``tinit < total_steps - tfinal`` (in steps,
+    fractions resolved against ``total_steps``)."""
+    tinit = schedule_steps_of(config.tinit, total_steps)
+    tfinal = schedule_steps_of(config.tfinal, total_steps)
+    if tinit >= total_steps - tfinal:
+        shown = {
+            name: f"{name}={value}" + (f" ({steps} steps)" if isinstance(value, float) else "")
+            for name, value, steps in (
+                ("tinit", config.tinit, tinit),
+                ("tfinal", config.tfinal, tfinal),
+            )
+        }
         raise ConfigError(
-            f"AdaLoRA's schedule has no budget-reduction phase: tinit={config.tinit} + "
-            f"tfinal={config.tfinal} must be < total steps {total_steps}; lower tinit/tfinal "
-            f"(e.g. tinit={total_steps // 10}, tfinal={total_steps // 5}) or train for more steps"
+            f"AdaLoRA's schedule has no budget-reduction phase: {shown['tinit']} + "
+            f"{shown['tfinal']} must be < total steps {total_steps}; lower tinit/tfinal "
+            f"(e.g. tinit={total_steps // 10}, tfinal={total_steps // 5}, or fractions such as "
+            "tinit=0.1, tfinal=0.5) or train for more steps"
         )
 
 
@@ -220,7 +270,7 @@ class AdaLoRALayer(AdapterLayer):
                     f"{prefix}{name}: saved shape {tuple(state[name].shape)} does not fit this "
                     f"layer's rank pattern ({int(keep.sum())} of {keep.numel()} triplets kept: "
                     f"{shape}); "
-                    "load the adapter with the adapter_config.json it was saved with"
+                    "load the adapter with the lorabench_adapter.json it was saved with"
                 )
         with torch.no_grad():
             for name in ("lora_A", "lora_B", "lora_E"):
@@ -246,6 +296,17 @@ class AdaLoRA(Variant):
     report_order = 2
     adaptive_rank = True
     label_fields = frozenset({"r", "target_r"})
+    recipe = Recipe(
+        config={"orth_reg_weight": 0.1, "tinit": 0.1, "tfinal": 0.5},
+        source=(
+            "the authors' GLUE scripts (QingruZhang/AdaLoRA, NLU/scripts/run_debertav3_*.sh): "
+            "--reg_orth_coef 0.1 (PEFT's default 0.5); --init_warmup/--final_warmup 6000/22000 "
+            "steps of ~50.5k (SST-2: 24 epochs at batch 32), 800/3500 of ~6.7k (CoLA), "
+            "8000/50000 of ~86k (MNLI): tinit 9-12% and tfinal 44-58% of the run, declared as "
+            "the fractions 0.1 and 0.5. Their learning rates (5e-4 to 1e-3, DeBERTaV3) were not "
+            "set against LoRA on one setup, so LoRA's rate stays; deltaT stays PEFT's 1"
+        ),
+    )
 
     config: AdaLoRAConfig
 
@@ -284,6 +345,16 @@ class AdaLoRA(Variant):
         """``T`` of the schedule: the config's ``total_step`` if set, else the harness' count."""
         return self.config.total_step if self.config.total_step is not None else self.total_steps
 
+    @property
+    def tinit_steps(self) -> int:
+        """``tinit`` in optimiser steps (a fraction resolved against ``T``)."""
+        return schedule_steps_of(self.config.tinit, self._require_total())
+
+    @property
+    def tfinal_steps(self) -> int:
+        """``tfinal`` in optimiser steps (a fraction resolved against ``T``)."""
+        return schedule_steps_of(self.config.tfinal, self._require_total())
+
     def on_train_begin(self, total_steps: int) -> None:
         super().on_train_begin(total_steps)
         if self.config.total_step is not None and self.config.total_step != self.total_steps:
@@ -306,11 +377,12 @@ class AdaLoRA(Variant):
         """
         c = self.config
         total = self._require_total()
-        if global_step <= c.tinit:
+        tinit, tfinal = self.tinit_steps, self.tfinal_steps
+        if global_step <= tinit:
             return self.init_budget, False
-        if global_step > total - c.tfinal:
+        if global_step > total - tfinal:
             return self.target_budget, True
-        mul_coeff = 1 - (global_step - c.tinit) / (total - c.tfinal - c.tinit)
+        mul_coeff = 1 - (global_step - tinit) / (total - tfinal - tinit)
         budget = int((self.init_budget - self.target_budget) * (mul_coeff**3) + self.target_budget)
         return budget, global_step % c.deltaT == 0
 
@@ -325,7 +397,7 @@ class AdaLoRA(Variant):
         then prune to the scheduled budget; freeze the pattern at ``T - tfinal`` and re-apply it
         after every later step."""
         total = self._require_total()
-        final_start = total - self.config.tfinal
+        final_start = total - self.tfinal_steps
         if global_step < final_start:
             self._update_importance()
             budget, prune = self.budget_schedule(global_step)
@@ -431,7 +503,10 @@ class AdaLoRA(Variant):
         return {name: layer.saved_mask().tolist() for name, layer in self._layers_items()}
 
     def extra_save_config(self) -> dict[str, Any]:
-        return {"rank_pattern": self.rank_pattern()}
+        extra: dict[str, Any] = {"rank_pattern": self.rank_pattern()}
+        if self.total_steps is not None:  # what a fractional tinit/tfinal was resolved against
+            extra["total_steps"] = int(self.total_steps)
+        return extra
 
     def load_extra_config(self, data: dict[str, Any]) -> None:
         sizes = {name: layer.rank_mask.numel() for name, layer in self._layers_items()}

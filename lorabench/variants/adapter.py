@@ -3,8 +3,13 @@
 >>> adapter = attach(model, "lora", r=8)  # target_modules="auto": query/value by model type
 >>> adapter.target_names                 # the adapted modules' names, in model order
 >>> optimizer = torch.optim.AdamW(adapter.trainable_parameters(), lr=4e-4)
->>> adapter.save("out/adapter")          # safetensors + adapter_config.json
+>>> adapter.save("out/adapter")          # lorabench_adapter.safetensors + lorabench_adapter.json
 >>> model = adapter.detach()             # the original model back, bit for bit
+
+``load_adapter`` also reads a Hugging Face PEFT adapter folder (see
+:mod:`lorabench.variants.peft_format`, which also exports to one), and a folder saved by lorabench
+0.1, which used PEFT's file names (``adapter_config.json`` + ``adapter_model.safetensors``) with
+its own contents.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +36,22 @@ from lorabench.variants.base import (
 from lorabench.variants.registry import VARIANTS
 from lorabench.variants.targets import ResolvedTargets, resolve_targets
 
-CONFIG_FILE = "adapter_config.json"
-WEIGHTS_FILE = "adapter_model.safetensors"
+
+class NotMergeableError(RuntimeError):
+    """``merge``/``unmerge`` on an adapter whose variant declares ``mergeable = False`` (the
+    reference methods train the model's own weights: there is no separate update to fold in)."""
+
+
+# lorabench's own layout: names of its own, so that a folder is never mistaken for a PEFT adapter
+# (whose adapter_config.json / adapter_model.safetensors hold other contents).
+CONFIG_FILE = "lorabench_adapter.json"
+WEIGHTS_FILE = "lorabench_adapter.safetensors"
 # The trained task head, saved beside the adapter (by the runner) and restored by Adapter.load.
 HEAD_FILE = "head.safetensors"
+# The layout of lorabench 0.1: PEFT's file names with lorabench's contents (a config with a
+# "variant" key). Still read by Adapter.load, never written.
+LEGACY_CONFIG_FILE = "adapter_config.json"
+LEGACY_WEIGHTS_FILE = "adapter_model.safetensors"
 _ROOT_ATTR = "lorabench_variant"  # where the variant module hangs on the adapted model
 
 
@@ -97,8 +115,10 @@ def attach(
     if getattr(model, _ROOT_ATTR, None) is not None or adapted:
         existing = getattr(model, _ROOT_ATTR, None)
         kind = f"a {existing.name!r} adapter" if isinstance(existing, Variant) else "an adapter"
+        # A reference method (full fine-tuning, BitFit) wraps no module: there are none to name.
+        where = f", on modules {_name_sample(adapted)}" if adapted else " (its own weights)"
         raise ConfigError(
-            f"this model already has {kind} attached, on modules {_name_sample(adapted)}; "
+            f"this model already has {kind} attached{where}; "
             "call adapter.detach() first, or attach to a fresh copy of the model"
         )
     if isinstance(model, nn.Sequential):
@@ -109,7 +129,10 @@ def attach(
         )
     cls = resolve_variant(variant)
     cfg = make_config(cls, config, **overrides)
-    resolved = resolve_targets(model, cfg.target_modules)
+    if cls.wraps_layers:
+        resolved = resolve_targets(model, cfg.target_modules)
+    else:  # a reference method trains the model's own parameters: no module is wrapped
+        resolved = ResolvedTargets(patterns=(), names=())
     targets = {name: model.get_submodule(name) for name in resolved.names}
     variant_module = cls(cfg)
     variant_module.prepare(targets)
@@ -117,19 +140,38 @@ def attach(
     requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
     for p in model.parameters():
         p.requires_grad_(False)
+    try:
+        variant_module.bind_model(model)
+    except Exception:
+        _restore_requires_grad(model, requires_grad)  # a refused attach leaves the model as it was
+        raise
 
-    ref = next(iter(targets.values())).weight
+    device = _model_device(model, targets)
     for name, base in targets.items():
         layer = variant_module.create_layer(name, base)
-        layer.to(device=ref.device)
+        layer.to(device=device)
         # A new module starts in training mode; inherit the mode of the layer it wraps so that
         # attaching to a model in eval() does not silently switch dropout/rank sampling on.
         layer.train(base.training)
         _replace_module(model, name, layer)
-    variant_module.to(device=ref.device)
+    variant_module.to(device=device)
     variant_module.train(model.training)
     model.add_module(_ROOT_ATTR, variant_module)
     return Adapter(model, variant_module, requires_grad, resolved)
+
+
+def _model_device(model: nn.Module, targets: dict[str, nn.Module]) -> torch.device:
+    """Where new adapter tensors go: beside the first adapted layer's weight, else (a variant
+    that wraps no layer) beside the model's first parameter; the CPU for a model without any."""
+    if targets:
+        return next(iter(targets.values())).weight.device
+    first = next(model.parameters(), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
+def _restore_requires_grad(model: nn.Module, requires_grad: dict[str, bool]) -> None:
+    for name, p in model.named_parameters():
+        p.requires_grad_(requires_grad.get(name, p.requires_grad))
 
 
 def _name_sample(names: list[str], k: int = 4) -> str:
@@ -255,29 +297,55 @@ class Adapter:
     # -- merge / detach -------------------------------------------------------------------------
     def merge(self) -> None:
         """Folds every layer's update into its base weight (see :meth:`AdapterLayer.merge`);
-        merging twice does nothing more."""
+        merging twice does nothing more. A variant with ``mergeable = False`` (the reference
+        methods) raises :class:`NotMergeableError`."""
+        self._check_mergeable("merge")
         for layer in self.layers.values():
             layer.merge()
 
     def unmerge(self) -> None:
         """Restores every merged layer's base weight bit for bit; unmerged layers are left as
-        they are."""
+        they are. Raises :class:`NotMergeableError` as :meth:`merge` does."""
+        self._check_mergeable("unmerge")
         for layer in self.layers.values():
             layer.unmerge()
 
+    def _check_mergeable(self, action: str) -> None:
+        if self.variant.mergeable:
+            return
+        label = f"{self.variant.report_name()} ({self.name!r})"
+        if not self.variant.wraps_layers:
+            raise NotMergeableError(
+                f"cannot {action} {label}: it trains the model's own parameters in place, so "
+                "there is no separate update to fold in or take out; adapter.model already "
+                "computes the trained function. Use the model as it is, and keep what trained "
+                "with adapter.save(...)"
+            )
+        raise NotMergeableError(
+            f"cannot {action} {label}: the variant declares mergeable = False (its update "
+            "cannot be folded into the base weights); run the model with the adapter attached"
+        )
+
     @property
     def merged(self) -> bool:
-        """Whether every adapted layer is merged."""
-        return all(layer.merged for layer in self.layers.values())
+        """Whether every adapted layer is merged (False for an adapter without layers)."""
+        return bool(self.layers) and all(layer.merged for layer in self.layers.values())
 
     def detach(self) -> nn.Module:
-        """Removes the adapter; returns the original model, bit for bit (unmerging first)."""
-        self.unmerge()
+        """Removes the adapter and returns the model (unmerging first), with ``requires_grad``
+        as before attach.
+
+        An adapter variant gives back the original model, bit for bit. A variant that wraps no
+        layer (``wraps_layers = False``: full fine-tuning, BitFit) trained the model's own
+        parameters and keeps their trained values: no copy of the original weights is held
+        (for full fine-tuning that would be a second model); reload the base model for them.
+        """
+        if self.variant.mergeable:
+            self.unmerge()
         for name, layer in self.layers.items():
             _replace_module(self.model, name, layer.base_layer)
         delattr(self.model, _ROOT_ATTR)
-        for name, p in self.model.named_parameters():
-            p.requires_grad_(self._original_requires_grad.get(name, p.requires_grad))
+        _restore_requires_grad(self.model, self._original_requires_grad)
         self.variant.layers = {}
         return self.model
 
@@ -293,27 +361,27 @@ class Adapter:
                 state[f"{layer_name}.{k}"] = v
         return state
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Writes ``adapter_model.safetensors`` and ``adapter_config.json`` into directory
-        ``path``."""
-        out = Path(path)
-        out.mkdir(parents=True, exist_ok=True)
-        tensors = {
-            k: v.detach().to("cpu").contiguous().clone() for k, v in self.state_dict().items()
-        }
-        save_file(tensors, str(out / WEIGHTS_FILE))
-        meta = {
-            "variant": self.variant.name,
-            "variant_version": self.variant.version,
-            "config": self.config.to_dict(),
-            "extra": self.variant.extra_save_config(),
-            "layers": {
-                n: [layer.out_features, layer.in_features] for n, layer in self.layers.items()
+    def to_saved(self, head: dict[str, torch.Tensor] | None = None) -> SavedAdapter:
+        """The adapter as :meth:`save` writes it (tensors on the CPU), with ``head`` (parameter
+        name -> tensor) as its task head; what :mod:`~lorabench.variants.peft_format` converts."""
+        return SavedAdapter(
+            variant=self.variant.name,
+            variant_version=str(self.variant.version),
+            config=self.config.to_dict(),
+            extra=self.variant.extra_save_config(),
+            layers={n: (layer.out_features, layer.in_features) for n, layer in self.layers.items()},
+            target_patterns=list(self.target_patterns),
+            tensors={
+                k: v.detach().to("cpu").contiguous().clone() for k, v in self.state_dict().items()
             },
-            "target_patterns": list(self.target_patterns),
-        }
-        (out / CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
-        return out
+            head={k: v.detach().to("cpu").contiguous().clone() for k, v in (head or {}).items()},
+        )
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Writes ``lorabench_adapter.safetensors`` and ``lorabench_adapter.json`` into directory
+        ``path`` (names of lorabench's own: the folder is not a PEFT adapter; export one with
+        :func:`lorabench.variants.export_peft`)."""
+        return self.to_saved().write(path)
 
     def size_bytes(self) -> int:
         """Bytes the saved adapter's tensors take (what ``save`` writes, without the header)."""
@@ -323,29 +391,34 @@ class Adapter:
     def load(cls, model: nn.Module, path: str | os.PathLike) -> Adapter:
         """Attaches a saved adapter to ``model`` (the same architecture it was trained on).
 
-        A trained task head saved beside it (``head.safetensors``, written by the runner) is
-        loaded into ``model`` too, so the pair computes what was trained.
+        ``path`` is a folder written by :meth:`save` (or by lorabench 0.1, with PEFT's file
+        names), or a Hugging Face PEFT adapter folder of a type lorabench has (LoRA, rsLoRA,
+        DoRA, AdaLoRA, VeRA; see :mod:`lorabench.variants.peft_format`). A trained task head
+        saved beside it (``head.safetensors``, written by the runner; PEFT's
+        ``modules_to_save``) is loaded into ``model`` too, so the pair computes what was trained.
         """
-        src = Path(path)
-        cfg_path = src / CONFIG_FILE
-        if not cfg_path.is_file():
-            raise FileNotFoundError(
-                f"no {CONFIG_FILE} in {src}: is this a lorabench adapter directory?"
-            )
-        meta = json.loads(cfg_path.read_text())
-        variant_cls = resolve_variant(meta["variant"])
-        saved_version = meta.get("variant_version")
+        return cls.from_saved(model, read_saved_adapter(path, model))
+
+    @classmethod
+    def from_saved(cls, model: nn.Module, saved: SavedAdapter) -> Adapter:
+        """Attaches ``saved`` to ``model`` and loads its tensors and task head."""
+        variant_cls = resolve_variant(saved.variant)
+        saved_version = saved.variant_version
         if saved_version is not None and str(saved_version) != str(variant_cls.version):
             # The maths may have changed between versions: the same tensors could give other
             # outputs.
             warnings.warn(
-                f"{src} was saved by {meta['variant']!r} version {saved_version}, this is version "
-                f"{variant_cls.version}; outputs may differ from the ones it was saved with. "
-                "Re-train or re-save the adapter with this version to silence this warning",
-                stacklevel=2,
+                f"{saved.source} was saved by {saved.variant!r} version {saved_version}, this is "
+                f"version {variant_cls.version}; outputs may differ from the ones it was saved "
+                "with. Re-train or re-save the adapter with this version to silence this warning",
+                stacklevel=3,
             )
-        config = variant_cls.config_class.from_dict(meta["config"])
-        saved_layers = {k: tuple(v) for k, v in meta.get("layers", {}).items()}
+        config = variant_cls.config_class.from_dict(saved.config)
+        saved_layers = {k: tuple(v) for k, v in saved.layers.items()}
+        if not variant_cls.wraps_layers:
+            # No module to find: the variant's load_shared_state checks the saved parameters'
+            # names and shapes against this model before copying any.
+            return cls._attach_saved(model, saved, variant_cls, config)
         try:
             targets = {
                 n: model.get_submodule(n)
@@ -370,24 +443,172 @@ class Adapter:
                 + ("; ..." if len(diff) > 5 else "")
                 + ". Load it into the model it was trained on."
             )
+        return cls._attach_saved(model, saved, variant_cls, config)
+
+    @classmethod
+    def _attach_saved(
+        cls,
+        model: nn.Module,
+        saved: SavedAdapter,
+        variant_cls: type[Variant],
+        config: VariantConfig,
+    ) -> Adapter:
+        """Attaches ``variant_cls`` with ``config`` and loads ``saved``'s state and head into it;
+        on any failure nothing stays attached."""
+        if saved.head:
+            # Checked before anything is attached, so a head that does not fit leaves the model
+            # as it was.
+            _check_head(model, saved.head, saved.source)
         adapter = attach(model, variant_cls, config)
-        adapter.variant.load_extra_config(meta.get("extra", {}))
-        tensors = load_file(str(src / WEIGHTS_FILE))
-        shared = {k[len("_shared.") :]: v for k, v in tensors.items() if k.startswith("_shared.")}
-        adapter.variant.load_shared_state(shared)
-        for layer_name, layer in adapter.layers.items():
-            prefix = f"{layer_name}."
-            state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-            layer.load_adapter_state(state, prefix=prefix)
-        if (src / HEAD_FILE).is_file():
-            load_head(model, src / HEAD_FILE)
+        try:
+            adapter.variant.load_extra_config(saved.extra)
+            adapter.variant.load_shared_state(saved.shared_state())
+            for layer_name, layer in adapter.layers.items():
+                layer.load_adapter_state(saved.layer_state(layer_name), prefix=f"{layer_name}.")
+        except Exception:
+            adapter.detach()  # nothing half-attached
+            raise
+        if saved.head:
+            _copy_head(model, saved.head)
         return adapter
 
 
-def load_head(model: nn.Module, path: str | os.PathLike) -> list[str]:
-    """Loads a saved task head (``head.safetensors``: parameter name -> tensor) into ``model``
-    and returns the names loaded; fails naming the tensors that do not fit."""
-    tensors = load_file(str(path))
+@dataclass
+class SavedAdapter:
+    """An adapter as its files hold it, apart from any model: what :meth:`Adapter.save` writes,
+    :meth:`Adapter.load` reads and :mod:`~lorabench.variants.peft_format` converts.
+
+    Attributes:
+        variant: the registered variant name.
+        config: the variant config as plain data (:meth:`VariantConfig.to_dict`).
+        tensors: ``_shared.<name>`` (:meth:`Variant.shared_state`) and ``<module>.<name>``
+            (:meth:`AdapterLayer.adapter_state`), on the CPU.
+        extra: :meth:`Variant.extra_save_config` (AdaLoRA's rank pattern, DyLoRA's rank).
+        layers: (out_features, in_features) per adapted module; empty when not known.
+        target_patterns: what chose the adapted modules (see :attr:`Adapter.target_patterns`).
+        variant_version: the variant's version that saved it (None: not recorded).
+        head: the trained task head, parameter name -> tensor (empty: none saved).
+        source: where it was read from, for messages.
+    """
+
+    variant: str
+    config: dict[str, Any]
+    tensors: dict[str, torch.Tensor]
+    extra: dict[str, Any] = field(default_factory=dict)
+    layers: dict[str, tuple[int, int]] = field(default_factory=dict)
+    target_patterns: list[str] = field(default_factory=list)
+    variant_version: str | None = None
+    head: dict[str, torch.Tensor] = field(default_factory=dict)
+    source: str = "the adapter"
+
+    def layer_names(self) -> list[str]:
+        """The adapted modules' names: :attr:`layers`' keys, else those the tensors name."""
+        if self.layers:
+            return list(self.layers)
+        names = {k.rpartition(".")[0] for k in self.tensors if not k.startswith("_shared.")}
+        return sorted(names)
+
+    def shared_state(self) -> dict[str, torch.Tensor]:
+        """The shared tensors, without their ``_shared.`` prefix."""
+        return {
+            k[len("_shared.") :]: v for k, v in self.tensors.items() if k.startswith("_shared.")
+        }
+
+    def layer_state(self, layer_name: str) -> dict[str, torch.Tensor]:
+        """The tensors of module ``layer_name``, without its name as prefix."""
+        prefix = f"{layer_name}."
+        return {k[len(prefix) :]: v for k, v in self.tensors.items() if k.startswith(prefix)}
+
+    def meta(self) -> dict[str, Any]:
+        """The JSON :meth:`write` puts in ``lorabench_adapter.json``."""
+        return {
+            "variant": self.variant,
+            "variant_version": self.variant_version,
+            "config": self.config,
+            "extra": self.extra,
+            "layers": {n: list(shape) for n, shape in self.layers.items()},
+            "target_patterns": list(self.target_patterns),
+        }
+
+    def write(self, path: str | os.PathLike) -> Path:
+        """Writes ``lorabench_adapter.safetensors`` and ``lorabench_adapter.json`` (and
+        ``head.safetensors`` when there is a head) into directory ``path``."""
+        out = Path(path)
+        out.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in self.tensors.items()}, str(out / WEIGHTS_FILE))
+        if self.head:
+            save_file({k: v.contiguous() for k, v in self.head.items()}, str(out / HEAD_FILE))
+        (out / CONFIG_FILE).write_text(json.dumps(self.meta(), indent=2, sort_keys=True))
+        return out
+
+
+def read_saved_adapter(path: str | os.PathLike, model: nn.Module | None = None) -> SavedAdapter:
+    """Reads the adapter folder ``path`` without attaching it: lorabench's layout
+    (``lorabench_adapter.json``), lorabench 0.1's (``adapter_config.json`` with a ``"variant"``)
+    or a PEFT adapter (``adapter_config.json`` with a ``"peft_type"``; ``model``, when given,
+    lets its ``target_modules`` be kept as patterns). A ``head.safetensors`` beside it is read
+    as the task head."""
+    src = Path(path)
+    if (src / CONFIG_FILE).is_file():
+        saved = _read_lorabench(src, src / CONFIG_FILE, src / WEIGHTS_FILE)
+    elif (src / LEGACY_CONFIG_FILE).is_file():
+        meta = _read_json(src / LEGACY_CONFIG_FILE)
+        if "peft_type" in meta:
+            from lorabench.variants.peft_format import read_peft_adapter
+
+            return read_peft_adapter(src, model)
+        if "variant" not in meta:
+            raise ValueError(
+                f"{src / LEGACY_CONFIG_FILE} has neither a 'peft_type' (a PEFT adapter) nor a "
+                "'variant' (a lorabench 0.1 adapter); is this an adapter directory?"
+            )
+        saved = _read_lorabench(src, src / LEGACY_CONFIG_FILE, src / LEGACY_WEIGHTS_FILE, meta)
+    else:
+        where = f"in {src}" if src.is_dir() else f"at {src} (no such directory)"
+        raise FileNotFoundError(
+            f"no {CONFIG_FILE}, no {LEGACY_CONFIG_FILE} {where}: is this a lorabench adapter "
+            "directory (written by adapter.save or a suite's --out OUT/adapters/<run_id>) or a "
+            "PEFT adapter directory?"
+        )
+    if (src / HEAD_FILE).is_file():
+        saved.head = load_file(str(src / HEAD_FILE))
+    return saved
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} holds a JSON {type(data).__name__}, not an object")
+    return data
+
+
+def _read_lorabench(
+    src: Path, config_path: Path, weights_path: Path, meta: dict[str, Any] | None = None
+) -> SavedAdapter:
+    meta = _read_json(config_path) if meta is None else meta
+    if not weights_path.is_file():
+        raise FileNotFoundError(
+            f"{src} has {config_path.name} but no {weights_path.name}: the adapter's tensors "
+            "are missing"
+        )
+    version = meta.get("variant_version")
+    return SavedAdapter(
+        variant=meta["variant"],
+        variant_version=None if version is None else str(version),
+        config=dict(meta["config"]),
+        extra=dict(meta.get("extra") or {}),
+        layers={k: (int(v[0]), int(v[1])) for k, v in (meta.get("layers") or {}).items()},
+        target_patterns=list(meta.get("target_patterns") or []),
+        tensors=load_file(str(weights_path)),
+        source=str(src),
+    )
+
+
+def _check_head(model: nn.Module, tensors: dict[str, torch.Tensor], where: Any) -> None:
+    """Fails naming the head tensors that do not fit ``model``."""
     params = dict(model.named_parameters())
     unknown = sorted(n for n in tensors if n not in params)
     wrong = sorted(
@@ -397,16 +618,29 @@ def load_head(model: nn.Module, path: str | os.PathLike) -> list[str]:
     )
     if unknown or wrong:
         raise AdapterShapeError(
-            f"the task head in {path} does not fit this model: "
+            f"the task head in {where} does not fit this model: "
             + "; ".join([*(f"{n} is not a parameter here" for n in unknown[:5]), *wrong[:5]])
             + ". Load it into the model (and number of labels) it was trained with."
         )
+
+
+def _copy_head(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    params = dict(model.named_parameters())
     with torch.no_grad():
         for name, tensor in tensors.items():
             params[name].copy_(tensor.to(params[name]))
+
+
+def load_head(model: nn.Module, path: str | os.PathLike) -> list[str]:
+    """Loads a saved task head (``head.safetensors``: parameter name -> tensor) into ``model``
+    and returns the names loaded; fails naming the tensors that do not fit."""
+    tensors = load_file(str(path))
+    _check_head(model, tensors, path)
+    _copy_head(model, tensors)
     return sorted(tensors)
 
 
 def load_adapter(model: nn.Module, path: str | os.PathLike) -> Adapter:
-    """Attaches the adapter saved at ``path`` to ``model``."""
+    """Attaches the adapter saved at ``path`` to ``model``: a lorabench adapter folder (this
+    release's layout or 0.1's) or a PEFT adapter folder (LoRA, rsLoRA, DoRA, AdaLoRA, VeRA)."""
     return Adapter.load(model, path)

@@ -17,14 +17,18 @@ The training loop drives rank schedules through the per-step hooks on
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
+
+from lorabench.variants.recipe import Recipe
 
 
 class ConfigError(ValueError):
@@ -253,7 +257,7 @@ def saved_rank_pattern(
         if len(pattern[name]) != size:
             raise AdapterShapeError(
                 f"rank pattern of {name} has {len(pattern[name])} entries but {rank_name} is "
-                f"{size}; the adapter_config.json is inconsistent"
+                f"{size}; the lorabench_adapter.json is inconsistent"
             )
     return {name: [bool(v) for v in pattern[name]] for name in sizes}
 
@@ -355,6 +359,8 @@ class AdapterLayer(nn.Module):
         base_out = self.base_layer(x)
         if self.merged:
             return base_out
+        if self.training and self._variant._hooks_unstarted:  # one bool once hooks started
+            self._variant.check_hooks_driven()
         return self.adapter_forward(x, base_out)
 
     def adapter_forward(self, x: torch.Tensor, base_out: torch.Tensor) -> torch.Tensor:
@@ -461,6 +467,10 @@ class Variant(nn.Module):
     * :meth:`report_name` and :meth:`rank_label`: a report row's label, computed from a run's
       resolved config (and its final ranks), e.g. ``"LoRA" + "r=8"``.
 
+    ``recipe``: how the variant's paper trained it relative to LoRA (a learning-rate factor,
+    config values; :class:`~lorabench.variants.recipe.Recipe`), applied by suites under what the
+    user sets (``recipes: paper``). Default ``Recipe()``: LoRA's recipe, nothing changes.
+
     An instance is created per attached adapter and holds state shared by its layers. The hooks
     are called by :class:`~lorabench.variants.adapter.Adapter`, which the training loop drives.
     """
@@ -478,6 +488,20 @@ class Variant(nn.Module):
     adaptive_rank: ClassVar[bool] = False
     multi_rank_eval: ClassVar[bool] = False
     label_fields: ClassVar[frozenset[str]] = frozenset({"r"})
+    recipe: ClassVar[Recipe] = Recipe()
+
+    # -- what the variant trains (every adapter method wraps layers; the reference methods of
+    # lorabench.variants.reference do not) ----------------------------------------------------
+    # False: no module is wrapped and target_modules is not read; the variant trains parameters
+    # the base model already has, chosen in bind_model and declared by shared_parameters(). It
+    # has no rank (ranks() is empty) and detach keeps the trained values (there is no separate
+    # update to take away).
+    wraps_layers: ClassVar[bool] = True
+    # False: Adapter.merge/unmerge refuse with a message saying why (no separate update exists).
+    mergeable: ClassVar[bool] = True
+    # True: the variant declares no parameter of its own; only the task head, which the harness
+    # trains (train.train_head), learns. A run that freezes the head is refused before it starts.
+    trains_head_only: ClassVar[bool] = False
 
     @classmethod
     def report_name(cls, config: Mapping[str, Any] | None = None) -> str:
@@ -521,6 +545,72 @@ class Variant(nn.Module):
         # and decay), set before each after_step by whoever drives the loop; None outside a loop
         # that sets it. A proximal update (SoRA's soft-threshold by lambda x lr) needs it.
         self.learning_rate: float | None = None
+        # True until on_train_begin for a variant whose per-step hooks do the method's work
+        # (pruning, growing, rank sampling): training forwards are then watched, and warn once
+        # when parameters were updated without the hooks. The layers read this one bool per
+        # forward; after on_train_begin (or the warning) that is all the guard costs.
+        self._hooks_unstarted = self.uses_step_hooks()
+        self._probing = 0  # depth of probing() blocks
+        self._watched: tuple[torch.Tensor, int] | None = None  # a parameter, its version
+
+    @classmethod
+    def uses_step_hooks(cls) -> bool:
+        """Whether the variant does anything in :meth:`before_step` or :meth:`after_step` (rank
+        schedules, rank sampling, proximal steps): trained without them it silently trains
+        another method. Read from the class, so a plugin needs to declare nothing."""
+        return (
+            cls.before_step is not Variant.before_step or cls.after_step is not Variant.after_step
+        )
+
+    def check_hooks_driven(self) -> None:
+        """Called by the layers on a training-mode forward before :meth:`on_train_begin`: warns,
+        once per variant instance, when the adapter's parameters were updated since the first
+        such forward, i.e. a loop is training it without driving the per-step hooks.
+
+        Not at the first forward: a forward (and backward) without an update is a measurement
+        (the harness counts FLOPs that way before ``on_train_begin``, as a gradient check
+        would), and it trains nothing. Updates are seen through the in-place version counter
+        torch keeps on every tensor (an optimiser step bumps it), so the check reads two
+        integers. Forwards that do update but are not training (a timing probe that restores
+        the weights after) go inside :meth:`probing`.
+        """
+        if not self._hooks_unstarted or self._probing:
+            return
+        if self._watched is None:
+            layer = next(iter(self.layers.values()), None)
+            params = layer.trainable_parameters() if layer is not None else []
+            params = params or self.shared_parameters()
+            if params:
+                self._watched = (params[0], params[0]._version)
+            return
+        param, version = self._watched
+        if param._version == version:
+            return
+        self._hooks_unstarted = False  # once per instance
+        warnings.warn(
+            f"{self.name or type(self).__name__} is training without its per-step hooks: its "
+            "parameters were updated but adapter.on_train_begin(total_steps) was never called, "
+            "so before_step/after_step (rank pruning, growth or sampling) are not running and "
+            "this trains another method. Call adapter.on_train_begin(total_steps) once, then "
+            "adapter.before_step(step) before each forward and adapter.after_step(step, "
+            "learning_rate) after optimizer.step() and before zero_grad(); or train with "
+            "lorabench.integrations.hf_trainer.LorabenchTrainer (or a transformers Trainer "
+            "with LorabenchCallback(adapter)).",
+            UserWarning,
+            stacklevel=2,
+        )
+
+    @contextlib.contextmanager
+    def probing(self) -> Iterator[None]:
+        """Steps inside are measurements, not training (a timing probe before
+        ``on_train_begin`` that updates the weights and restores them): the missing-hooks check
+        ignores them and what they did to the weights."""
+        self._probing += 1
+        try:
+            yield
+        finally:
+            self._probing -= 1
+            self._watched = None  # start watching afresh from the restored weights
 
     # -- building ---------------------------------------------------------------------------------
     def max_rank(self, out_features: int, in_features: int) -> int | None:
@@ -539,6 +629,13 @@ class Variant(nn.Module):
                     f"({out_f}x{in_f}: at most {limit}); choose r <= {limit} or exclude that layer "
                     "from target_modules"
                 )
+
+    def bind_model(self, model: nn.Module) -> None:
+        """Called once by ``attach`` with the whole model, after every base parameter is frozen
+        and before any layer is built. A variant with ``wraps_layers = False`` picks the base
+        parameters it trains here, unfreezes them and returns them from
+        :meth:`shared_parameters` (and saves them through :meth:`shared_state`). Default:
+        nothing."""
 
     def create_layer(self, name: str, base_layer: nn.Module) -> AdapterLayer:
         """Wraps ``base_layer`` in a ``layer_class`` layer and records it in :attr:`layers`
@@ -567,8 +664,10 @@ class Variant(nn.Module):
 
     # -- training hooks (the harness calls these through Adapter) --------------------------------
     def on_train_begin(self, total_steps: int) -> None:
-        """Called once before training with the number of optimiser steps the budget allows."""
+        """Called once before training with the number of optimiser steps the budget allows.
+        Subclasses call it first (it also tells the layers the hooks are being driven)."""
         self.total_steps = int(total_steps)
+        self._hooks_unstarted = False
 
     def before_step(self, step: int) -> None:
         """Called before the forward pass of optimiser step ``step`` (0-based)."""

@@ -52,6 +52,7 @@ from lorabench.variants.base import (
     check_positive_float,
     check_positive_int,
 )
+from lorabench.variants.recipe import Proportional, Recipe
 from lorabench.variants.registry import VARIANTS
 
 
@@ -63,7 +64,8 @@ class DyLoRAConfig(VariantConfig):
         r: the maximum rank ``r_max`` (the adapter's stored size).
         r_min: the smallest rank sampled during training (paper: ``r_min``; authors' code: 1).
         alpha: the scale numerator; rank ``b`` is scaled by ``alpha / b`` (as LoRA at rank ``b``).
-            Default 8 matches lorabench's LoRA default; the authors' GLUE scripts used 16.
+            Default 8 matches lorabench's LoRA default; the authors' GLUE scripts used 16 at
+            r_max 8, which the paper recipe applies as ``alpha = 2 * r``.
         frozen: train only the sampled b-th row/column (the paper's default) instead of all b.
         seed: seeds the generator that draws the per-step rank.
     """
@@ -142,6 +144,15 @@ class DyLoRA(Variant):
     report_order = 3
     multi_rank_eval = True
     label_fields = frozenset({"r", "r_min"})
+    recipe = Recipe(
+        config={"alpha": Proportional("r", 2.0)},
+        source=(
+            "the authors' GLUE scripts (huawei-noah/Efficient-NLP, "
+            "DyLoRA/examples/NLU/roberta_base_mrpc.sh and _stsb.sh): --lora_r 8 --lora_alpha 16, "
+            "a scale of 2 at r_max, declared as alpha = 2*r so it holds at any r; their learning "
+            "rate (4e-4), warm-up (0.06) and weight decay (0.1) are LoRA's, so those stay"
+        ),
+    )
 
     @classmethod
     def rank_label(cls, config: Mapping[str, Any], ranks: Mapping[str, float] | None = None) -> str:

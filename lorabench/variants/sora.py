@@ -28,7 +28,7 @@ Training, as the authors' GLUE code does it (``run_glue.py``, ``src/trainer.py``
 
 :meth:`SoRA.ranks` counts the live ranks (nonzero gates) of every matrix. Saving keeps only the
 live ranks (rows of A, columns of B, entries of g) plus the pattern of live ranks in
-``adapter_config.json``; loading puts them back in place with zeros elsewhere, giving identical
+``lorabench_adapter.json``; loading puts them back in place with zeros elsewhere, giving identical
 outputs. The layer keeps computing at the maximum rank (dead ranks are multiplied by zero); a
 merged adapter costs nothing at inference either way.
 
@@ -240,7 +240,7 @@ class SoRALayer(AdapterLayer):
                     raise AdapterShapeError(
                         f"{prefix}{name}: saved shape {tuple(state[name].shape)} does not fit "
                         f"this layer's saved pattern ({int(keep.sum())} of {keep.numel()} ranks "
-                        f"live: {shape}); load the adapter with the adapter_config.json it was "
+                        f"live: {shape}); load the adapter with the lorabench_adapter.json it was "
                         "saved with"
                     )
             with torch.no_grad():

@@ -48,6 +48,14 @@ are exact and get no slack.
     HF_HUB_OFFLINE=1 python benchmarks/step_time.py --repeats 20 --json step_time.json
     python benchmarks/step_time.py --variants lora,dora --repeats 5 --device cpu
     python benchmarks/step_time.py --threads 1 --variants lora,sora,increlora --no-memory
+    python benchmarks/step_time.py --precision bf16 --random roberta-base --device cuda
+
+Precision (``--precision bf16|fp16``, default fp32): every configuration's forward pass (ours,
+PEFT's and the floor's) runs under ``torch.autocast`` to that type, with the parameters and
+AdamW's state in float32, as ``lorabench run --precision`` trains; the backward and the
+optimiser run outside it. ``--random roberta-base`` times a randomly initialised model of
+RoBERTa-base's size (12 layers, hidden 768; nothing is downloaded) instead of the packaged
+MiniLM: the size at which a GPU's step time means something (``benchmarks/gpu_check.sh``).
 
 Targets (from the issue): every variant at most PEFT's time (ratio <= 1.00) and memory; LoRA and
 DyLoRA within 1.05x of the floor; DoRA within 1.15x.
@@ -122,6 +130,19 @@ class Options:
     seq_len: int
     total_steps: int
     learning_rate: float = 1e-4
+    precision: str = "fp32"  # fp32, or bf16/fp16: the forward under torch.autocast
+    random_model: str | None = None  # "roberta-base": a random model of that size
+
+
+PRECISION_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+RANDOM_MODELS = ("roberta-base",)
+
+
+def autocast(opts: Options) -> Any:
+    """The forward pass's autocast context for ``opts.precision`` (off for fp32)."""
+    dtype = PRECISION_DTYPES.get(opts.precision)
+    kind = torch.device(opts.device).type
+    return torch.autocast(kind, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
 # -- building ------------------------------------------------------------------------------------
@@ -136,6 +157,12 @@ def load_base_model(opts: Options) -> nn.Module:
 
     hf_logging.set_verbosity_error()  # the "newly initialised head" warning is expected
     torch.manual_seed(0)
+    if opts.random_model == "roberta-base":
+        from transformers import RobertaConfig, RobertaForSequenceClassification
+
+        # RobertaConfig's defaults are roberta-base's shape: 12 layers, hidden 768, 12 heads.
+        model = RobertaForSequenceClassification(RobertaConfig(num_labels=2))
+        return model.to(opts.device).train()
     model = AutoModelForSequenceClassification.from_pretrained(
         resolve_model(opts.model), num_labels=2
     )
@@ -205,7 +232,9 @@ def build_step(setup: Setup, opts: Options) -> Callable[[int], None]:
         )
 
         def floor_step(_: int) -> None:
-            model(**batch).loss.backward()
+            with autocast(opts):
+                loss = model(**batch).loss
+            loss.backward()
 
         return floor_step
 
@@ -221,7 +250,8 @@ def build_step(setup: Setup, opts: Options) -> Callable[[int], None]:
         def our_step(i: int) -> None:
             # As lorabench's trainer drives the hooks (no clipping or scheduler: lr is constant).
             adapter.before_step(i)
-            loss = model(**batch).loss
+            with autocast(opts):
+                loss = model(**batch).loss
             reg = adapter.regularization_loss()
             (loss if reg is None else loss + reg).backward()
             optimizer.step()
@@ -244,7 +274,8 @@ def build_step(setup: Setup, opts: Options) -> Callable[[int], None]:
     is_adalora = setup.variant == "adalora"
 
     def peft_step(i: int) -> None:
-        loss = peft_model(**batch).loss  # AdaLoRA adds its orthogonality term to this loss
+        with autocast(opts):  # AdaLoRA adds its orthogonality term to this loss
+            loss = peft_model(**batch).loss
         loss.backward()
         optimizer.step()
         if is_adalora:  # PEFT's rank allocator, called by hand after the optimiser step
@@ -405,7 +436,11 @@ def measure_memory(setups: list[Setup], opts: Options, warmup: int) -> dict[str,
             str(opts.total_steps),
             "--threads",
             str(torch.get_num_threads()),
-        ] + (["--model", opts.model] if opts.model else [])
+            "--precision",
+            opts.precision,
+        ]
+        cmd += ["--model", opts.model] if opts.model else []
+        cmd += ["--random", opts.random_model] if opts.random_model else []
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise RuntimeError(f"memory probe for {s.label} failed:\n{proc.stderr[-3000:]}")
@@ -530,6 +565,7 @@ def environment(opts: Options, repeats: int, warmup: int) -> dict[str, Any]:
         git = None
     return {
         "device": opts.device,
+        "precision": opts.precision,
         "device_name": torch.cuda.get_device_name()
         if opts.device.startswith("cuda")
         else platform.processor() or platform.machine(),
@@ -540,7 +576,11 @@ def environment(opts: Options, repeats: int, warmup: int) -> dict[str, Any]:
         "peft": peft_version,
         "python": platform.python_version(),
         "git": git,
-        "model": opts.model or "all-MiniLM-L6-v2 (packaged)",
+        "model": (
+            f"random {opts.random_model}"
+            if opts.random_model
+            else opts.model or "all-MiniLM-L6-v2 (packaged)"
+        ),
         "batch_size": opts.batch_size,
         "seq_len": opts.seq_len,
         "repeats": repeats,
@@ -570,6 +610,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", metavar="OUT", help="write raw times, memory and environment here")
     p.add_argument(
         "--model", default=None, help="model path or hub name (default: packaged all-MiniLM-L6-v2)"
+    )
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "fp16"),
+        default="fp32",
+        help="forward pass under torch.autocast to this type (parameters stay float32)",
+    )
+    p.add_argument(
+        "--random",
+        choices=RANDOM_MODELS,
+        default=None,
+        help="a randomly initialised model of this size instead of --model (no download)",
     )
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seq-len", type=int, default=64)
@@ -601,7 +653,15 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     # AdaLoRA's budget schedule needs the step count; every configuration sees the same one.
     total_steps = args.total_steps or (args.warmup + args.repeats + MEMORY_STEPS + 10)
-    opts = Options(args.model, args.device, args.batch_size, args.seq_len, total_steps)
+    opts = Options(
+        args.model,
+        args.device,
+        args.batch_size,
+        args.seq_len,
+        total_steps,
+        precision=args.precision,
+        random_model=args.random,
+    )
 
     if args.memory_probe:
         kind, _, variant = args.memory_probe.partition(":")

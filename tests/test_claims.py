@@ -220,6 +220,11 @@ def test_vera_within_one_point_with_few_parameters_holds(tmp_path):
     assert row.param_ratio == pytest.approx(8000 / VERA_PARAMS)
 
 
+def test_vera_well_above_lora_still_holds_the_claim_is_one_sided(tmp_path):
+    records = lora(8) + series(VERA, 256, +0.05, params=VERA_PARAMS)  # five points above
+    assert check(tmp_path, records, "vera-vs-lora").status == HOLDS
+
+
 def test_vera_two_points_below_does_not_hold(tmp_path):
     records = lora(8) + series(VERA, 256, -0.02, params=VERA_PARAMS)
     assert check(tmp_path, records, "vera-vs-lora").status == FAILS

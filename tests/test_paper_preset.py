@@ -380,3 +380,28 @@ def test_a_plugin_number_is_compared_and_duplicates_are_refused(tmp_path):
         unregister_published_result(mine)
     with pytest.raises(ValueError, match="value=nan must be a finite number"):
         PublishedResult("lora", "roberta-base", "rte", "accuracy", float("nan"), "x")
+
+
+# -- command-line flags over per-task settings ----------------------------------------------------
+def _cli_runs(argv: list[str]) -> dict[str, RunConfig]:
+    from lorabench.cli.main import build_parser
+    from lorabench.cli.run_cmd import build_suite
+
+    suite = build_suite(build_parser().parse_args(["run", "--preset", PRESET, *argv]))
+    return {task: suite.run_config(suite.variants[0], task, 0) for task in suite.tasks}
+
+
+def test_tasks_flag_keeps_the_presets_per_task_settings():
+    runs = _cli_runs(["--tasks", "rte"])
+    assert list(runs) == ["rte"]
+    cfg = runs["rte"]
+    assert (cfg.train.learning_rate, cfg.train.batch_size, cfg.budget.limit) == (5e-4, 32, 6240)
+
+
+def test_budget_and_train_flags_win_over_each_tasks_own_settings():
+    runs = _cli_runs(["--budget", "steps=100", "--batch-size", "8", "--lr", "1e-5"])
+    assert len(runs) == 8
+    for cfg in runs.values():
+        assert (cfg.budget.limit, cfg.train.batch_size, cfg.train.learning_rate) == (100, 8, 1e-5)
+    # What no flag names stays per task.
+    assert runs["rte"].train.eval_every != runs["sst2"].train.eval_every

@@ -97,13 +97,19 @@ def test_adalora_gets_the_scripts_regulariser_weight_and_schedule_fractions() ->
     assert (adapter.variant.tinit_steps, adapter.variant.tfinal_steps) == (4, 18)
 
 
-def test_dylora_alpha_follows_the_rank_as_the_authors_scale_of_two() -> None:
-    assert run_of(suite_of("dylora")).variant_config == {"alpha": 16}  # r 8 (the default)
-    assert run_of(suite_of({"dylora": {"r": 4}})).variant_config == {"alpha": 8, "r": 4}
-    assert run_of(suite_of({"dylora": {"r": 3}}), 0).variant_config_object().alpha == 6
-    assert (
-        make_config(VARIANTS.get("dylora"), run_of(suite_of("dylora")).variant_config).alpha == 16
-    )
+def test_dylora_keeps_loras_alpha_so_the_rank_b_comparison_is_like_for_like() -> None:
+    # The authors' scripts use LoRA's own alpha: the recipe is declared, and the identity.
+    assert VARIANTS.get("dylora").recipe.is_identity
+    assert run_of(suite_of("dylora")).variant_config == {}
+
+
+def test_a_proportional_recipe_value_resolves_against_the_runs_own_config() -> None:
+    from lorabench.variants.dylora import DyLoRAConfig
+
+    recipe = Recipe(config={"alpha": Proportional("r", 2.0)})
+    assert recipe.config_overrides(DyLoRAConfig, {}) == {"alpha": 16.0}  # r 8, the default
+    assert recipe.config_overrides(DyLoRAConfig, {"r": 3}) == {"alpha": 6.0}
+    assert recipe.config_overrides(DyLoRAConfig, {"r": 3, "alpha": 1.0}) == {}  # explicit wins
 
 
 def test_explicit_settings_win_over_the_recipe() -> None:
@@ -347,3 +353,26 @@ def test_no_warning_after_on_train_begin_in_eval_mode_or_while_probing() -> None
 def test_variants_without_step_hooks_never_warn(variant) -> None:
     model = build_model("bert")
     assert _plain_loop(model, attach(model, variant, r=4)) == []
+
+
+# -- search trials resolve the recipe as suite runs do ---------------------------------------------
+def test_search_trials_apply_the_paper_recipe_under_sampled_values():
+    from lorabench.harness.config import Budget
+    from lorabench.search.study import SearchConfig, _run_config
+
+    def trial(variant: str, params: dict, recipes: str = "paper"):
+        cfg = SearchConfig(variant=variant, task="rte", budget=Budget.parse("steps=100"))
+        cfg.recipes = recipes
+        cfg.validate()
+        return _run_config(cfg, params)
+
+    vera = trial("vera", {"r": 64})
+    assert vera.train.learning_rate == pytest.approx(10 * TrainConfig().learning_rate)
+    # A sampled learning rate is the trial's: never scaled.
+    assert trial("vera", {"train.learning_rate": 3e-3}).train.learning_rate == 3e-3
+    adalora = trial("adalora", {"r": 8, "target_r": 4})
+    assert adalora.variant_config["orth_reg_weight"] == 0.1
+    assert trial("adalora", {"orth_reg_weight": 0.3}).variant_config["orth_reg_weight"] == 0.3
+    assert trial("vera", {}, "none").train.learning_rate == TrainConfig().learning_rate
+    with pytest.raises(Exception, match="recipes="):
+        trial("vera", {}, "sometimes")

@@ -345,3 +345,13 @@ def test_regress_takes_the_log_flag_over_the_baseline_suite(tmp_path, capsys, cl
     assert SuiteConfig.from_dict(suite.to_dict()).log == ("tensorboard",)
     plain = SuiteConfig.from_dict({"variants": ["lora"], "tasks": ["rte"]})
     assert "log" not in plain.to_dict() and plain.log_kinds == ("csv",)
+
+
+def test_dylora_logs_the_rank_drawn_for_each_step(tiny_model_dir, toy_task, tmp_path, cli_main):
+    argv = run_argv(tiny_model_dir, toy_task, tmp_path, "dylora", "--variant-config", "dylora.r=4")
+    assert cli_main(argv) == 0
+    (record,) = ResultStore(tmp_path / "results.db").records(status=None)
+    _, rows = read_csv(tmp_path / "logs" / f"{record.run_id}.csv")
+    drawn = [float(r["rank/mean"]) for r in rows]
+    # The live rank is the one each step trained at (1..4), not the evaluation rank r_max.
+    assert all(1 <= b <= 4 for b in drawn) and len(set(drawn)) > 1

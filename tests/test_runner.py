@@ -15,7 +15,7 @@ from lorabench.harness.runner import format_summary, run_suite, summary_table
 from lorabench.harness.suite import SuiteConfig, VariantEntry
 from lorabench.results.store import ResultStore
 from lorabench.variants import VARIANTS
-from lorabench.variants.adapter import WEIGHTS_FILE
+from lorabench.variants.adapter import HEAD_FILE, WEIGHTS_FILE
 from lorabench.variants.lora import LoRA
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -83,8 +83,9 @@ def test_resume_skips_finished_runs_and_never_duplicates(
     assert len(store.records(status=None)) == 4
     assert (tmp_path / "adapters" / records[0].run_id / WEIGHTS_FILE).is_file()
     text = out.getvalue()
-    # DyLoRA's paper recipe (alpha = 2 * r) is part of what its runs record and are labelled by.
-    assert "lora(r=2)" in text and "dylora(alpha=4,r=2)" in text and "±" in text
+    assert "lora(r=2)" in text and "dylora(r=2)" in text and "±" in text
+    # The head goes with the adapter, trained or not: the pair is what the run computed.
+    assert (tmp_path / "adapters" / records[0].run_id / HEAD_FILE).is_file()
 
     calls = []
     monkeypatch.setattr(

@@ -333,9 +333,15 @@ def test_task_head_state_is_loaded_and_frozen(tiny_model_dir, cache, tmp_path):
     assert record.status == "finished", record.error
     assert record.trainable_params == record.adapter_params
     assert record.true_ranks == {"x": 2}
-    assert not (
-        tmp_path / record.run_id / "head.safetensors"
-    ).exists()  # a frozen head is not saved
+    # The frozen head still goes with the adapter (a fresh base model would draw another one),
+    # unchanged: the task's head state, bit for bit.
+    from safetensors.torch import load_file
+
+    from lorabench.variants.adapter import HEAD_FILE
+
+    saved = load_file(str(tmp_path / record.run_id / HEAD_FILE))
+    assert set(saved) == set(head)
+    assert all(torch.equal(saved[name], head[name]) for name in head)
 
 
 def test_several_eval_splits_prefix_metrics_and_score_the_first(tiny_model_dir, cache):

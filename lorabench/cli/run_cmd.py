@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from lorabench.cli.common import (
     LIST_FORMS,
@@ -40,6 +41,8 @@ presets:
 {presets}
 threads: on a machine shared with other jobs, --threads 1 is often several times faster than
 torch's default of one thread per core (its threads spin while waiting for each other).
+workers: --workers N trains N runs at once in separate processes, sharing --threads; several
+commands on one results database never train a run twice (each claims its runs there).
 
 stopping: Ctrl-C or SIGTERM stops after saying how many runs are finished; every finished run
 is stored as it ends, so re-running the same command resumes with the others.
@@ -64,7 +67,8 @@ DESCRIPTION = _DESCRIPTION.replace("{presets}", _preset_lines())
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the flags of ``lorabench run`` to ``parser``, in three groups (what to run, the
     training recipe, output); the help shows the defaults of :class:`TrainConfig`."""
-    from lorabench.harness.config import DEFAULT_BUDGET, TrainConfig
+    from lorabench.harness.config import DEFAULT_BUDGET, PRECISIONS, TrainConfig
+    from lorabench.harness.prepared import DEVICE_CHOICES
     from lorabench.harness.suite import RECIPE_CHOICES, list_presets
 
     source = parser.add_argument_group("what to run")
@@ -173,6 +177,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-train-examples", type=int, metavar="N", help="use the first N training examples"
     )
     train.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="fp32 (the default), or bf16/fp16: the forward pass under autocast while the "
+        "adapter, head and optimiser state stay float32 (fp16 with a gradient scaler); part of "
+        "each run's identity",
+    )
+    train.add_argument(
+        "--grad-accum",
+        type=int,
+        metavar="N",
+        help="N micro-batches of --batch-size per optimiser step (default 1); budgets count "
+        "optimiser steps and every micro-batch's tokens",
+    )
+    train.add_argument(
         "--max-eval-examples",
         type=int,
         metavar="N",
@@ -215,6 +233,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--quiet", action="store_true", help="no progress bars; print only the summary table"
     )
     add_threads_argument(output)
+    output.add_argument(
+        "--device",
+        metavar="DEVICE",
+        help=f"where the runs compute: {DEVICE_CHOICES} (default: CUDA when present, else the "
+        "CPU); not part of a run's identity; an unavailable one is refused before any work",
+    )
+    output.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help=(
+            "train N runs at once, each in its own process (default 1): the --threads (default: "
+            "all cores) are divided between them, or on CUDA one worker per GPU (round-robin: "
+            "several per GPU when N is larger). On a CPU, --workers 2 --threads 1 often beats "
+            "--workers 1 --threads 2"
+        ),
+    )
 
 
 _TRAIN_FLAGS = {
@@ -225,6 +260,8 @@ _TRAIN_FLAGS = {
     "eval_every": "eval_every",
     "max_train_examples": "max_train_examples",
     "max_eval_examples": "max_eval_examples",
+    "precision": "precision",
+    "grad_accum": "grad_accum",
 }
 
 
@@ -263,14 +300,21 @@ def build_suite(args: argparse.Namespace):
         "log": args.log,
         # getattr: a Namespace built by hand (tests, scripts) may not have it.
         "recipes": getattr(args, "recipes", None),
+        "device": getattr(args, "device", None),
     }
     data = {**base, **{k: v for k, v in flags.items() if v is not None}}
     train = dict(data.get("train") or {})
     for flag, key in _TRAIN_FLAGS.items():
-        value = getattr(args, flag)
+        # getattr: a Namespace built by hand (tests, scripts) may lack the newer flags.
+        value = getattr(args, flag, None)
         if value is not None:
             train[key] = value
     data["train"] = train
+    if base:
+        given_train = {key for flag, key in _TRAIN_FLAGS.items() if getattr(args, flag, None)}
+        data["tasks"] = _tasks_with_flags(
+            base.get("tasks") or [], data["tasks"], budget=args.budget, train_keys=given_train
+        )
     where = f"--preset {args.preset}" if args.preset else (args.config or "command line")
     suite = SuiteConfig.from_dict(data, where=where)
     if args.variant_config:
@@ -280,6 +324,56 @@ def build_suite(args: argparse.Namespace):
         apply_train_overrides(suite.variants, args.train)
         suite.validate(where="--train")
     return suite
+
+
+def _tasks_with_flags(
+    base_tasks: list, tasks: Any, *, budget: str | None, train_keys: set[str]
+) -> list:
+    """The suite's task entries after the command line: ``--tasks`` picks tasks keeping the
+    settings the preset or file gave them, and ``--budget`` or a training flag (``--lr``...)
+    wins over a task's own value as it does over the suite's (flags are explicit)."""
+    own = {
+        name: dict(settings or {})
+        for entry in base_tasks
+        if isinstance(entry, dict)
+        for name, settings in entry.items()
+    }
+    entries = tasks.split(",") if isinstance(tasks, str) else list(tasks)
+    names = [next(iter(e)) if isinstance(e, dict) and len(e) == 1 else e for e in entries]
+    out: list = []
+    for name in names:
+        settings = dict(own.get(name) or {}) if isinstance(name, str) else None
+        if not settings:
+            out.append(name)
+            continue
+        if budget is not None:
+            settings.pop("budget", None)
+        task_train = {k: v for k, v in (settings.get("train") or {}).items() if k not in train_keys}
+        settings = {**settings, "train": task_train} if task_train else settings
+        if not task_train:
+            settings.pop("train", None)
+        out.append({name: settings} if settings else name)
+    return out
+
+
+def device_error(suite) -> str | None:
+    """Why ``suite`` cannot run on this machine (an unavailable ``device``, or a precision that
+    device cannot compute in), naming what is available; None when it can."""
+    from lorabench.harness.config import BenchmarkConfigError
+    from lorabench.harness.prepared import check_precision, resolve_device
+
+    try:
+        device = resolve_device(suite.device)
+        precisions = {suite.train.precision}
+        for task in suite.tasks:
+            base = suite.task_train(task)
+            precisions.add(base.precision)
+            precisions.update(e.train_config(base).precision for e in suite.variants)
+        for precision in sorted(precisions):
+            check_precision(precision, device)
+    except BenchmarkConfigError as exc:
+        return str(exc)
+    return None
 
 
 def seeds_text(seeds: list[str] | str | None) -> str | None:
@@ -319,6 +413,12 @@ def run(args: argparse.Namespace) -> int:
     if threads_error(args.threads):
         print(f"lorabench run: {threads_error(args.threads)}", file=sys.stderr)
         return 2
+    from lorabench.harness.workers import workers_error
+
+    workers = getattr(args, "workers", None)  # a Namespace built by hand may not have it
+    if workers_error(workers):
+        print(f"lorabench run: {workers_error(workers)}", file=sys.stderr)
+        return 2
     # OUT holds the default results database and the adapters; a file there would otherwise
     # end in a FileExistsError traceback when the store or the first adapter is written.
     if suite.results is None or not args.no_adapters:
@@ -332,6 +432,10 @@ def run(args: argparse.Namespace) -> int:
             suite.check_inputs()
         except SuiteConfigError as exc:
             print(f"lorabench run: {exc}", file=sys.stderr)
+            return 2
+        problem = device_error(suite)
+        if problem:
+            print(f"lorabench run: {problem}", file=sys.stderr)
             return 2
 
     from lorabench.harness.runner import (
@@ -385,6 +489,8 @@ def run(args: argparse.Namespace) -> int:
             stream=sys.stdout,
             cache=cache,
             configs=configs,
+            workers=workers or 1,
+            threads=args.threads,
         )
     except SuiteInputError as exc:
         print(f"lorabench run: {exc}", file=sys.stderr)

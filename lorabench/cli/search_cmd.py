@@ -64,6 +64,7 @@ _YAML_KEYS = {
     "sampler",
     "pruner",
     "multi_objective",
+    "recipes",
     "seed",
     "confirm_seeds",
     "storage",
@@ -107,6 +108,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sampler", choices=["tpe", "random", "grid"], help="default tpe (seeded)")
     parser.add_argument(
         "--pruner", choices=["hyperband", "sha", "median", "none"], help="default hyperband"
+    )
+    parser.add_argument(
+        "--recipes",
+        choices=["paper", "none"],
+        help=(
+            "paper (default): each trial applies its variant's paper recipe (VeRA's 10x learning "
+            "rate, ...) under the values fixed or sampled; none: the settings as written"
+        ),
     )
     parser.add_argument(
         "--multi-objective",
@@ -249,6 +258,7 @@ def _settings(args: argparse.Namespace, *, need_budget: bool = True) -> dict[str
         "sampler",
         "pruner",
         "multi_objective",
+        "recipes",
         "seed",
         "confirm_seeds",
         "results",
@@ -310,6 +320,7 @@ def _search_configs(settings: dict[str, Any]) -> list:
             "sampler",
             "pruner",
             "multi_objective",
+            "recipes",
             "seed",
             "confirm_seeds",
             "study",

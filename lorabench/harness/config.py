@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from lorabench.results.labels import LATER_TRAIN_DEFAULTS
 from lorabench.results.records import config_hash
 
 if TYPE_CHECKING:
@@ -28,6 +29,11 @@ BUDGET_KINDS: tuple[str, ...] = ("steps", "tokens", "seconds", "flops")
 # it); a budget that implies more is a typo (tokens=1e20), refused before anything loops.
 MAX_PLANNED_STEPS = 10_000_000
 _BUDGET_EXAMPLES = {"steps": "500", "tokens": "1e6", "seconds": "600", "flops": "2e15"}
+
+
+# Numeric precisions of a run's forward pass (``train.precision``): float32, or autocast to
+# bfloat16 / float16 with the adapter, head and optimiser state kept in float32.
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
 
 
 class BenchmarkConfigError(ValueError):
@@ -163,10 +169,16 @@ class TrainConfig:
     train_head: bool = (
         True  # the classification head trains alongside the adapter (as PEFT's modules_to_save)
     )
+    # "fp32", or "bf16"/"fp16": the forward pass runs under torch.autocast while the adapter,
+    # the head and AdamW's state stay float32 (fp16 adds a gradient scaler). Part of identity.
+    precision: str = "fp32"
+    # Micro-batches of batch_size per optimiser step (budgets count optimiser steps and every
+    # micro-batch's tokens). Part of identity: the effective batch is batch_size x grad_accum.
+    grad_accum: int = 1
 
     def validate(self) -> None:
         """Checks every setting; the error names the setting, its value and what it must be."""
-        for name in ("batch_size", "eval_batch_size", "max_length"):
+        for name in ("batch_size", "eval_batch_size", "max_length", "grad_accum"):
             value = getattr(self, name)
             if not _is_int(value) or value < 1:
                 raise BenchmarkConfigError(f"train.{name}={value!r} must be a positive integer")
@@ -199,6 +211,11 @@ class TrainConfig:
             raise BenchmarkConfigError(
                 f"train.max_grad_norm={self.max_grad_norm!r} must be a number > 0, e.g. 1.0"
             )
+        if self.precision not in PRECISIONS:
+            raise BenchmarkConfigError(
+                f"train.precision={self.precision!r} is unknown; use one of "
+                f"{', '.join(PRECISIONS)} (e.g. precision: bf16)"
+            )
         if not isinstance(self.train_head, bool):
             raise BenchmarkConfigError(
                 f"train.train_head={self.train_head!r} must be true or false"
@@ -221,6 +238,16 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """Every setting as plain data, defaults included."""
         return dataclasses.asdict(self)
+
+    def identity_dict(self) -> dict[str, Any]:
+        """The settings as a run's identity hashes them: :meth:`to_dict` without the settings
+        added later (``precision``, ``grad_accum``) while they hold the value every earlier run
+        had, so that the id of every run stored before them is unchanged."""
+        return {
+            k: v
+            for k, v in self.to_dict().items()
+            if not (k in LATER_TRAIN_DEFAULTS and v == LATER_TRAIN_DEFAULTS[k])
+        }
 
 
 @dataclass
@@ -312,7 +339,7 @@ class RunConfig:
                 "model": model_name(self.model),
                 "model_fingerprint": self.model_fingerprint,
                 "budget": self.budget.to_dict(),
-                "train": self.train.to_dict(),
+                "train": self.train.identity_dict(),
                 "seed": self.seed,
             }
         )

@@ -2,7 +2,8 @@
 
 What is counted (``RunRecord.spent``):
 
-* ``steps``: optimiser steps taken.
+* ``steps``: optimiser steps taken (with ``train.grad_accum`` = N, each of N micro-batches; a
+  fp16 step the gradient scaler skipped counts too, and in ``skipped_steps``).
 * ``tokens``: non-padding training tokens seen; ``padded_tokens``: tokens including padding
   (what the model actually computes on).
 * ``train_seconds``: wall-clock seconds of training steps (forward, backward, optimiser, hooks),
@@ -73,6 +74,8 @@ class Spend:
     flops_per_padded_token: float = 0.0
     planned_steps: int = 0
     stop_reason: str = ""
+    # fp16 steps whose update the gradient scaler skipped (overflow); counted in ``steps`` too.
+    skipped_steps: int = 0
 
     def add_step(self, tokens: int, padded_tokens: int, seconds: float) -> None:
         """Counts one optimiser step: its non-padding and padded tokens, its wall-clock seconds,
@@ -197,6 +200,7 @@ def plan_steps(
     flops_per_padded_token: float,
     seconds_per_step: float | None = None,
     seconds_already_spent: float = 0.0,
+    grad_accum: int = 1,
 ) -> int:
     """The number of optimiser steps ``budget`` allows, known before training starts.
 
@@ -212,18 +216,28 @@ def plan_steps(
     ``tokens=1e20``); the message names the budget and the valid range. Planning costs one pass
     over an epoch's batch lengths per epoch planned, never one Python iteration per step for a
     tokens budget.
+
+    ``grad_accum``: micro-batches (``plan``'s batches) per optimiser step; optimiser step ``s``
+    trains on micro-batches ``s*N .. s*N+N-1`` and costs their sum. Since every cost is
+    positive, the most whole optimiser steps within a tokens or FLOPs budget are exactly the
+    micro-batches within it, divided by N and rounded down. ``seconds_per_step`` is then the
+    time of a whole optimiser step.
     """
     if budget.kind == "steps":
         return max(1, int(budget.limit))  # Budget refuses fractions and more than the maximum
-    if budget.kind == "tokens":
-        return _steps_within(budget, plan, per_padded_token=None)
-    if budget.kind == "flops":
-        if flops_per_padded_token <= 0:
-            raise RuntimeError(
-                "the FLOP counter saw no FLOPs in the sample step, so a flops budget cannot be "
-                "converted to steps; use a steps, tokens or seconds budget for this model"
-            )
-        return _steps_within(budget, plan, per_padded_token=flops_per_padded_token)
+    if budget.kind in ("tokens", "flops"):
+        per_token: float | None = None
+        if budget.kind == "flops":
+            if flops_per_padded_token <= 0:
+                raise RuntimeError(
+                    "the FLOP counter saw no FLOPs in the sample step, so a flops budget cannot "
+                    "be converted to steps; use a steps, tokens or seconds budget for this model"
+                )
+            per_token = flops_per_padded_token
+        micro = _steps_within(budget, plan, per_padded_token=per_token)
+        if grad_accum > 1 and micro < grad_accum:
+            _refuse_below_one_step(budget, plan, per_token, grad_accum)
+        return micro // grad_accum if grad_accum > 1 else micro
     if budget.kind == "seconds":
         if not seconds_per_step or seconds_per_step <= 0:
             raise RuntimeError("a seconds budget needs the measured seconds per step")
@@ -235,6 +249,27 @@ def plan_steps(
             )
         return max(1, math.floor(implied))
     raise ValueError(f"unknown budget kind {budget.kind!r}")
+
+
+def _refuse_below_one_step(
+    budget: Budget, plan: BatchPlan, per_padded_token: float | None, grad_accum: int
+) -> None:
+    """Raises :class:`BudgetBelowOneBatch` for a budget that covers fewer than the
+    ``grad_accum`` micro-batches of the first optimiser step."""
+    costs, epoch = _epoch_costs(plan, 0, per_padded_token), 1
+    while len(costs) < grad_accum:  # an epoch shorter than one optimiser step
+        costs = np.concatenate([costs, _epoch_costs(plan, epoch, per_padded_token)])
+        epoch += 1
+    first = float(costs[:grad_accum].sum())
+    smallest = int(first) if per_padded_token is None else _round_up(first)
+    least = str(smallest) if per_padded_token is None else f"{smallest:g}"
+    unit = "tokens" if per_padded_token is None else "FLOPs"
+    raise BudgetBelowOneBatch(
+        f"budget {_shown(budget)} is smaller than one optimiser step (the first step of seed "
+        f"{plan.seed} costs {first:,.4g} {unit}: {grad_accum} micro-batches of "
+        f"{plan.batch_size}); use at least {budget.kind}={least}, or a smaller grad_accum",
+        smallest,
+    )
 
 
 def _epoch_costs(plan: BatchPlan, epoch: int, per_padded_token: float | None) -> np.ndarray:
@@ -345,7 +380,12 @@ def _round_down(value: float) -> float:
 
 
 class Stopwatch:
-    """``with watch: ...`` adds the elapsed wall time to ``watch.seconds`` (CUDA-synchronised)."""
+    """``with watch: ...`` adds the elapsed wall time to ``watch.seconds``.
+
+    On CUDA (and MPS) the device is synchronised before the clock is read at either end: kernels
+    run asynchronously, so an unsynchronised clock would time their launch, not their work, and
+    a ``seconds`` budget would be spent on the host's view of the device rather than the device's.
+    """
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
@@ -366,3 +406,5 @@ class Stopwatch:
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+        elif self.device.type == "mps":
+            torch.mps.synchronize()

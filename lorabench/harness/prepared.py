@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +24,7 @@ import torch
 from torch import nn
 
 from lorabench.harness.batches import TokenizedSplit, tokenize_split
-from lorabench.harness.config import RunConfig
+from lorabench.harness.config import BenchmarkConfigError, RunConfig
 from lorabench.models import head_parameter_names, reset_head
 from lorabench.tasks.data import LoadRequest, TaskData
 from lorabench.tasks.spec import TaskSpec
@@ -34,12 +35,106 @@ from lorabench.variants.base import ConfigError, VariantConfig
 SEED_INDEPENDENT_SOURCES = frozenset({"glue", "custom"})
 
 
+# The device names ``--device`` and a suite's ``device:`` accept (cuda:N picks one GPU).
+DEVICE_CHOICES = "cpu, cuda, cuda:N or mps"
+
+
+class DeviceUnavailable(BenchmarkConfigError):
+    """The device asked for cannot be used here; the message lists the ones that can."""
+
+
+def available_devices() -> list[str]:
+    """The devices this process can compute on: ``cpu``, each ``cuda:N``, and ``mps``."""
+    names = ["cpu"]
+    if torch.cuda.is_available():
+        names += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        names.append("mps")
+    return names
+
+
+def check_device_name(name: str) -> str:
+    """``name`` when it is a device name lorabench accepts (``cpu``, ``cuda``, ``cuda:N``,
+    ``mps``), whether or not this machine has it; raises :class:`BenchmarkConfigError`
+    otherwise."""
+    kind, _, index = str(name).partition(":")
+    plain = kind in ("cpu", "mps") and not index
+    gpu = kind == "cuda" and (not index or index.isdigit())
+    if plain or gpu:
+        return str(name)
+    raise BenchmarkConfigError(f"device {name!r} is not a device name; use {DEVICE_CHOICES}")
+
+
+def resolve_device(name: str | torch.device | None = None) -> torch.device:
+    """The device a run computes on: ``name`` (``cpu``, ``cuda``, ``cuda:N``, ``mps``) checked
+    against this machine, else (None) ``LORABENCH_DEVICE`` if set, else CUDA when available,
+    else CPU.
+
+    Raises :class:`DeviceUnavailable`, naming the devices that are available, for one this
+    machine lacks (no CUDA build or GPU, a GPU index past the last, no MPS), so that a suite
+    stops before any work rather than at its first run.
+    """
+    if name is None:
+        # Kept for scripts that set it; --device and a suite's device: are the documented way.
+        name = os.environ.get("LORABENCH_DEVICE") or None
+        if name is None:
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(check_device_name(str(name)))
+    available = available_devices()
+    if device.type == "cuda":
+        usable = torch.cuda.is_available() and (
+            device.index is None or device.index < torch.cuda.device_count()
+        )
+    else:
+        usable = device.type in available
+    if not usable:
+        raise DeviceUnavailable(
+            f"device {str(device)!r} is not available on this machine; available: "
+            f"{', '.join(available)} (use --device {available[-1]}, or leave --device out "
+            "for CUDA when present, else the CPU)"
+        )
+    return device
+
+
 def default_device() -> torch.device:
-    """``LORABENCH_DEVICE`` if set, else CUDA when available, else CPU."""
-    wanted = os.environ.get("LORABENCH_DEVICE")
-    if wanted:
-        return torch.device(wanted)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """``LORABENCH_DEVICE`` if set, else CUDA when available, else CPU (see
+    :func:`resolve_device`)."""
+    return resolve_device(None)
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """Raises :class:`BenchmarkConfigError` when ``device`` cannot run ``precision`` (autocast
+    to that dtype unsupported there, or fp16's gradient scaler missing), before any work."""
+    if precision == "fp32":
+        return
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    problem = None
+    try:
+        is_available = getattr(torch.amp, "is_autocast_available", None)
+        if is_available is not None and not is_available(device.type):
+            problem = "torch has no autocast for this device type"
+        else:
+            # An unsupported dtype is not an error in torch: autocast warns and turns itself
+            # off, which would silently train in float32 under a bf16/fp16 label.
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                with torch.autocast(device.type, dtype=dtype):
+                    pass
+            disabled = [w for w in caught if "autocast" in str(w.message).lower()]
+            if disabled:
+                problem = str(disabled[0].message).splitlines()[0]
+            if precision == "fp16":
+                torch.amp.GradScaler(device.type)
+    except (RuntimeError, AttributeError, TypeError) as exc:  # older torch: no CPU fp16 or scaler
+        problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if problem:
+        raise BenchmarkConfigError(
+            f"train.precision={precision!r} cannot run on device {str(device)!r} with torch "
+            f"{torch.__version__} ({problem}); use precision fp32"
+            + (" or bf16" if precision == "fp16" else "")
+            + ", or another device"
+        )
 
 
 @dataclass

@@ -14,6 +14,7 @@ each run gets a ``copy.deepcopy`` of the base model, faster than ``from_pretrain
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
 import functools
 import os
@@ -22,7 +23,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -32,7 +33,13 @@ from torch import nn
 from lorabench.harness.config import BenchmarkConfigError, RunConfig
 from lorabench.harness.logs import LogSettingError, LogSettings, progress_bars, require_log_backends
 from lorabench.harness.meter import PeakMemory
-from lorabench.harness.prepared import RunCache, default_device, prepare_run
+from lorabench.harness.prepared import (
+    RunCache,
+    check_precision,
+    default_device,
+    prepare_run,
+    resolve_device,
+)
 from lorabench.harness.trainer import OnEval, RunPruned, Trainer, error_text
 from lorabench.interrupts import Interrupted, is_default_handler, signal_name
 from lorabench.models import head_parameter_names, head_parameters
@@ -83,14 +90,19 @@ def _now() -> str:
 
 
 def _adapter_bytes(adapter: Any, model: nn.Module, head_trained: bool, out_dir: Path | None) -> int:
-    """Saves the adapter (and a trained head beside it) and returns the adapter file's size."""
+    """Saves the adapter and the task head beside it, and returns the adapter file's size.
+
+    The head goes with the adapter whether it trained or not (``head_trained``): an untrained
+    head (a planted task's, or one drawn from the run's seed) is still part of what the run
+    computed, and a fresh base model would draw another one on loading or export.
+    """
     from safetensors.torch import save_file
 
     from lorabench.variants.adapter import HEAD_FILE, WEIGHTS_FILE
 
     def save(target: Path) -> int:
         adapter.save(target)
-        if head_trained:
+        if head_trained or out_dir is not None:
             wanted = set(head_parameter_names(model))
             head = {
                 name: p.detach().cpu().contiguous()
@@ -128,7 +140,10 @@ def execute_run(
         cache: shared task data and models (a suite passes one; default: a fresh cache).
         adapter_root: keep the trained adapter in ``adapter_root/<run_id>/`` (default: saved to a
             temporary folder only to measure its size).
-        device: default ``LORABENCH_DEVICE``, else CUDA if available, else CPU.
+        device: where the run computes (``cpu``, ``cuda``, ``cuda:N``, ``mps``; see
+            :func:`~lorabench.harness.prepared.resolve_device`); default ``LORABENCH_DEVICE``,
+            else CUDA if available, else CPU. Recorded in ``config["device"]``, not part of the
+            run's identity: the same run computes the same maths on any device.
         log: the training logs to write (:class:`~lorabench.harness.logs.LogSettings`: a CSV
             ``OUT/logs/<run_id>.csv``, TensorBoard events); default none. Not part of the run's
             identity.
@@ -137,8 +152,13 @@ def execute_run(
     from lorabench.variants import VARIANTS
 
     cache = cache or RunCache()
-    device = torch.device(device) if device is not None else default_device()
     resolve_error: Exception | None = None
+    wanted = device
+    try:
+        device = resolve_device(device)
+    except BenchmarkConfigError as exc:  # a failed record naming the available devices
+        resolve_error = exc
+    device_text = str(device if device is not None else wanted)
     if not cfg.resolved:
         try:
             cfg = cache.resolve(cfg)
@@ -151,7 +171,7 @@ def execute_run(
         task=cfg.task,
         model=model_name(cfg.model),
         seed=cfg.seed,
-        config={**cfg.to_dict(), "device": str(device)},
+        config={**cfg.to_dict(), "device": device_text},
         tag=cfg.tag,
         budget=cfg.budget.to_dict(),
         data_fingerprint=cfg.data_fingerprint,
@@ -162,6 +182,8 @@ def execute_run(
     try:
         if resolve_error is not None:
             raise resolve_error
+        assert isinstance(device, torch.device)  # resolved above, else raised just now
+        check_precision(cfg.train.precision, device)
         prepared = prepare_run(cfg, cache, device=device)
         spec, variant_cfg, data = prepared.spec, prepared.variant_config, prepared.data
         record.variant_version = VARIANTS.get(cfg.variant).version
@@ -258,10 +280,14 @@ def resolve_suite(
             problem = f"{cfg.variant}/{cfg.task}/seed {cfg.seed}: {error_message(error_text(exc))}"
             if problem not in problems:
                 problems.append(problem)
+    try:  # an unavailable device: refused before any run trains, naming the available ones
+        device = resolve_device(suite.device)
+    except BenchmarkConfigError as exc:
+        raise SuiteInputError(str(exc)) from None
     if not problems:
         problems = shape_problems(
             resolved, batch_tokens=functools.partial(_largest_batch, cache=cache, skip=finished),
-            device=default_device(),
+            device=device,
         )  # fmt: skip
     if problems:
         if len(problems) == 1:
@@ -320,6 +346,7 @@ def check_budgets(configs: list[RunConfig], cache: RunCache) -> None:
                 cfg.budget,
                 BatchPlan(train, cfg.train.batch_size, seed=cfg.seed),
                 flops_per_padded_token=per_token,
+                grad_accum=cfg.train.grad_accum,
             )
         except BudgetBelowOneBatch as exc:
             too_small.append((cfg, exc))
@@ -450,6 +477,9 @@ def run_suite(
     stream: Any = None,
     cache: RunCache | None = None,
     configs: list[RunConfig] | None = None,
+    workers: int = 1,
+    threads: int | None = None,
+    worker_setup: Callable[[], None] | None = None,
 ) -> list[RunRecord]:
     """Runs every (variant, task, seed) of ``suite`` not already finished in ``store``.
 
@@ -468,12 +498,62 @@ def run_suite(
     arrives while a record is being stored waits until it is stored. A ``tokens`` budget is
     checked for every run before the first trains (:func:`check_budgets`).
 
+    ``workers`` > 1 trains that many runs at once, each in its own process
+    (:mod:`lorabench.harness.workers`), with ``threads`` CPU threads in total divided between
+    them (default: the machine's cores), or one worker per GPU; this process stores the records.
+    ``worker_setup``: a picklable top-level function each worker calls first, to register
+    plugins registered in code here (see :class:`~lorabench.harness.workers.WorkerPool`).
+
+    A store with claims (:class:`~lorabench.results.store.ResultStore`) is shared safely with
+    other drivers: each run is claimed before it trains (:mod:`lorabench.results.claims`), a run
+    another live driver claimed is skipped and counted in a line at the end.
+
     Returns the records of every run of the suite, the ones found finished in the store included,
     in suite order.
     """
+    from lorabench.harness.workers import workers_error
+
+    if workers_error(workers):
+        raise SuiteInputError(workers_error(workers))
     out = sys.stdout if stream is None and progress else stream
+    parallel = _Parallel(workers, threads, worker_setup) if workers > 1 else None
     with _StopSignals() as stop:
-        return _run_suite(suite, store, stop, progress, keep_adapters, out, cache, configs)
+        return _run_suite(
+            suite, store, stop, progress, keep_adapters, out, cache, configs, parallel
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Parallel:
+    """How a suite runs in worker processes (``run_suite``'s arguments)."""
+
+    workers: int
+    threads: int | None
+    setup: Callable[[], None] | None
+
+
+def _claim_keeper(store: RecordStore) -> Any:
+    """A :class:`~lorabench.results.claims.ClaimKeeper` on ``store``, or None for a store
+    without claims (a test double, the regression guard's wrapper)."""
+    from lorabench.results.claims import ClaimKeeper
+
+    if all(hasattr(store, name) for name in ("claim", "renew_claims", "release_claims")):
+        return ClaimKeeper(store)  # type: ignore[arg-type]
+    return None
+
+
+def _take(cfg: RunConfig, claims: Any, store: RecordStore) -> bool:
+    """Whether this driver trains ``cfg`` now: it claimed it, and no other driver finished it
+    since the suite started (a claim is dropped when its run is stored)."""
+    if claims is None:
+        return True
+    if not claims.claim(cfg.run_id):
+        return False
+    stored = store.get(cfg.run_id)
+    if stored is not None and stored.status == "finished":
+        claims.release(cfg.run_id)
+        return False
+    return True
 
 
 def _run_suite(
@@ -485,8 +565,11 @@ def _run_suite(
     out: Any,
     cache: RunCache | None,
     configs: list[RunConfig] | None,
+    parallel: _Parallel | None = None,
 ) -> list[RunRecord]:
     from tqdm import tqdm
+
+    from lorabench.results.claims import left_to_others
 
     cache = cache or RunCache()
     finished = store.finished_ids()
@@ -520,16 +603,39 @@ def _run_suite(
     bars = progress and progress_bars()
     lines = progress and not bars and out is not None
     bar = tqdm(total=len(todo), desc="runs", unit="run", disable=not bars, dynamic_ncols=True)
+    claims = _claim_keeper(store)
+    if claims is not None:
+        claims.start()  # renews this driver's claims while its runs train
     try:
-        for index, cfg in enumerate(todo, 1):
+        if parallel is not None:
+            _run_parallel(
+                todo,
+                parallel,
+                store,
+                stop,
+                claims,
+                new,
+                bar,
+                lines,
+                out,
+                adapter_root,
+                log,
+                getattr(suite, "device", None),
+            )
+        for index, cfg in enumerate(todo if parallel is None else [], 1):
+            if not _take(cfg, claims, store):
+                continue
             bar.set_postfix_str(f"{cfg.variant}/{cfg.task}/seed {cfg.seed}")
             started = time.perf_counter()
             record = execute_run(
-                cfg, progress=bars, cache=cache, adapter_root=adapter_root, log=log
-            )
+                cfg, progress=bars, cache=cache, adapter_root=adapter_root, log=log,
+                device=suite.device,
+            )  # fmt: skip
             with stop.deferred():  # a signal now waits until the record is stored whole
                 store.add(record)
                 new[cfg.run_id] = record
+            if claims is not None:
+                claims.release(cfg.run_id)
             bar.update(1)
             if lines:
                 line = run_line(record, index, len(todo), time.perf_counter() - started)
@@ -548,6 +654,8 @@ def _run_suite(
         raise SuiteInterrupted(message, signum=signum) from None
     finally:
         bar.close()
+        if claims is not None:
+            claims.stop()  # this driver's unfinished runs are free for the next one at once
     records: list[RunRecord] = []
     for cfg in configs:
         record = new.get(cfg.run_id) or store.get(cfg.run_id)
@@ -555,7 +663,160 @@ def _run_suite(
             records.append(record)
     if out is not None:
         print(format_summary(records), file=out)
+        others = left_to_others(claims.skipped) if claims is not None else None
+        if others:
+            print(others, file=out)
     return records
+
+
+# A worker process that dies mid-run (killed, out of memory) has its run retried once in a fresh
+# worker: a one-off kill should not cost a result, a run that kills its worker every time should
+# not stall the suite.
+WORKER_DEATH_RETRIES = 1
+
+
+def _run_parallel(
+    todo: list[RunConfig],
+    parallel: _Parallel,
+    store: RecordStore,
+    stop: _StopSignals,
+    claims: Any,
+    new: dict[str, RunRecord],
+    bar: Any,
+    lines: bool,
+    out: Any,
+    adapter_root: Path | None,
+    log: LogSettings,
+    suite_device: str | None = None,
+) -> None:
+    """Trains ``todo`` in worker processes, storing each record here as it comes back (into
+    ``new`` too); a run is claimed when it is handed to a worker, released when stored.
+    ``suite_device``: the suite's device (default ``LORABENCH_DEVICE``, else CUDA when present,
+    else CPU), spread over the workers by :func:`~lorabench.harness.workers.plan_workers`."""
+    from collections import deque
+
+    from lorabench.harness.workers import WorkerPool, plan_workers
+
+    device = str(suite_device) if suite_device else str(default_device())
+    slots = plan_workers(parallel.workers, parallel.threads, device)
+    queue = deque(todo)
+    by_id = {cfg.run_id: cfg for cfg in todo}
+    deaths: dict[str, int] = {}
+    started: dict[str, tuple[float, str]] = {}  # run_id -> (perf_counter, ISO time)
+    done = 0
+    if out is not None and todo:
+        where = ", ".join(
+            f"{s.index + 1}: {s.threads} thread{'s' if s.threads > 1 else ''}"
+            + (f" on {s.device}" if s.device and s.device != "cpu" else "")
+            for s in slots
+        )
+        print(f"{len(slots)} workers ({where})", file=out, flush=True)
+
+    def next_run() -> RunConfig | None:
+        while queue:
+            cfg = queue.popleft()
+            if _take(cfg, claims, store):
+                return cfg
+        return None
+
+    with WorkerPool(slots, setup=parallel.setup, adapter_root=adapter_root, log=log) as pool:
+        while True:
+            for slot in pool.idle():
+                cfg = next_run()
+                if cfg is None:
+                    break
+                started[cfg.run_id] = (time.perf_counter(), _now())
+                pool.submit(slot, cfg.run_id, cfg.to_dict())
+                if lines:
+                    print(
+                        f"[start] {_config_label(cfg)} {cfg.task} seed {cfg.seed} "
+                        f"(worker {slot + 1})",
+                        file=out,
+                        flush=True,
+                    )
+            active = pool.busy()
+            if not active:
+                break
+            bar.set_postfix_str(
+                " | ".join(
+                    f"{by_id[job].variant}/{by_id[job].task}/seed {by_id[job].seed}"
+                    for job in active.values()
+                )
+            )
+            for event in pool.wait(timeout=5.0):
+                cfg = by_id[event.job]
+                if event.kind == "died" and deaths.get(cfg.run_id, 0) < WORKER_DEATH_RETRIES:
+                    deaths[cfg.run_id] = deaths.get(cfg.run_id, 0) + 1
+                    queue.appendleft(cfg)  # still claimed by this driver: next to go
+                    if out is not None:
+                        bar.write(
+                            f"worker {event.slot + 1} died ({event.payload}) while training "
+                            f"{cfg.run_id} ({cfg.variant}/{cfg.task}/seed {cfg.seed}); "
+                            "retrying it once in a new worker",
+                            file=out,
+                        )
+                    continue
+                began, began_at = started.pop(cfg.run_id)
+                if event.kind == "record":
+                    record = RunRecord.from_json(event.payload)
+                elif event.kind == "died":
+                    record = _failed_record(
+                        cfg,
+                        f"the worker process training this run died twice ({event.payload}), "
+                        "perhaps killed for memory; run it with fewer --workers or a smaller "
+                        "--batch-size",
+                        device,
+                        began_at,
+                    )
+                else:
+                    record = _failed_record(cfg, event.payload, device, began_at)
+                with stop.deferred():  # a signal now waits until the record is stored whole
+                    store.add(record)
+                    new[cfg.run_id] = record
+                if claims is not None:
+                    claims.release(cfg.run_id)
+                done += 1
+                bar.update(1)
+                if lines:
+                    seconds = time.perf_counter() - began
+                    print(run_line(record, done, len(todo), seconds), file=out, flush=True)
+                if record.status == "failed" and out is not None:
+                    bar.write(
+                        f"run {cfg.run_id} ({cfg.variant}/{cfg.task}/seed {cfg.seed}) failed: "
+                        f"{error_message(record.error)}",
+                        file=out,
+                    )
+
+
+def _failed_record(cfg: RunConfig, error: str, device: str, started_at: str) -> RunRecord:
+    """The record of a run that ended without its own record (its worker died)."""
+    from lorabench.models import model_name
+
+    return RunRecord(
+        run_id=cfg.run_id,
+        status="failed",
+        variant=cfg.variant,
+        task=cfg.task,
+        model=model_name(cfg.model),
+        seed=cfg.seed,
+        config={**cfg.to_dict(), "device": device},
+        tag=cfg.tag,
+        budget=cfg.budget.to_dict(),
+        data_fingerprint=cfg.data_fingerprint,
+        model_fingerprint=cfg.model_fingerprint,
+        environment=collect_environment(),
+        started_at=started_at,
+        finished_at=_now(),
+        error=error,
+    )
+
+
+def _config_label(cfg: RunConfig) -> str:
+    """A run's variant with its overrides, as :func:`run_line` shows it: ``lora(r=2)``."""
+    overrides = cfg.variant_config or {}
+    if not overrides:
+        return cfg.variant
+    return f"{cfg.variant}(" + ",".join(f"{k}={overrides[k]}" for k in sorted(overrides)) + ")"
 
 
 def error_message(error: str | None) -> str:

@@ -19,6 +19,8 @@ when the suite is loaded, before anything runs; errors name the key, the bad val
     seeds: 3                    # a count (0, 1, 2) or a list [0, 5, 7]
     budget: steps=500           # or tokens=..., seconds=..., flops=...; every run gets the same
     train: {learning_rate: 5e-4, batch_size: 32, max_length: 128, eval_every: 100}
+                                # also precision: bf16 (fp32, bf16, fp16), grad_accum: 2
+    device: cuda:0              # cpu, cuda, cuda:N, mps (default: CUDA when present, else CPU)
     recipes: paper              # each variant's paper recipe under what is set here (or: none)
     tag: ""
     out: runs                   # adapters go to OUT/adapters/<run_id>/
@@ -116,6 +118,10 @@ class VariantEntry:
         base = suite_train.to_dict()
         if recipe is not None and recipe.learning_rate_scale != 1.0:
             base["learning_rate"] = recipe.scaled_learning_rate(suite_train.learning_rate)
+            if recipe.scales_head and suite_train.head_learning_rate is not None:
+                base["head_learning_rate"] = recipe.scaled_learning_rate(
+                    suite_train.head_learning_rate
+                )
         if not self.train and base == suite_train.to_dict():
             return dataclasses.replace(suite_train)
         return TrainConfig.from_dict({**base, **self.train})
@@ -153,6 +159,10 @@ class SuiteConfig:
     # "paper": each variant's paper recipe under the settings above; "none": the settings alone.
     # Each run records the values it resolved to, so this is identity through them.
     recipes: str = DEFAULT_RECIPES
+    # Where every run computes (cpu, cuda, cuda:N, mps); None: CUDA when available, else the
+    # CPU. Not part of any run's identity (the same run computes the same maths anywhere);
+    # each record stores it in config["device"].
+    device: str | None = None
     # {task: its own settings}, written inside ``tasks:`` (not a key of its own); a task without
     # an entry here (every task of a plain list) runs with the suite's settings alone.
     task_settings: dict[str, TaskSettings] = field(default_factory=dict)
@@ -196,6 +206,7 @@ class SuiteConfig:
             description=_optional_str(data, "description", where) or "",
             log=_log(data.get("log"), where),
             recipes=_recipes(data.get("recipes", DEFAULT_RECIPES), where),
+            device=_device(data.get("device"), where),
         )
         suite.validate(where=where)
         return suite
@@ -446,6 +457,7 @@ class SuiteConfig:
             # Only when set: suites (and baselines) without it keep their layout.
             **({"log": ",".join(self.log) or "none"} if self.log is not None else {}),
             **({"recipes": self.recipes} if self.recipes != DEFAULT_RECIPES else {}),
+            **({"device": self.device} if self.device is not None else {}),
         }
 
 
@@ -517,6 +529,20 @@ def _recipes(value: Any, where: str) -> str:
             "each variant's paper recipe under the suite's settings; none: the settings alone)"
         )
     return text
+
+
+def _device(value: Any, where: str) -> str | None:
+    """A suite's ``device:`` checked as a name (cpu, cuda, cuda:N, mps); whether this machine
+    has it is checked when the suite runs (:func:`~lorabench.harness.prepared.resolve_device`),
+    so a suite written for a GPU machine still parses (and dry-runs) elsewhere."""
+    from lorabench.harness.prepared import check_device_name
+
+    if value is None:
+        return None
+    try:
+        return check_device_name(str(value))
+    except BenchmarkConfigError as exc:
+        raise SuiteConfigError(f"{where}: {exc}") from None
 
 
 def _log(value: Any, where: str) -> tuple[str, ...] | None:
@@ -802,6 +828,8 @@ def _train(value: Any, where: str) -> TrainConfig:
         if key == "train_head":
             if not isinstance(val, bool):
                 raise SuiteConfigError(f"{where}: train.train_head={val!r} must be true or false")
+        elif key == "precision":  # a name (fp32, bf16, fp16); TrainConfig names the valid ones
+            continue
         elif val is not None and (isinstance(val, bool) or not isinstance(val, int | float)):
             raise SuiteConfigError(f"{where}: train.{key}={val!r} must be a number")
     try:

@@ -8,6 +8,21 @@ Per optimiser step (see docs/ARCHITECTURE.md)::
 ``adapter.on_train_begin(total_steps)`` is called once before the first step, with the number of
 steps the budget allows (computed up front, see :func:`lorabench.harness.meter.plan_steps`).
 
+Gradient accumulation (``train.grad_accum`` = N): an optimiser step runs N forwards and backwards
+on N micro-batches of ``batch_size``, each task loss divided by N (the mean over the step's
+examples when the micro-batches are equal); ``before_step`` runs before the first micro-batch,
+the regulariser is added once (to the last micro-batch's loss), and clip, the optimiser,
+``after_step`` and ``zero_grad`` run once. The step's tokens are the sum over its micro-batches.
+
+Precision (``train.precision``): ``bf16``/``fp16`` run the model's forward under
+``torch.autocast``; every parameter (frozen weights, adapter, head) and AdamW's state stay
+float32, as PEFT keeps adapters float32, because a bf16 parameter loses small updates. The
+regulariser and the loss are computed in float32. ``fp16`` scales the loss with
+``torch.amp.GradScaler``; a step whose gradients overflow is skipped by the scaler (no update)
+but still counts as an optimiser step taken (its tokens and time were spent; the budget stays
+comparable), is counted in ``spend.skipped_steps``, and its variant hooks run on zeroed
+gradients (a variant that reads gradients sees no signal rather than infinities).
+
 The learning curve (``CurvePoint``) holds the task loss in ``loss`` and the regulariser in
 ``reg_loss``, each averaged over the steps since the previous point; the step minimises their sum.
 
@@ -172,7 +187,12 @@ class Trainer:
         self.logger = logger
         # A step's row waits here while the evaluation after that step runs (one row per step).
         self._pending_row: LogRow | None = None
+        # The plan's batches are micro-batches: optimiser step s trains on s*N .. s*N+N-1.
         self.plan = BatchPlan(prepared.train_split, cfg.train.batch_size, seed=cfg.seed)
+        self.grad_accum = cfg.train.grad_accum
+        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
+            cfg.train.precision
+        )
         self.head_params = head_parameters(model) if train_head else []
         for p in self.head_params:
             p.requires_grad_(True)
@@ -184,8 +204,29 @@ class Trainer:
         self._eval_watch = Stopwatch(self.device)
 
     # -- one step's pieces ------------------------------------------------------------------
-    def _batch(self, step: int) -> dict[str, torch.Tensor]:
-        return {k: v.to(self.device) for k, v in self.plan.batch(step, self.pad_id).items()}
+    def _batch(self, micro: int) -> dict[str, torch.Tensor]:
+        """Micro-batch ``micro`` of the plan on the device."""
+        return {k: v.to(self.device) for k, v in self.plan.batch(micro, self.pad_id).items()}
+
+    def _micro_steps(self, step: int) -> range:
+        """The plan's micro-batches that optimiser step ``step`` trains on."""
+        return range(step * self.grad_accum, (step + 1) * self.grad_accum)
+
+    def step_tokens(self, step: int) -> tuple[int, int]:
+        """Non-padding and padded tokens of optimiser step ``step`` (all its micro-batches)."""
+        micro = self._micro_steps(step)
+        return (
+            sum(self.plan.tokens(m) for m in micro),
+            sum(self.plan.padded_tokens(m) for m in micro),
+        )
+
+    def _autocast(self) -> Any:
+        """``torch.autocast`` to the run's precision (a no-op context for fp32)."""
+        return torch.autocast(
+            self.device.type,
+            dtype=self.autocast_dtype or torch.float32,
+            enabled=self.autocast_dtype is not None,
+        )
 
     def _loss(self, batch: dict[str, torch.Tensor], *, regularize: bool = True) -> torch.Tensor:
         """The task loss plus the adapter's regulariser. Probes before training pass
@@ -198,8 +239,11 @@ class Trainer:
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The task loss and the adapter's regulariser (None when it has none), apart: the
         learning curve records them apart, so a large regulariser does not read as task loss."""
-        output = self.model(**batch)
-        loss = output.loss
+        with self._autocast():
+            output = self.model(**batch)
+        # The loss in float32 (autocast computes cross-entropy in float32 already; a model's own
+        # loss may not), so the division by grad_accum and the regulariser lose nothing.
+        loss = output.loss.float() if output.loss is not None else None
         if loss is None:
             raise RuntimeError(
                 f"{type(self.model).__name__} returned no loss for a batch with labels; the runner "
@@ -234,9 +278,10 @@ class Trainer:
         # not trip the variant's "trained without its hooks" warning.
         with self.adapter.variant.probing():
             for i in range(TIMING_PROBE_STEPS + 1):
-                batch = self._batch(i)
                 with self._train_watch:
-                    self._loss(batch, regularize=False).backward()
+                    for micro in self._micro_steps(i):
+                        batch = self._batch(micro)
+                        (self._loss(batch, regularize=False) / self.grad_accum).backward()
                     torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
                     probe_optimizer.step()
                     probe_optimizer.zero_grad(set_to_none=True)
@@ -265,7 +310,9 @@ class Trainer:
                 outputs = np.zeros((len(split), max(1, self.spec.num_labels)), dtype=np.float32)
                 for idx, batch in iterate_eval(split, self.cfg.eval_batch_size, self.pad_id):
                     batch = {k: v.to(self.device) for k, v in batch.items() if k != "labels"}
-                    logits = self.model(**batch).logits.float().cpu().numpy()
+                    with self._autocast():
+                        logits = self.model(**batch).logits
+                    logits = logits.float().cpu().numpy()
                     outputs[idx] = logits.reshape(len(idx), -1)
                 split_metrics = compute_metrics(self.spec, outputs, split.labels)
                 prefix = f"{name}/" if len(self.eval_splits) > 1 else ""
@@ -325,6 +372,7 @@ class Trainer:
                 flops_per_padded_token=self.spend.flops_per_padded_token,
                 seconds_per_step=seconds_per_step,
                 seconds_already_spent=self.spend.train_seconds,
+                grad_accum=self.grad_accum,
             )
             self.spend.planned_steps = total
             self._train(total)
@@ -351,6 +399,8 @@ class Trainer:
         log_every = max(1, total // CURVE_POINTS)
         eval_every = self.cfg.eval_every
         seconds_limit = self.budget.limit if self.budget.kind == "seconds" else math.inf
+        # fp16 only: bf16 has float32's exponent range, so its gradients do not underflow.
+        scaler = torch.amp.GradScaler(self.device.type, enabled=self.cfg.precision == "fp16")
         self.adapter.on_train_begin(total)
         if self.logger is not None:
             self.logger.start(
@@ -379,30 +429,49 @@ class Trainer:
                 if step > 0 and self.spend.train_seconds >= seconds_limit:
                     self.spend.stop_reason = "seconds"
                     return
-                batch = self._batch(step)
+                micro_steps = self._micro_steps(step)
                 with self._train_watch:
                     self.adapter.before_step(step)
-                    task_loss, extra = self._loss_parts(batch)
-                    loss = task_loss if extra is None else task_loss + extra
-                    value = float(loss.detach())
-                    if not math.isfinite(value):
-                        raise NonFiniteLoss(
-                            f"training loss is {value} at step {step}; lower the learning rate "
-                            f"(now {self.cfg.learning_rate:g}) or check the data"
+                    task_total = 0.0
+                    for micro in micro_steps:
+                        last_micro = micro == micro_steps[-1]
+                        # The regulariser once per optimiser step, with the last micro-batch.
+                        task_loss, extra = self._loss_parts(
+                            self._batch(micro), regularize=last_micro
                         )
-                    loss.backward()
+                        # Divided by N so that N micro-batches sum to the step's mean loss; for
+                        # N = 1 the division is exact, so the gradients are those of before.
+                        loss = task_loss / self.grad_accum
+                        task_total += float(loss.detach())
+                        if extra is not None:
+                            loss = loss + extra
+                        value = float(loss.detach())
+                        if not math.isfinite(value):
+                            raise NonFiniteLoss(
+                                f"training loss is {value} at step {step}; lower the learning "
+                                f"rate (now {self.cfg.learning_rate:g}) or check the data"
+                            )
+                        scaler.scale(loss).backward()
+                    scaler.unscale_(optimizer)  # clip the true gradients (no-op unless fp16)
                     torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
-                    optimizer.step()
+                    scale = scaler.get_scale() if scaler.is_enabled() else 1.0
+                    scaler.step(optimizer)  # skips the update when fp16 gradients overflowed
+                    scaler.update()
+                    skipped = scaler.is_enabled() and scaler.get_scale() < scale
+                    if skipped:
+                        self.spend.skipped_steps += 1
+                        for p in self.params:
+                            if p.grad is not None:
+                                p.grad.zero_()
                     scheduler.step()
                     # The rate this step used (the scheduler has already moved to the next).
                     step_lr = self.cfg.learning_rate * lr_factor(step)
                     self.adapter.after_step(step, learning_rate=step_lr)
                     optimizer.zero_grad(set_to_none=True)
-                self.spend.add_step(
-                    self.plan.tokens(step), self.plan.padded_tokens(step), self._train_watch.last
-                )
-                # The curve's loss is the task loss; the regulariser (0 without one) apart.
-                step_loss = float(task_loss.detach())
+                self.spend.add_step(*self.step_tokens(step), self._train_watch.last)
+                # The curve's loss is the task loss (the mean over the step's micro-batches);
+                # the regulariser (0 without one) apart.
+                step_loss = task_total
                 step_reg = 0.0 if extra is None else float(torch.as_tensor(extra).detach())
                 running.append(step_loss)
                 running_reg.append(step_reg)
@@ -431,7 +500,7 @@ class Trainer:
                             loss=step_loss,
                             reg_loss=step_reg,
                             learning_rate=step_lr,
-                            ranks=self.adapter.ranks(),
+                            ranks=self.adapter.step_ranks(),
                         ),
                         evaluation_follows=evaluate_now or last,
                     )

@@ -199,6 +199,12 @@ class RowLabel:
 
 # Training settings that change when or how fast a run is evaluated, never its score.
 _NON_SCORING_TRAIN = frozenset({"eval_batch_size", "eval_every"})
+# Training settings added after runs were first stored, with the value every older run had.
+# At that value they are left out of a run's identity (its id stays what it was) and out of the
+# recipe a row is grouped by, so an older record and a new one of the same run share a row.
+LATER_TRAIN_DEFAULTS: dict[str, Any] = {"precision": "fp32", "grad_accum": 1}
+# Shown in the label itself ("LoRA r=8 bf16"), so never repeated in the settings suffix.
+_LABELLED_TRAIN = frozenset({"train.precision"})
 _SHORT_KEYS = {"train.learning_rate": "lr", "train.head_learning_rate": "head_lr"}
 MAX_SUFFIX_ITEMS = 3  # settings named in a row label; more get a short hash instead
 
@@ -237,11 +243,13 @@ def row_labels(records: list[RunRecord]) -> list[RowLabel]:
         name = cls.report_name(resolved[i]) if cls is not None else r.variant
         tag_text = f" [{', '.join(tags[i].values())}]" if tags[i] else ""
         rank_part = rank_label(r, mean_ranks.get(keys[i]) or None)
-        config = " ".join(p for p in (name, rank_part) if p) + tag_text + suffixes[i]
+        # The precision is always named when not float32: a bf16 score is not an fp32 one.
+        precision = precision_label(r)
+        config = " ".join(p for p in (name, rank_part, precision) if p) + tag_text + suffixes[i]
         out.append(
             RowLabel(
                 config,
-                name + tag_text + suffixes[i],
+                " ".join(p for p in (name, precision) if p) + tag_text + suffixes[i],
                 rank_label(r),
                 data_tag=tags[i].get("data", ""),
                 model_tag=tags[i].get("model_fingerprint", ""),
@@ -362,7 +370,20 @@ def recipe(record: RunRecord) -> dict[str, str]:
 def train_recipe(record: RunRecord) -> dict[str, str]:
     """The training settings that decide the score, as ``{"train.learning_rate": "0.0005"}``."""
     train = (record.config or {}).get("train") or {}
-    return {f"train.{k}": _setting(v) for k, v in train.items() if k not in _NON_SCORING_TRAIN}
+    return {
+        f"train.{k}": _setting(v)
+        for k, v in train.items()
+        if k not in _NON_SCORING_TRAIN
+        and not (k in LATER_TRAIN_DEFAULTS and v == LATER_TRAIN_DEFAULTS[k])
+    }
+
+
+def precision_label(record: RunRecord) -> str:
+    """``"bf16"`` or ``"fp16"`` for a run trained under autocast; ``""`` for float32 (the
+    default, and every record written before precision was recorded)."""
+    precision = ((record.config or {}).get("train") or {}).get("precision")
+    default = LATER_TRAIN_DEFAULTS["precision"]
+    return "" if precision in (None, default) else str(precision)
 
 
 def _setting(value: Any) -> str:
@@ -392,8 +413,12 @@ def recipe_suffixes(
         distinct = {tuple(sorted(recipes[i].items())) for i in indices}
         if len(distinct) < 2:
             continue
-        differing = {k for i in indices for k in recipes[i]} - same_everywhere(recipes, indices)
+        differing = {
+            k for i in indices for k in recipes[i] if k not in _LABELLED_TRAIN
+        } - same_everywhere(recipes, indices)
         keys = sorted(differing, key=_key_order)
+        if not keys:  # they differ only in what the label shows already (the precision)
+            continue
         for i in indices:
             items = [
                 f"{_SHORT_KEYS.get(k, k.removeprefix('train.'))}={recipes[i].get(k, '-')}"

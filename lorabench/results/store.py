@@ -22,6 +22,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine, make_url
 
+from lorabench.results.claims import Claim, ClaimOwner
 from lorabench.results.records import RunRecord
 from lorabench.results.urls import DatabaseURLError, database_url, redact
 
@@ -51,6 +52,18 @@ META = sa.Table(
     _metadata,
     sa.Column("key", sa.String(64), primary_key=True),
     sa.Column("value", sa.Text, nullable=False),
+)
+# Who is training which run (``lorabench run`` drivers sharing one database): a row per run in
+# progress, held until ``expires_at`` (Unix seconds) unless its owner renews it; see
+# lorabench.results.claims. Created beside ``runs`` on open; ``runs`` is never touched for it.
+CLAIMS = sa.Table(
+    "claims",
+    _metadata,
+    sa.Column("run_id", sa.String(64), primary_key=True),
+    sa.Column("owner", sa.String(256), nullable=False),
+    sa.Column("host", sa.String(256), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
 )
 _KEY_COLUMNS = (
     "run_id",
@@ -277,6 +290,92 @@ class ResultStore:
                 if attempt == _CREATE_RETRIES - 1:
                     raise
         return False
+
+    # -- claims (drivers sharing this database) ------------------------------------------------
+    def claim(self, run_id: str, owner: ClaimOwner, *, lease_s: float, now: float) -> Claim | None:
+        """Claims ``run_id`` for ``owner`` until ``now + lease_s``, atomically: a new claim, a
+        takeover of an expired one, or a renewal of ``owner``'s own. Returns None when claimed;
+        else the live claim of another driver (who holds it, until when)."""
+        row = {**owner.row(), "run_id": run_id, "expires_at": now + lease_s}
+        dialect = self.engine.dialect.name
+        takeable = sa.or_(CLAIMS.c.expires_at <= now, CLAIMS.c.owner == owner.owner)
+        if dialect in ("sqlite", "postgresql"):
+            if dialect == "sqlite":
+                from sqlalchemy.dialects.sqlite import insert
+            else:
+                from sqlalchemy.dialects.postgresql import insert
+            stmt = insert(CLAIMS).values(**row)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=[CLAIMS.c.run_id],
+                set_={k: stmt.excluded[k] for k in row if k != "run_id"},
+                where=takeable,
+            )
+            with self.engine.begin() as conn:
+                if conn.execute(stmt).rowcount > 0:
+                    return None
+        else:
+            try:
+                with self.engine.begin() as conn:
+                    held = conn.execute(
+                        sa.select(CLAIMS.c.run_id)
+                        .where(CLAIMS.c.run_id == run_id)
+                        .with_for_update()
+                    ).first()
+                    if held is None:
+                        conn.execute(sa.insert(CLAIMS).values(**row))
+                        return None
+                    values = {k: v for k, v in row.items() if k != "run_id"}
+                    stmt = sa.update(CLAIMS).where(CLAIMS.c.run_id == run_id, takeable)
+                    if conn.execute(stmt.values(**values)).rowcount > 0:
+                        return None
+            except sa.exc.IntegrityError:
+                pass  # another driver inserted it first: theirs, read below
+        with self.engine.connect() as conn:
+            found = conn.execute(sa.select(CLAIMS).where(CLAIMS.c.run_id == run_id)).first()
+        if found is None:  # released between the two statements: free again
+            return self.claim(run_id, owner, lease_s=lease_s, now=now)
+        return Claim(found.run_id, ClaimOwner(found.owner, found.host, found.pid), found.expires_at)
+
+    def renew_claims(
+        self, run_ids: Iterable[str], owner: ClaimOwner, *, lease_s: float, now: float
+    ) -> set[str]:
+        """Extends ``owner``'s claims on ``run_ids`` to ``now + lease_s``; returns the run_ids
+        still held (a claim that expired and was taken over is not renewed)."""
+        wanted = list(run_ids)
+        if not wanted:
+            return set()
+        with self.engine.begin() as conn:
+            conn.execute(
+                sa.update(CLAIMS)
+                .where(CLAIMS.c.run_id.in_(wanted), CLAIMS.c.owner == owner.owner)
+                .values(expires_at=now + lease_s)
+            )
+            return set(
+                conn.execute(
+                    sa.select(CLAIMS.c.run_id).where(
+                        CLAIMS.c.run_id.in_(wanted), CLAIMS.c.owner == owner.owner
+                    )
+                ).scalars()
+            )
+
+    def release_claims(self, run_ids: Iterable[str], owner: ClaimOwner) -> None:
+        """Drops ``owner``'s claims on ``run_ids`` (a run finished, failed or was stopped)."""
+        wanted = list(run_ids)
+        if wanted:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    sa.delete(CLAIMS).where(
+                        CLAIMS.c.run_id.in_(wanted), CLAIMS.c.owner == owner.owner
+                    )
+                )
+
+    def claims(self) -> list[Claim]:
+        """Every claim in the database, live or expired (for tests and diagnostics)."""
+        if CLAIMS.name not in set(sa.inspect(self.engine).get_table_names()):
+            return []
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(CLAIMS).order_by(CLAIMS.c.run_id)).all()
+        return [Claim(r.run_id, ClaimOwner(r.owner, r.host, r.pid), r.expires_at) for r in rows]
 
     # -- reading -------------------------------------------------------------------------------
     def get(self, run_id: str) -> RunRecord | None:

@@ -80,13 +80,18 @@ def estimate_trial(
             # The probed config is the variant's default; the sampled ones differ (a default rank
             # too large for this model, say), so a failure here says nothing certain about trials.
             return None
-    steps = plan_steps(run_cfg.budget, plan, flops_per_padded_token=flops_per_padded_token)
+    accum = run_cfg.train.grad_accum
+    steps = plan_steps(
+        run_cfg.budget, plan, flops_per_padded_token=flops_per_padded_token, grad_accum=accum
+    )
+    # Optimiser step s trains on micro-batches s*accum ... s*accum + accum - 1.
+    micro = range(steps * accum)
     if unit == "steps":
         amount = float(steps)
     elif unit == "tokens":
-        amount = float(sum(plan.tokens(s) for s in range(steps)))
+        amount = float(sum(plan.tokens(m) for m in micro))
     else:
-        padded = sum(plan.padded_tokens(s) for s in range(steps))
+        padded = sum(plan.padded_tokens(m) for m in micro)
         amount = padded * (flops_per_padded_token if unit == "flops" else seconds_per_padded_token)
     # A FLOP trial budget's step count rests on the measured FLOPs too.
     exact = unit not in MEASURED_UNITS and run_cfg.budget.kind != "flops"

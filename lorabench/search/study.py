@@ -20,6 +20,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from lorabench.harness.config import BenchmarkConfigError, Budget, RunConfig, TrainConfig
+from lorabench.harness.suite import RECIPE_CHOICES, VariantEntry
 from lorabench.results.records import RunRecord
 from lorabench.search.budget import (
     StudySpend,
@@ -100,6 +101,9 @@ class SearchConfig:
     heartbeat_interval: int | None = 60
     grace_period: int | None = None
     max_consecutive_failures: int = 5
+    # "paper": each trial applies the variant's paper recipe under the sampled and fixed values,
+    # as a suite's runs do; "none": the settings as written.
+    recipes: str = "paper"
 
     @property
     def study_name(self) -> str:
@@ -113,6 +117,11 @@ class SearchConfig:
         self.budget = Budget.parse(self.budget)
         self.trial_budget = Budget.parse(self.trial_budget)
         self.train.validate()
+        if self.recipes not in RECIPE_CHOICES:
+            raise SearchError(
+                f"recipes={self.recipes!r} must be one of {', '.join(RECIPE_CHOICES)} (paper: "
+                "each variant's paper recipe under the values set or sampled; none: as written)"
+            )
         if self.sampler not in SAMPLERS:
             raise SearchError(
                 f"sampler {self.sampler!r} is unknown; use one of {', '.join(SAMPLERS)}"
@@ -291,14 +300,20 @@ def _unresolved(cfg: RunConfig) -> RunConfig:
 def _run_config(cfg: SearchConfig, params: Mapping[str, Any]) -> RunConfig:
     """The harness run of one trial with sampled (or fixed) parameter values."""
     variant_over, train_over = split_params(params)
+    # The trial as a suite entry: the paper recipe goes under what is fixed or sampled (a
+    # sampled learning rate is used as sampled; the search's fixed rate, LoRA's, is scaled).
+    from lorabench.variants import VARIANTS
+
+    entry = VariantEntry(cfg.variant, {**cfg.variant_config, **variant_over}, dict(train_over))
+    recipe = VARIANTS.get(cfg.variant).recipe if cfg.recipes == "paper" else None
     return RunConfig(
         variant=cfg.variant,
         task=cfg.task,
         seed=cfg.seed,
-        variant_config={**cfg.variant_config, **variant_over},
+        variant_config=entry.variant_config(recipe),
         model=cfg.model,
         budget=cfg.trial_budget,
-        train=TrainConfig.from_dict({**cfg.train.to_dict(), **train_over}),
+        train=entry.train_config(cfg.train, recipe),
         data_dir=cfg.data_dir,
         tag=f"search:{cfg.study_name}",
     )
@@ -318,6 +333,8 @@ def _study_settings(cfg: SearchConfig, space: SearchSpace, directions: list[str]
         "space": space.to_dict(),
         "variant_config": cfg.variant_config,
         "train": cfg.train.to_dict(),
+        # Only when not the default, so studies made before recipes existed still match.
+        **({"recipes": cfg.recipes} if cfg.recipes != "paper" else {}),
     }
 
 

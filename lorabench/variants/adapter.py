@@ -259,6 +259,10 @@ class Adapter:
         """Current rank of every adapted matrix, keyed by module name."""
         return self.variant.ranks()
 
+    def step_ranks(self) -> dict[str, int]:
+        """The rank every matrix trained at in the step just taken (DyLoRA: the drawn one)."""
+        return self.variant.step_ranks()
+
     def set_eval_rank(self, rank: int | None) -> None:
         """DyLoRA: evaluate at ``rank`` (None: back to r_max)."""
         self.variant.set_eval_rank(rank)

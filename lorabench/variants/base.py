@@ -687,6 +687,11 @@ class Variant(nn.Module):
         :meth:`AdapterLayer.rank`)."""
         return {name: layer.rank() for name, layer in self.layers.items()}
 
+    def step_ranks(self) -> dict[str, int]:
+        """The rank each matrix trained at in the step just taken (what a training log shows):
+        :meth:`ranks`, unless the variant draws a rank per step."""
+        return self.ranks()
+
     def set_eval_rank(self, rank: int | None) -> None:
         """Evaluate at a given rank (DyLoRA). Other variants have one rank."""
         raise NotImplementedError(

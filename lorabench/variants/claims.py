@@ -148,7 +148,12 @@ BUILT_IN_CLAIMS = (
     ),
     Claim(
         id="vera-vs-lora",
-        text="VeRA is within one point of LoRA (r=8) with at least 10x fewer trainable parameters",
+        # The paper's claim is that VeRA loses little (at most a point), not that it cannot win:
+        # one-sided, as the relation is.
+        text=(
+            "VeRA scores at most one point below LoRA (r=8) with at least 10x fewer trainable "
+            "parameters"
+        ),
         citation="Kopiczko et al. 2024, VeRA, ICLR",
         subject="vera",
         reference="lora",

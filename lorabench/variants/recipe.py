@@ -56,11 +56,14 @@ class Recipe:
             library defaults (which follow PEFT). A value may be a :class:`Proportional`.
         source: where the numbers come from (paper table, the authors' scripts) and how the
             relative values were derived from them.
+        scales_head: the factor also scales a ``head_learning_rate`` the suite sets (a method
+            whose only trained part is the head, which trains at that rate).
     """
 
     learning_rate_scale: float = 1.0
     config: Mapping[str, Any] = field(default_factory=dict)
     source: str = ""
+    scales_head: bool = False
 
     def __post_init__(self) -> None:
         scale = self.learning_rate_scale

@@ -275,6 +275,7 @@ class HeadOnly(ReferenceMethod):
     learning_rate_range = (1e-3, 1e-1)
     recipe = Recipe(
         learning_rate_scale=10.0,
+        scales_head=True,  # the head is all that trains: a suite's head rate is its rate
         source=(
             "no paper sets a linear probe's rate against LoRA's: a freshly drawn head on frozen "
             "features takes a larger step, and on this project's packaged model a head rate of "

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# GPU figures for issue 12 (at most ten minutes on one GPU): step time and step memory of every
+# variant against PEFT's (and the frozen-model floor) on a randomly initialised RoBERTa-base-sized
+# model (12 layers, hidden 768; nothing downloaded), batch 32 x 128 tokens, at fp32 and at bf16
+# (the forward under torch.autocast, parameters and optimiser state float32, as
+# `lorabench run --precision bf16` trains). Then one tiny `lorabench run --device cuda` per
+# precision, whose records hold CUDA's peak allocated memory and device-synchronised seconds.
+#
+#   bash benchmarks/gpu_check.sh [OUT_DIR]      (default gpu_check/; DEVICE=cuda:1 picks a GPU)
+#
+# Writes OUT_DIR/step_time_{fp32,bf16}.{md,json} and OUT_DIR/run_{fp32,bf16}/results.db, and
+# prints the bf16/fp32 step-time ratio per configuration. Every stage has its own time limit, so
+# the script ends within ten minutes even if one stage hangs.
+set -euo pipefail
+
+OUT="${1:-gpu_check}"
+DEVICE="${DEVICE:-cuda}"
+REPEATS="${REPEATS:-10}"
+mkdir -p "$OUT"
+export HF_HUB_OFFLINE=1
+
+python - <<PY
+import sys, torch
+if not torch.cuda.is_available():
+    sys.exit("gpu_check.sh needs a CUDA GPU; torch sees none (torch " + torch.__version__ + ")")
+print("GPU:", torch.cuda.get_device_name(torch.device("$DEVICE")), "torch", torch.__version__)
+PY
+
+for precision in fp32 bf16; do
+  echo "== step time and memory, $precision =="
+  timeout 240 python benchmarks/step_time.py --random roberta-base --device "$DEVICE" \
+    --precision "$precision" --batch-size 32 --seq-len 128 --repeats "$REPEATS" --warmup 3 \
+    --json "$OUT/step_time_$precision.json" | tee "$OUT/step_time_$precision.md"
+done
+
+python - "$OUT" <<'PY'
+import json, statistics, sys
+out = sys.argv[1]
+times = {p: json.load(open(f"{out}/step_time_{p}.json"))["times_ms"] for p in ("fp32", "bf16")}
+print("\n| configuration | fp32 ms | bf16 ms | bf16/fp32 |\n|---|---:|---:|---:|")
+for label in times["fp32"]:
+    a, b = (statistics.median(times[p][label]) for p in ("fp32", "bf16"))
+    print(f"| {label} | {a:.1f} | {b:.1f} | {b / a:.3f} |")
+PY
+
+for precision in fp32 bf16; do
+  echo "== lorabench run --device $DEVICE --precision $precision (planted task, 50 steps) =="
+  timeout 60 lorabench run --variants lora --tasks planted-tiny --budget steps=50 \
+    --device "$DEVICE" --precision "$precision" --out "$OUT/run_$precision" --quiet \
+    --no-adapters
+  python - "$OUT/run_$precision/results.db" <<'PY'
+import sys
+from lorabench.results.store import ResultStore
+for r in ResultStore(sys.argv[1], create=False).records():
+    s = r.spent
+    print(f"  {r.variant} {r.config['train'].get('precision', 'fp32')} on {r.config['device']}: "
+          f"{s['train_seconds']:.2f} s training, peak {s['peak_memory_bytes'] / 2**20:.1f} MiB "
+          f"({s['memory_kind']}), {s.get('skipped_steps', 0)} skipped steps")
+PY
+done

@@ -4,7 +4,8 @@
 # model (12 layers, hidden 768; nothing downloaded), batch 32 x 128 tokens, at fp32 and at bf16
 # (the forward under torch.autocast, parameters and optimiser state float32, as
 # `lorabench run --precision bf16` trains). Then one tiny `lorabench run --device cuda` per
-# precision, whose records hold CUDA's peak allocated memory and device-synchronised seconds.
+# precision, whose records hold CUDA's peak allocated memory and device-synchronised seconds,
+# and a two-worker `lorabench run --workers 2` across the device.
 #
 #   bash benchmarks/gpu_check.sh [OUT_DIR]      (default gpu_check/; DEVICE=cuda:1 picks a GPU)
 #
@@ -28,7 +29,7 @@ PY
 
 for precision in fp32 bf16; do
   echo "== step time and memory, $precision =="
-  timeout 240 python benchmarks/step_time.py --random roberta-base --device "$DEVICE" \
+  timeout 180 python benchmarks/step_time.py --random roberta-base --device "$DEVICE" \
     --precision "$precision" --batch-size 32 --seq-len 128 --repeats "$REPEATS" --warmup 3 \
     --json "$OUT/step_time_$precision.json" | tee "$OUT/step_time_$precision.md"
 done
@@ -58,3 +59,16 @@ for r in ResultStore(sys.argv[1], create=False).records():
           f"({s['memory_kind']}), {s.get('skipped_steps', 0)} skipped steps")
 PY
 done
+
+echo "== lorabench run --workers across the device (lora and dora, 2 seeds, 50 steps) =="
+# Two workers on one GPU (round-robin over the visible GPUs when there are several): the
+# records say which device each run used.
+timeout 90 lorabench run --variants lora,dora --tasks planted-tiny --seeds 2 --budget steps=50 \
+  --workers 2 --device "$DEVICE" --out "$OUT/workers" --quiet --no-adapters
+python - "$OUT/workers/results.db" <<'PY'
+import sys
+from lorabench.results.store import ResultStore
+for r in ResultStore(sys.argv[1], create=False).records():
+    print(f"  {r.variant} seed {r.seed} on {r.config['device']}: "
+          f"{r.spent['train_seconds']:.2f} s training, score {r.score:.4f}")
+PY

@@ -384,3 +384,13 @@ def test_peak_memory_on_cuda_is_peak_allocated_above_the_start(monkeypatch):
     assert calls == ["sync", "reset"]  # the peak is reset after pending work finished
     assert memory.kind == CUDA_MEMORY_KIND
     assert (memory.baseline, memory.absolute_peak, memory.peak) == (1000, 4500, 3500)
+
+
+def test_fp16_is_refused_for_a_variant_that_reads_gradients_inside_backward():
+    from lorabench.harness.config import BenchmarkConfigError
+    from lorabench.harness.prepared import check_variant_precision
+
+    with pytest.raises(BenchmarkConfigError, match=r"increlora.*fp16.*bf16 or fp32"):
+        check_variant_precision("increlora", "fp16")
+    check_variant_precision("increlora", "bf16")  # no scaler: fine
+    check_variant_precision("lora", "fp16")

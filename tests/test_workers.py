@@ -202,6 +202,48 @@ def test_claim_keeper_renews_and_releases_with_its_clock(tmp_path):
     assert store.claims() == []
 
 
+def test_a_claim_taken_over_while_its_run_trains_is_known_as_lost(tmp_path):
+    store = ResultStore(tmp_path / "results.db")
+    now = [100.0]
+    keeper = ClaimKeeper(store, lease_s=10, clock=lambda: now[0], owner=OTHER)
+    assert keeper.claim("run-a") and keeper.claim("run-b")
+    # This driver stalls past its lease; another takes run-a over.
+    me = ClaimOwner("here:1:me", "here", 1)
+    assert store.claim("run-a", me, lease_s=10, now=111.0) is None
+    now[0] = 112.0
+    keeper.renew()
+    assert keeper.lost == {"run-a"}  # run-b was renewed: not lost
+    keeper.release("run-b")
+    keeper.renew()
+    assert keeper.lost == {"run-a"}  # a released claim is not a lost one
+    keeper.stop()
+
+
+def test_a_run_another_driver_stored_during_this_suite_is_not_trained_again(tmp_path):
+    from lorabench.results.records import RunRecord
+
+    store = ResultStore(tmp_path / "results.db")
+    keeper = ClaimKeeper(store, lease_s=60, owner=OTHER)
+    cfg = runner.RunConfig(variant="lora", task="t", seed=0)
+
+    def stored(status: str, finished_at: str) -> None:
+        store.add(
+            RunRecord(
+                run_id=cfg.run_id, status=status, variant="lora", task="t", model="m", seed=0,
+                config=cfg.to_dict(), finished_at=finished_at, error="boom",
+            )
+        )  # fmt: skip
+
+    since = "2026-01-01T10:00:00+00:00"
+    stored("failed", "2026-01-01T09:00:00+00:00")  # failed before this suite: retried
+    assert runner._take(cfg, keeper, store, since)
+    keeper.release(cfg.run_id)
+    stored("failed", "2026-01-01T10:05:00+00:00")  # another driver tried it meanwhile
+    assert not runner._take(cfg, keeper, store, since)
+    assert store.claims() == []  # the claim was dropped again
+    keeper.stop()
+
+
 def test_a_live_claim_is_skipped_and_reported_an_expired_one_taken_over(
     tiny_model_dir, toy_task, tmp_path
 ):

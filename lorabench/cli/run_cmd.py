@@ -360,7 +360,11 @@ def device_error(suite) -> str | None:
     """Why ``suite`` cannot run on this machine (an unavailable ``device``, or a precision that
     device cannot compute in), naming what is available; None when it can."""
     from lorabench.harness.config import BenchmarkConfigError
-    from lorabench.harness.prepared import check_precision, resolve_device
+    from lorabench.harness.prepared import (
+        check_precision,
+        check_variant_precision,
+        resolve_device,
+    )
 
     try:
         device = resolve_device(suite.device)
@@ -371,6 +375,10 @@ def device_error(suite) -> str | None:
             precisions.update(e.train_config(base).precision for e in suite.variants)
         for precision in sorted(precisions):
             check_precision(precision, device)
+        for task in suite.tasks:
+            for entry in suite.variants:
+                precision = suite.run_config(entry, task, 0).train.precision
+                check_variant_precision(entry.variant, precision)
     except BenchmarkConfigError as exc:
         return str(exc)
     return None

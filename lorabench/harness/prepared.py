@@ -103,6 +103,20 @@ def default_device() -> torch.device:
     return resolve_device(None)
 
 
+def check_variant_precision(variant: str, precision: str) -> None:
+    """Raises :class:`BenchmarkConfigError` when ``variant`` cannot train in ``precision``: fp16
+    for a variant that reads gradients inside backward, before the gradient scaler unscales
+    them (``Variant.loss_scaling_safe``)."""
+    from lorabench.variants import VARIANTS
+
+    if precision == "fp16" and not getattr(VARIANTS.get(variant), "loss_scaling_safe", True):
+        raise BenchmarkConfigError(
+            f"variant {variant!r} cannot train with precision fp16: it records gradient "
+            "statistics during backward, before fp16's gradient scaler unscales them (they "
+            "would carry the loss scale and overflow); use --precision bf16 or fp32 for it"
+        )
+
+
 def check_precision(precision: str, device: torch.device) -> None:
     """Raises :class:`BenchmarkConfigError` when ``device`` cannot run ``precision`` (autocast
     to that dtype unsupported there, or fp16's gradient scaler missing), before any work."""

@@ -36,6 +36,7 @@ from lorabench.harness.meter import PeakMemory
 from lorabench.harness.prepared import (
     RunCache,
     check_precision,
+    check_variant_precision,
     default_device,
     prepare_run,
     resolve_device,
@@ -184,6 +185,7 @@ def execute_run(
             raise resolve_error
         assert isinstance(device, torch.device)  # resolved above, else raised just now
         check_precision(cfg.train.precision, device)
+        check_variant_precision(cfg.variant, cfg.train.precision)
         prepared = prepare_run(cfg, cache, device=device)
         spec, variant_cfg, data = prepared.spec, prepared.variant_config, prepared.data
         record.variant_version = VARIANTS.get(cfg.variant).version
@@ -542,18 +544,37 @@ def _claim_keeper(store: RecordStore) -> Any:
     return None
 
 
-def _take(cfg: RunConfig, claims: Any, store: RecordStore) -> bool:
-    """Whether this driver trains ``cfg`` now: it claimed it, and no other driver finished it
-    since the suite started (a claim is dropped when its run is stored)."""
+def _take(cfg: RunConfig, claims: Any, store: RecordStore, since: str = "") -> bool:
+    """Whether this driver trains ``cfg`` now: it claimed it, and no other driver stored it
+    since the suite started at ``since`` (finished, or failed: a run another driver tried
+    during this suite is not tried again here; one that failed before it is retried, as a
+    resumed suite does). A claim is dropped when its run is stored."""
     if claims is None:
         return True
     if not claims.claim(cfg.run_id):
         return False
     stored = store.get(cfg.run_id)
-    if stored is not None and stored.status == "finished":
+    if stored is not None and (
+        stored.status == "finished" or (bool(since) and (stored.finished_at or "") >= since)
+    ):
         claims.release(cfg.run_id)
         return False
     return True
+
+
+def _warn_if_lost(claims: Any, cfg: RunConfig, out: Any) -> None:
+    """Says so when this driver's claim on ``cfg`` was taken over while it trained (it stalled
+    past its lease): another driver may have trained the run too. The record is stored either
+    way (the store keeps one record per run id, a finished one over a failed one)."""
+    if claims is None or out is None or cfg.run_id not in getattr(claims, "lost", ()):
+        return
+    print(
+        f"warning: the claim on run {cfg.run_id} ({cfg.variant}/{cfg.task}/seed {cfg.seed}) "
+        "expired while it trained and another driver took it over, so it may have trained "
+        "twice; lengthen LORABENCH_CLAIM_LEASE_S if this driver can stall (a suspended "
+        "process, an unreachable database, clocks set apart)",
+        file=out,
+    )
 
 
 def _run_suite(
@@ -604,6 +625,7 @@ def _run_suite(
     lines = progress and not bars and out is not None
     bar = tqdm(total=len(todo), desc="runs", unit="run", disable=not bars, dynamic_ncols=True)
     claims = _claim_keeper(store)
+    since = _now()  # records another driver stores from now on are its runs, not to redo
     if claims is not None:
         claims.start()  # renews this driver's claims while its runs train
     try:
@@ -621,9 +643,10 @@ def _run_suite(
                 adapter_root,
                 log,
                 getattr(suite, "device", None),
+                since,
             )
         for index, cfg in enumerate(todo if parallel is None else [], 1):
-            if not _take(cfg, claims, store):
+            if not _take(cfg, claims, store, since):
                 continue
             bar.set_postfix_str(f"{cfg.variant}/{cfg.task}/seed {cfg.seed}")
             started = time.perf_counter()
@@ -631,6 +654,7 @@ def _run_suite(
                 cfg, progress=bars, cache=cache, adapter_root=adapter_root, log=log,
                 device=suite.device,
             )  # fmt: skip
+            _warn_if_lost(claims, cfg, out)
             with stop.deferred():  # a signal now waits until the record is stored whole
                 store.add(record)
                 new[cfg.run_id] = record
@@ -688,6 +712,7 @@ def _run_parallel(
     adapter_root: Path | None,
     log: LogSettings,
     suite_device: str | None = None,
+    since: str = "",
 ) -> None:
     """Trains ``todo`` in worker processes, storing each record here as it comes back (into
     ``new`` too); a run is claimed when it is handed to a worker, released when stored.
@@ -715,7 +740,7 @@ def _run_parallel(
     def next_run() -> RunConfig | None:
         while queue:
             cfg = queue.popleft()
-            if _take(cfg, claims, store):
+            if _take(cfg, claims, store, since):
                 return cfg
         return None
 
@@ -770,6 +795,7 @@ def _run_parallel(
                     )
                 else:
                     record = _failed_record(cfg, event.payload, device, began_at)
+                _warn_if_lost(claims, cfg, out)
                 with stop.deferred():  # a signal now waits until the record is stored whole
                     store.add(record)
                     new[cfg.run_id] = record

@@ -16,6 +16,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
@@ -78,6 +79,21 @@ class WorkerEvent:
     payload: str
 
 
+def _exit_with_parent() -> None:
+    """Ends this worker as soon as its driver is gone (killed with -9, out of memory): a worker
+    only reads its pipe between runs, and an orphan training on would compete with the re-run
+    driver for the machine and train the same runs again once their claims expire."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        wait([parent.sentinel])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="lorabench-parent-watch", daemon=True).start()
+
+
 def _worker_main(
     conn: Connection,
     slot: WorkerSlot,
@@ -88,6 +104,7 @@ def _worker_main(
     """A worker process: trains the runs it is sent, one at a time, until it is sent None."""
     # Ctrl-C reaches the whole process group; the parent decides to stop and terminates us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _exit_with_parent()
     import torch
 
     from lorabench.harness.config import RunConfig

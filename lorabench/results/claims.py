@@ -127,6 +127,9 @@ class ClaimKeeper:
         self.owner = owner or ClaimOwner.this_process()
         self.skipped: dict[str, ClaimOwner] = {}  # run_id -> the driver holding it
         self._held: set[str] = set()
+        # Claims another driver took over (this one stalled past its lease: a suspended process,
+        # an unreachable database, clocks apart): the run may be training twice.
+        self.lost: set[str] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -134,12 +137,20 @@ class ClaimKeeper:
     def claim(self, run_id: str) -> bool:
         """Claims ``run_id``; False (and remembered in :attr:`skipped`) when another driver
         holds a live claim on it."""
-        other = self.store.claim(run_id, self.owner, lease_s=self.lease_s, now=self.clock())
-        if other is not None:
-            self.skipped[run_id] = other.owner
-            return False
+        # Held before the claim commits: a Ctrl-C between the two still releases it in stop().
         with self._lock:
             self._held.add(run_id)
+        try:
+            other = self.store.claim(run_id, self.owner, lease_s=self.lease_s, now=self.clock())
+        except BaseException:
+            with self._lock:
+                self._held.discard(run_id)
+            raise
+        if other is not None:
+            with self._lock:
+                self._held.discard(run_id)
+            self.skipped[run_id] = other.owner
+            return False
         return True
 
     def release(self, run_id: str) -> None:
@@ -153,7 +164,11 @@ class ClaimKeeper:
         with self._lock:
             held = set(self._held)
         if held:
-            self.store.renew_claims(held, self.owner, lease_s=self.lease_s, now=self.clock())
+            kept = self.store.renew_claims(held, self.owner, lease_s=self.lease_s, now=self.clock())
+            if kept is not None:
+                with self._lock:
+                    # Only claims still held here and not renewed: a released one is not lost.
+                    self.lost |= (held - set(kept)) & self._held
 
     def start(self) -> ClaimKeeper:
         """Starts renewing the held claims every quarter lease, in a daemon thread."""

@@ -486,6 +486,9 @@ class Variant(nn.Module):
     display_name: ClassVar[str] = ""
     report_order: ClassVar[int | None] = None
     adaptive_rank: ClassVar[bool] = False
+    # False for a variant that reads gradients inside backward (tensor hooks), before fp16's
+    # gradient scaler unscales them: its statistics would carry the loss scale and overflow.
+    loss_scaling_safe: ClassVar[bool] = True
     multi_rank_eval: ClassVar[bool] = False
     label_fields: ClassVar[frozenset[str]] = frozenset({"r"})
     recipe: ClassVar[Recipe] = Recipe()

@@ -366,6 +366,7 @@ class IncreLoRA(Variant):
     display_name = "IncreLoRA"
     report_order = 6
     adaptive_rank = True
+    loss_scaling_safe = False  # importance is recorded in backward hooks, on scaled gradients
     label_fields = frozenset({"init_r", "target_rank"})
 
     config: IncreLoRAConfig

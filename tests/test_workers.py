@@ -234,12 +234,13 @@ def test_a_run_another_driver_stored_during_this_suite_is_not_trained_again(tmp_
             )
         )  # fmt: skip
 
-    since = "2026-01-01T10:00:00+00:00"
     stored("failed", "2026-01-01T09:00:00+00:00")  # failed before this suite: retried
-    assert runner._take(cfg, keeper, store, since)
+    before = runner._stored_before([cfg], store, keeper)
+    assert runner._take(cfg, keeper, store, before)
     keeper.release(cfg.run_id)
-    stored("failed", "2026-01-01T10:05:00+00:00")  # another driver tried it meanwhile
-    assert not runner._take(cfg, keeper, store, since)
+    # Another driver tried it meanwhile: not tried again here.
+    stored("failed", "2026-01-01T10:05:00+00:00")
+    assert not runner._take(cfg, keeper, store, before)
     assert store.claims() == []  # the claim was dropped again
     keeper.stop()
 

@@ -23,7 +23,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -544,22 +544,39 @@ def _claim_keeper(store: RecordStore) -> Any:
     return None
 
 
-def _take(cfg: RunConfig, claims: Any, store: RecordStore, since: str = "") -> bool:
+def _take(
+    cfg: RunConfig, claims: Any, store: RecordStore, before: Mapping[str, Any] | None = None
+) -> bool:
     """Whether this driver trains ``cfg`` now: it claimed it, and no other driver stored it
-    since the suite started at ``since`` (finished, or failed: a run another driver tried
-    during this suite is not tried again here; one that failed before it is retried, as a
-    resumed suite does). A claim is dropped when its run is stored."""
+    since the suite started (finished, or failed: a run another driver tried during this suite
+    is not tried again here; one that failed before it is retried, as a resumed suite does).
+    ``before``: each run's stored ``finished_at`` when the suite started (absent: no record).
+    A claim is dropped when its run is stored."""
     if claims is None:
         return True
     if not claims.claim(cfg.run_id):
         return False
     stored = store.get(cfg.run_id)
     if stored is not None and (
-        stored.status == "finished" or (bool(since) and (stored.finished_at or "") >= since)
+        stored.status == "finished"
+        or (before is not None and stored.finished_at != before.get(cfg.run_id))
     ):
         claims.release(cfg.run_id)
         return False
     return True
+
+
+def _stored_before(todo: list[RunConfig], store: RecordStore, claims: Any) -> dict[str, Any]:
+    """``{run_id: finished_at}`` of the runs of ``todo`` already stored (failed ones) when the
+    suite starts: a record that differs later was stored by another driver meanwhile."""
+    if claims is None:
+        return {}
+    out: dict[str, Any] = {}
+    for cfg in todo:
+        stored = store.get(cfg.run_id)
+        if stored is not None:
+            out[cfg.run_id] = stored.finished_at
+    return out
 
 
 def _warn_if_lost(claims: Any, cfg: RunConfig, out: Any) -> None:
@@ -625,7 +642,8 @@ def _run_suite(
     lines = progress and not bars and out is not None
     bar = tqdm(total=len(todo), desc="runs", unit="run", disable=not bars, dynamic_ncols=True)
     claims = _claim_keeper(store)
-    since = _now()  # records another driver stores from now on are its runs, not to redo
+    # Records another driver stores from now on are its runs, not to redo here.
+    since = _stored_before(todo, store, claims)
     if claims is not None:
         claims.start()  # renews this driver's claims while its runs train
     try:
@@ -712,7 +730,7 @@ def _run_parallel(
     adapter_root: Path | None,
     log: LogSettings,
     suite_device: str | None = None,
-    since: str = "",
+    since: Mapping[str, Any] | None = None,
 ) -> None:
     """Trains ``todo`` in worker processes, storing each record here as it comes back (into
     ``new`` too); a run is claimed when it is handed to a worker, released when stored.

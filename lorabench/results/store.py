@@ -251,18 +251,9 @@ class ResultStore:
         dialect = self.engine.dialect.name
         # A finished record replaces anything; anything else only replaces a non-finished one.
         keep_finished = sa.true() if row["status"] == "finished" else RUNS.c.status != "finished"
-        if dialect in ("sqlite", "postgresql"):
+        stmt = _upsert(dialect, RUNS, row, where=keep_finished)
+        if stmt is not None:
             # One atomic statement, so two processes adding the same run cannot interleave.
-            if dialect == "sqlite":
-                from sqlalchemy.dialects.sqlite import insert
-            else:
-                from sqlalchemy.dialects.postgresql import insert
-            stmt = insert(RUNS).values(**row)
-            stmt = stmt.on_conflict_do_update(
-                index_elements=[RUNS.c.run_id],
-                set_={k: stmt.excluded[k] for k in row if k != "run_id"},
-                where=keep_finished,
-            )
             with self.engine.begin() as conn:
                 return conn.execute(stmt).rowcount > 0
         return self._add_portable(row, keep_finished)
@@ -299,17 +290,8 @@ class ResultStore:
         row = {**owner.row(), "run_id": run_id, "expires_at": now + lease_s}
         dialect = self.engine.dialect.name
         takeable = sa.or_(CLAIMS.c.expires_at <= now, CLAIMS.c.owner == owner.owner)
-        if dialect in ("sqlite", "postgresql"):
-            if dialect == "sqlite":
-                from sqlalchemy.dialects.sqlite import insert
-            else:
-                from sqlalchemy.dialects.postgresql import insert
-            stmt = insert(CLAIMS).values(**row)
-            stmt = stmt.on_conflict_do_update(
-                index_elements=[CLAIMS.c.run_id],
-                set_={k: stmt.excluded[k] for k in row if k != "run_id"},
-                where=takeable,
-            )
+        stmt = _upsert(dialect, CLAIMS, row, where=takeable)
+        if stmt is not None:
             with self.engine.begin() as conn:
                 if conn.execute(stmt).rowcount > 0:
                     return None
@@ -569,6 +551,23 @@ def load_curves(url_or_path: str | Path, **filters: Any) -> Any:
 
     with ResultStore(url_or_path, create=False) as store:
         return curves_table(store.records(**filters))
+
+
+def _upsert(dialect: str, table: sa.Table, row: dict[str, Any], *, where: Any) -> Any:
+    """``INSERT ... ON CONFLICT (run_id) DO UPDATE ... WHERE where`` for SQLite and PostgreSQL
+    (one atomic statement); None for other databases, which take a locked read-then-write."""
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    elif dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        return None
+    stmt = insert(table).values(**row)
+    return stmt.on_conflict_do_update(
+        index_elements=[table.c.run_id],
+        set_={k: stmt.excluded[k] for k in row if k != "run_id"},
+        where=where,
+    )
 
 
 def _row(record: RunRecord) -> dict[str, Any]:

@@ -118,6 +118,28 @@ def test_unparseable_record_is_skipped_with_warning(tmp_path):
     assert [r.run_id for r in records] == ["good"]
 
 
+def test_a_database_another_process_is_creating_opens_once_its_tables_exist(tmp_path, monkeypatch):
+    # Two drivers creating one new file at the same instant: one sees 'runs' before the meta
+    # table exists. It must wait for the other creator, not call the file foreign.
+    from lorabench.results import store as store_module
+
+    path = tmp_path / "racing.db"
+    engine = sa.create_engine(f"sqlite:///{path}")
+    store_module.RUNS.create(engine)  # the other creator got this far
+    waits = []
+
+    def other_creator_finishes(seconds: float) -> None:
+        waits.append(seconds)
+        store_module._metadata.create_all(engine, checkfirst=True)
+
+    monkeypatch.setattr(store_module.time, "sleep", other_creator_finishes)
+    store = ResultStore(path)
+    assert len(waits) == 1
+    assert store.records() == []
+    store.close()
+    engine.dispose()
+
+
 def test_corrupt_and_foreign_files_give_clear_errors(tmp_path):
     corrupt = tmp_path / "corrupt.db"
     corrupt.write_bytes(b"this is not a database at all" * 100)

@@ -162,6 +162,11 @@ class ResultStore:
                 if META.name in tables:
                     self._check_meta()
                 elif RUNS.name in tables:
+                    if create and attempt < _CREATE_RETRIES - 1:
+                        # Another process creating this new database at the same instant may
+                        # have made 'runs' and not yet the meta table: look again shortly.
+                        time.sleep(0.1 + random.random() * 0.3)
+                        continue
                     raise ResultStoreError(
                         f"{self.name} has a 'runs' table that lorabench did not create "
                         f"(no {META.name} table); "

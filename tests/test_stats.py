@@ -305,3 +305,30 @@ def test_the_report_and_its_command_carry_the_statistics(tmp_path, capsys):
     assert report("--reference", "no such row") == 2
     err = capsys.readouterr().err
     assert "no report row is labelled 'no such row'" in err and "Traceback" not in err
+
+
+def per_task(record: RunRecord, steps: int, lr: float) -> RunRecord:
+    """``record`` trained with a task's own budget and learning rate (a suite's task settings)."""
+    record.budget = {"kind": "steps", "limit": steps}
+    record.config = {**record.config, "train": {"learning_rate": lr}}
+    record.run_id += f"-{steps}-{lr}"
+    return record
+
+
+def test_per_task_settings_keep_one_row_per_method_across_tasks(tmp_path):
+    """A suite with its own budget and rate per task (glue-cpu, paper-roberta-base) gives one
+    row per method, so the methods are ranked across tasks; a sweep within one task does not
+    merge (its rows differ in the setting swept)."""
+    records = []
+    for task, steps, lr in (("rte", 40, 1e-3), ("mrpc", 80, 2e-3)):
+        for seed in range(3):
+            records.append(per_task(make("lora", 8, task, seed, 0.6 + 0.01 * seed), steps, lr))
+            records.append(per_task(make("dora", 8, task, seed, 0.7 + 0.01 * seed), steps, lr))
+    data = load(tmp_path / "a", records)
+    assert sorted(set(data.runs["config"])) == ["DoRA r=8", "LoRA r=8"]
+    assert row(paired_differences(data), "DoRA r=8", task="mrpc")["n"] == 3
+
+    sweep = records + [per_task(make("lora", 8, "rte", s, 0.5), 40, 5e-3) for s in range(3)]
+    labels = set(load(tmp_path / "b", sweep).runs["config"])
+    assert "DoRA r=8" in labels  # one recipe per task: still one row
+    assert "LoRA r=8" not in labels and len([c for c in labels if c.startswith("LoRA")]) == 3

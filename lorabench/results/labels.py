@@ -223,8 +223,16 @@ def row_labels(records: list[RunRecord]) -> list[RowLabel]:
     if not records:
         return []
     resolved = [resolved_variant_config(r) for r in records]
-    recipes = [recipe(r) for r in records]
-    keys = [_row_key(r, cfg) for r, cfg in zip(records, resolved, strict=True)]
+    per_task = _per_task_settings(records, resolved)
+    # A configuration trained with one recipe per task (a suite's per-task settings) is one
+    # row: its training settings and budget belong to the task, not to the row.
+    recipes = [
+        _without_train(recipe(r)) if per_task[i] else recipe(r) for i, r in enumerate(records)
+    ]
+    keys = [
+        _row_key(r, cfg, per_task=per_task[i])
+        for i, (r, cfg) in enumerate(zip(records, resolved, strict=True))
+    ]
     # Final ranks averaged per matrix over the runs of one config (all tasks, all seeds), so
     # that one config reads the same in every task column.
     pooled: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
@@ -235,7 +243,7 @@ def row_labels(records: list[RunRecord]) -> list[RowLabel]:
         k: {m: float(np.mean(v)) for m, v in ranks.items()} for k, ranks in pooled.items()
     }
 
-    tags = _tags(records)
+    tags = _tags(records, per_task)
     suffixes = recipe_suffixes(records, [r.variant for r in records], recipes)
     out: list[RowLabel] = []
     for i, r in enumerate(records):
@@ -258,27 +266,57 @@ def row_labels(records: list[RunRecord]) -> list[RowLabel]:
     return _disambiguated(out, keys, records)
 
 
-def _row_key(record: RunRecord, resolved: Mapping[str, Any]) -> str:
-    """What makes runs seeds of one config (the task and its data aside)."""
+def _row_key(record: RunRecord, resolved: Mapping[str, Any], *, per_task: bool = False) -> str:
+    """What makes runs seeds of one config (the task and its data aside; with ``per_task``,
+    its training settings and budget too: see :func:`_per_task_settings`)."""
     identity = {
         "variant": record.variant,
         "rank": record.rank,
         "variant_config": {str(k): _setting(v) for k, v in resolved.items() if k != "seed"},
-        "train": train_recipe(record),
         "model": record.model,
         "model_fingerprint": record.model_fingerprint or "",
-        "budget": budget_label(record.budget),
     }
+    if not per_task:
+        identity["train"] = train_recipe(record)
+        identity["budget"] = budget_label(record.budget)
     return config_hash(identity)
 
 
-def _tags(records: list[RunRecord]) -> list[dict[str, str]]:
+def _per_task_settings(records: list[RunRecord], resolved: list[dict[str, Any]]) -> list[bool]:
+    """Per record, whether its configuration (variant, settings, model) was trained with one
+    training recipe and budget per task, differing between tasks: a suite's per-task settings
+    (``tasks: [{stsb: {budget: steps=100, train: {...}}}]``), under which the configuration is
+    one method and so one row across tasks. A configuration with several recipes on one task
+    (a learning-rate sweep) keeps a row per recipe, told apart by the settings that differ."""
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, (r, cfg) in enumerate(zip(records, resolved, strict=True)):
+        groups[_row_key(r, cfg, per_task=True)].append(i)
+    out = [False] * len(records)
+    for indices in groups.values():
+        by_task: dict[str, set[str]] = defaultdict(set)
+        for i in indices:
+            r = records[i]
+            by_task[r.task].add(config_hash([train_recipe(r), budget_label(r.budget)]))
+        if all(len(v) == 1 for v in by_task.values()) and len(set().union(*by_task.values())) > 1:
+            for i in indices:
+                out[i] = True
+    return out
+
+
+def _without_train(settings: dict[str, str]) -> dict[str, str]:
+    """``settings`` without its training settings (those a per-task row leaves to the task)."""
+    return {k: v for k, v in settings.items() if not k.startswith("train.")}
+
+
+def _tags(records: list[RunRecord], per_task: list[bool] | None = None) -> list[dict[str, str]]:
     """Per record, the bracketed tags of its row, in order: the model (when several are mixed),
     its fingerprint, the budget (when several are mixed) and the data fingerprint (see
     :func:`_odd_fingerprints` for when a fingerprint is shown)."""
     tags: list[dict[str, str]] = [{} for _ in records]
     models = {r.model for r in records}
-    budgets = {budget_label(r.budget) for r in records}
+    # A row with per-task settings has a budget per task: its budget tells no row apart.
+    per_task = per_task or [False] * len(records)
+    budgets = {budget_label(r.budget) for i, r in enumerate(records) if not per_task[i]}
     odd_model = _odd_fingerprints(records, lambda r: r.model, lambda r: r.model_fingerprint)
     odd_data = _odd_fingerprints(records, lambda r: r.task, lambda r: r.data_fingerprint)
     for i, r in enumerate(records):
@@ -286,7 +324,7 @@ def _tags(records: list[RunRecord]) -> list[dict[str, str]]:
             tags[i]["model"] = short_name(r.model)
         if i in odd_model:
             tags[i]["model_fingerprint"] = f"model {short_fingerprint(r.model_fingerprint)}"
-        if len(budgets) > 1:
+        if len(budgets) > 1 and not per_task[i]:
             tags[i]["budget"] = budget_label(r.budget)
         if i in odd_data:
             tags[i]["data"] = f"data {short_fingerprint(r.data_fingerprint)}"

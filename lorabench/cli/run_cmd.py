@@ -43,6 +43,8 @@ threads: on a machine shared with other jobs, --threads 1 is often several times
 torch's default of one thread per core (its threads spin while waiting for each other).
 workers: --workers N trains N runs at once in separate processes, sharing --threads; several
 commands on one results database never train a run twice (each claims its runs there).
+--executor ray trains them on a Ray cluster instead (--address auto: the cluster this machine
+joined with 'ray start'); this command still stores every record.
 
 stopping: Ctrl-C or SIGTERM stops after saying how many runs are finished; every finished run
 is stored as it ends, so re-running the same command resumes with the others.
@@ -250,6 +252,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             "--workers 1 --threads 2"
         ),
     )
+    output.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        help=(
+            "where the runs train: local (the default: this process, or --workers processes "
+            'on this machine) or ray (actors on a Ray cluster; pip install "lorabench[ray]"). '
+            "With ray, each run reserves --threads CPUs (default 1), or one GPU with "
+            "--device cuda, and --workers defaults to as many runs as the cluster holds at once; "
+            "this command still stores every record"
+        ),
+    )
+    output.add_argument(
+        "--address",
+        metavar="ADDRESS",
+        help=(
+            "the Ray cluster for --executor ray: auto (the cluster this machine joined with "
+            "'ray start'), HOST:6379 (its head node) or ray://HOST:10001 (Ray Client). Default: "
+            "RAY_ADDRESS or a cluster started here with 'ray start', else a new Ray instance on "
+            "this machine. Every node needs lorabench and the model, data and --out folders at "
+            "the same paths"
+        ),
+    )
 
 
 _TRAIN_FLAGS = {
@@ -427,6 +451,14 @@ def run(args: argparse.Namespace) -> int:
     if workers_error(workers):
         print(f"lorabench run: {workers_error(workers)}", file=sys.stderr)
         return 2
+    from lorabench.harness.runner import executor_error
+
+    executor = getattr(args, "executor", None) or "local"
+    address = getattr(args, "address", None)
+    problem = executor_error(executor, address)  # Ray missing: said before any work
+    if problem:
+        print(f"lorabench run: {problem}", file=sys.stderr)
+        return 2
     # OUT holds the default results database and the adapters; a file there would otherwise
     # end in a FileExistsError traceback when the store or the first adapter is written.
     if suite.results is None or not args.no_adapters:
@@ -497,8 +529,10 @@ def run(args: argparse.Namespace) -> int:
             stream=sys.stdout,
             cache=cache,
             configs=configs,
-            workers=workers or 1,
+            workers=workers,
             threads=args.threads,
+            executor=executor,
+            address=address,
         )
     except SuiteInputError as exc:
         print(f"lorabench run: {exc}", file=sys.stderr)

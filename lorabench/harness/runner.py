@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from lorabench.harness.suite import SuiteConfig
 
 __all__ = [
+    "EXECUTORS",
     "RunCache",
     "RunPruned",
     "SuiteInputError",
@@ -60,6 +61,7 @@ __all__ = [
     "default_device",
     "error_message",
     "execute_run",
+    "executor_error",
     "format_summary",
     "resolve_suite",
     "run_config_of",
@@ -479,9 +481,11 @@ def run_suite(
     stream: Any = None,
     cache: RunCache | None = None,
     configs: list[RunConfig] | None = None,
-    workers: int = 1,
+    workers: int | None = None,
     threads: int | None = None,
     worker_setup: Callable[[], None] | None = None,
+    executor: str = "local",
+    address: str | None = None,
 ) -> list[RunRecord]:
     """Runs every (variant, task, seed) of ``suite`` not already finished in ``store``.
 
@@ -506,6 +510,14 @@ def run_suite(
     ``worker_setup``: a picklable top-level function each worker calls first, to register
     plugins registered in code here (see :class:`~lorabench.harness.workers.WorkerPool`).
 
+    ``executor="ray"`` trains the runs on a Ray cluster instead, one actor per run at a time
+    (:mod:`lorabench.harness.ray_pool`): ``address`` is the cluster (None: a local instance,
+    ``"auto"``, ``"HOST:PORT"``, ``"ray://HOST:10001"``; see
+    :func:`~lorabench.harness.ray_pool.connect`), ``workers`` the runs at once (default: as
+    many as the cluster holds), ``threads`` each run's CPU threads (default 1). This process
+    still stores every record. Ray missing, unreachable or too small raises
+    :class:`SuiteInputError` before any run trains.
+
     A store with claims (:class:`~lorabench.results.store.ResultStore`) is shared safely with
     other drivers: each run is claimed before it trains (:mod:`lorabench.results.claims`), a run
     another live driver claimed is skipped and counted in a line at the end.
@@ -517,21 +529,49 @@ def run_suite(
 
     if workers_error(workers):
         raise SuiteInputError(workers_error(workers))
+    problem = executor_error(executor, address)
+    if problem:
+        raise SuiteInputError(problem)
     out = sys.stdout if stream is None and progress else stream
-    parallel = _Parallel(workers, threads, worker_setup) if workers > 1 else None
+    parallel = None
+    if executor == "ray" or (workers or 1) > 1:  # on Ray even one worker: the runs go there
+        parallel = _Parallel(workers, threads, worker_setup, executor, address)
     with _StopSignals() as stop:
         return _run_suite(
             suite, store, stop, progress, keep_adapters, out, cache, configs, parallel
         )
 
 
+EXECUTORS = ("local", "ray")
+
+
+def executor_error(executor: str, address: str | None = None) -> str | None:
+    """Why ``executor`` and ``address`` cannot run a suite (an unknown executor, an address
+    without Ray, Ray not installed), naming the fix; None when they can."""
+    if executor not in EXECUTORS:
+        return f"unknown executor {executor!r}: use one of {', '.join(EXECUTORS)}"
+    if address is not None and executor != "ray":
+        return (
+            f"--address {address} is the address of a Ray cluster: add --executor ray "
+            "(or drop --address)"
+        )
+    if executor == "ray":
+        from lorabench.harness.ray_pool import ray_error
+
+        return ray_error()
+    return None
+
+
 @dataclasses.dataclass(frozen=True)
 class _Parallel:
-    """How a suite runs in worker processes (``run_suite``'s arguments)."""
+    """How a suite runs in worker processes or on Ray (``run_suite``'s arguments; ``workers``
+    None: as many as the Ray cluster holds)."""
 
-    workers: int
+    workers: int | None
     threads: int | None
     setup: Callable[[], None] | None
+    executor: str = "local"
+    address: str | None = None
 
 
 def _claim_keeper(store: RecordStore) -> Any:
@@ -732,16 +772,33 @@ def _run_parallel(
     suite_device: str | None = None,
     since: Mapping[str, Any] | None = None,
 ) -> None:
-    """Trains ``todo`` in worker processes, storing each record here as it comes back (into
-    ``new`` too); a run is claimed when it is handed to a worker, released when stored.
-    ``suite_device``: the suite's device (default ``LORABENCH_DEVICE``, else CUDA when present,
-    else CPU), spread over the workers by :func:`~lorabench.harness.workers.plan_workers`."""
+    """Trains ``todo`` in worker processes, or Ray actors, storing each record here as it
+    comes back (into ``new`` too); a run is claimed when it is handed to a worker, released when
+    stored. ``suite_device``: the suite's device (default ``LORABENCH_DEVICE``, else CUDA when
+    present, else CPU), spread over the workers by
+    :func:`~lorabench.harness.workers.plan_workers` (on Ray: one GPU per actor)."""
     from collections import deque
 
     from lorabench.harness.workers import WorkerPool, plan_workers
 
+    if not todo:
+        return  # nothing to train: no worker started, no Ray instance either
     device = str(suite_device) if suite_device else str(default_device())
-    slots = plan_workers(parallel.workers, parallel.threads, device)
+    pool: Any
+    if parallel.executor == "ray":
+        from lorabench.harness.ray_pool import RayExecutorError, open_ray_pool
+
+        try:
+            pool = open_ray_pool(
+                parallel.address, parallel.workers, parallel.threads, device,
+                setup=parallel.setup, adapter_root=adapter_root, log=log,
+            )  # fmt: skip
+        except RayExecutorError as exc:  # before any run trains
+            raise SuiteInputError(str(exc)) from None
+        slots = pool.slots
+    else:
+        slots = plan_workers(parallel.workers or 1, parallel.threads, device)
+        pool = WorkerPool(slots, setup=parallel.setup, adapter_root=adapter_root, log=log)
     queue = deque(todo)
     by_id = {cfg.run_id: cfg for cfg in todo}
     deaths: dict[str, int] = {}
@@ -753,7 +810,8 @@ def _run_parallel(
             + (f" on {s.device}" if s.device and s.device != "cpu" else "")
             for s in slots
         )
-        print(f"{len(slots)} workers ({where})", file=out, flush=True)
+        kind = "Ray workers" if parallel.executor == "ray" else "workers"
+        print(f"{len(slots)} {kind} ({where})", file=out, flush=True)
 
     def next_run() -> RunConfig | None:
         while queue:
@@ -762,7 +820,7 @@ def _run_parallel(
                 return cfg
         return None
 
-    with WorkerPool(slots, setup=parallel.setup, adapter_root=adapter_root, log=log) as pool:
+    with pool:
         while True:
             for slot in pool.idle():
                 cfg = next_run()

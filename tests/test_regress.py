@@ -312,6 +312,7 @@ def test_baseline_with_an_unknown_variant_names_it(tmp_path, capsys):
         (["--tolerance", "-1"], "--tolerance -1.0 must be a number >= 0"),
         (["--noise-k", "nan"], "--noise-k nan must be a number >= 0"),
         (["--threads", "0"], "--threads 0 must be >= 1"),
+        (["--workers", "0"], "--workers 0 must be >= 1 (e.g. --workers 2)"),
         (
             ["--update-baseline", "--results", "x.db"],
             "--results cannot be used with --update-baseline",
@@ -752,3 +753,53 @@ def test_missing_data_folder_stops_before_any_run(tmp_path, capsys):
     assert main(argv) == 2
     assert f"data_dir={str(missing)!r} is not a folder" in capsys.readouterr().err
     assert not (tmp_path / "o" / "results.db").exists()  # nothing ran, nothing was stored
+
+
+# -- parallel workers ------------------------------------------------------------------------------
+
+
+def test_workers_2_gives_the_verdict_and_scores_of_one_worker(
+    tiny_bert, tmp_path, monkeypatch, capsys, single_thread
+):
+    """A suite every spawned worker can load (a built-in task on the GLUE fixtures; a task
+    registered in code here would not reach them): checked with one worker and with two, each
+    run trains with the baseline's one thread, so the scores and the verdict are the same."""
+    from lorabench.results.store import ResultStore
+
+    monkeypatch.setenv("LORABENCH_CACHE", str(tmp_path / "cache"))
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(
+        textwrap.dedent(f"""\
+        name: tiny-workers
+        model: {tiny_bert}
+        tasks: [rte]
+        data_dir: {Path(__file__).parent / "fixtures" / "glue"}
+        variants: [lora]
+        seeds: [0, 1]
+        budget: steps=4
+        train: {{learning_rate: 3.0e-2, batch_size: 8, max_length: 16, max_eval_examples: 32}}
+    """)
+    )
+    base = tmp_path / "b.json"
+    assert main(update_argv(base, suite, tmp_path / "base-out")) == 0
+    assert Baseline.load(base).provenance["machine"]["torch_threads"] == 1
+    capsys.readouterr()
+
+    outs = {n: tmp_path / f"check-{n}" for n in (1, 2)}
+    codes = {
+        n: main(["regress", "--baseline", str(base), "--out", str(out), "--workers", str(n)])
+        for n, out in outs.items()
+    }
+    text = capsys.readouterr().out
+    assert codes == {1: 0, 2: 0}
+    assert "torch threads: 1 in each of 2 workers" in text
+    assert text.count("nothing moved") == 2
+    scores = {
+        n: {r.run_id: r.score for r in ResultStore(out / "results.db").records()}
+        for n, out in outs.items()
+    }
+    assert len(scores[1]) == 2 and scores[2] == scores[1]
+    assert junit_failures(outs[2] / "junit.xml") == junit_failures(outs[1] / "junit.xml") == (0, [])
+    # The guard saw every record the workers' runs produced (a re-run resumes them all).
+    state = json.loads((outs[2] / "regress-state.json").read_text())
+    assert set(state["runs"]) == set(scores[2])

@@ -35,6 +35,8 @@ The tolerance and k are stored in the baseline; --tolerance and --noise-k overri
 
 The check uses as many torch threads as the baseline was made with (at most this machine's
 cores): with the same thread count and CPU, an unchanged variant reproduces its scores exactly.
+--workers N trains N runs at once, each in its own process; each run still gets the baseline's
+thread count unless --threads says otherwise (then the total, divided between the workers).
 
 Re-running with the same --out resumes: finished runs are kept, unless the code that produced
 them changed (lorabench's source, the variants' source, torch/transformers/numpy versions), in
@@ -105,7 +107,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="CPU threads for torch (default: as many as the baseline was made with, at most "
         "this machine's cores; "
-        "with --update-baseline: torch's choice)",
+        "with --update-baseline: torch's choice); with --workers: the total, divided between them",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="train N runs at once, each in its own process (default 1); each worker trains "
+        "with the baseline's thread count, or --threads divided between the workers",
     )
     parser.add_argument(
         "--quiet", action="store_true", help="no progress bars; print only the comparison"
@@ -153,6 +162,9 @@ def _check_flags(args: argparse.Namespace) -> str | None:
             return f"{flag} {value} must be a number >= 0 (e.g. {flag} {example})"
     if args.threads is not None and args.threads < 1:
         return f"--threads {args.threads} must be >= 1 (e.g. --threads 1)"
+    workers = getattr(args, "workers", None)  # a Namespace built by hand may not have it
+    if workers is not None and workers < 1:
+        return f"--workers {workers} must be >= 1 (e.g. --workers 2)"
     if args.log is not None:
         from lorabench.harness.logs import LogSettingError, parse_log
 
@@ -193,18 +205,47 @@ def run(args: argparse.Namespace) -> int:
     from lorabench.regress import Baseline, BaselineError
 
     baseline_path = Path(args.baseline)
+    workers = _workers(args)
     if args.update_baseline:
-        _set_threads(args.threads)  # first: the provenance records the thread count
-        return _update(args, baseline_path)
+        # First: the provenance records the thread count, with --workers each worker's (of
+        # --threads, or of this machine's cores, divided as run_suite divides them).
+        total = args.threads
+        if total is None and workers > 1:
+            import os
+
+            total = os.cpu_count() or 1
+        _set_threads(_per_worker(total, workers))
+        return _update(args, baseline_path, args.threads)
     try:
         baseline = Baseline.load(baseline_path)
     except BaselineError as exc:
         return _usage(str(exc))
-    threads = args.threads if args.threads is not None else _baseline_threads(baseline)
-    _set_threads(threads)
-    if args.threads is None and threads is not None and not args.quiet:
-        print(f"torch threads: {threads} (as the baseline was made with; --threads to change)")
-    return _check(args, baseline, baseline_path)
+    if args.threads is not None:
+        threads = args.threads  # with --workers: the total, divided between them
+        _set_threads(_per_worker(threads, workers))
+        return _check(args, baseline, baseline_path, threads)
+    each = _baseline_threads(baseline)
+    _set_threads(each)
+    # Every worker trains with the baseline's thread count: the same float reductions are what
+    # reproduce its scores exactly, so the workers' total may exceed this machine's cores.
+    threads = None if each is None else each * workers
+    if each is not None and not args.quiet:
+        per = f" in each of {workers} workers" if workers > 1 else ""
+        print(f"torch threads: {each}{per} (as the baseline was made with; --threads to change)")
+    return _check(args, baseline, baseline_path, threads)
+
+
+def _workers(args: argparse.Namespace) -> int:
+    """``--workers`` (1 when not given)."""
+    return getattr(args, "workers", None) or 1
+
+
+def _per_worker(threads: int | None, workers: int) -> int | None:
+    """What each of ``workers`` workers trains with out of ``threads`` in total (as
+    ``run_suite`` divides them: at least one each); this process's own count with one worker."""
+    if threads is None:
+        return None
+    return max(1, threads // workers)
 
 
 def _baseline_threads(baseline: Baseline) -> int | None:
@@ -243,8 +284,10 @@ def _prepare_suite(suite: SuiteConfig, args: argparse.Namespace) -> SuiteConfig:
     )
 
 
-def _run(suite: SuiteConfig, args: argparse.Namespace) -> list[RunRecord]:
-    """Runs (or resumes) ``suite`` into OUT; returns its records."""
+def _run(suite: SuiteConfig, args: argparse.Namespace, threads: int | None) -> list[RunRecord]:
+    """Runs (or resumes) ``suite`` into OUT; returns its records. With ``--workers N``, N runs
+    train at once in their own processes, with ``threads`` in total divided between them (None:
+    this machine's cores); this process stores every record, through the guard."""
     # Imported here, from its own module: code_fingerprint is looked up at call time (the tests
     # replace it in lorabench.regress.guard).
     from lorabench.harness.runner import run_suite
@@ -264,7 +307,17 @@ def _run(suite: SuiteConfig, args: argparse.Namespace) -> list[RunRecord]:
         )
     if finished and not args.quiet:
         print(f"resuming: {len(finished)} run(s) in {args.out} already finished with this code")
-    return run_suite(suite, store, progress=not args.quiet, keep_adapters=False, stream=stream)
+    # Through the guard, which has no claims: run_suite claims nothing (docs/scale.md); with
+    # workers, this process still stores every record, so the guard sees each one.
+    return run_suite(
+        suite,
+        store,
+        progress=not args.quiet,
+        keep_adapters=False,
+        stream=stream,
+        workers=_workers(args),
+        threads=threads,
+    )
 
 
 def _current_state(
@@ -278,8 +331,11 @@ def _current_state(
 
 
 # -- checking ----------------------------------------------------------------------------------
-def _check(args: argparse.Namespace, baseline: Baseline, baseline_path: Path) -> int:
-    """Runs (or reads) the baseline's suite and compares it; returns the exit code."""
+def _check(
+    args: argparse.Namespace, baseline: Baseline, baseline_path: Path, threads: int | None = None
+) -> int:
+    """Runs (or reads) the baseline's suite and compares it; returns the exit code. ``threads``:
+    the torch threads of all workers together (see :func:`_run`)."""
     from lorabench.harness.suite import SuiteConfigError
     from lorabench.regress import compare
     from lorabench.results.store import ResultStore, ResultStoreError
@@ -306,7 +362,7 @@ def _check(args: argparse.Namespace, baseline: Baseline, baseline_path: Path) ->
         from lorabench.harness.runner import SuiteInputError
 
         try:
-            records = _run(suite, args)
+            records = _run(suite, args, threads)
         except (ResultStoreError, SuiteInputError) as exc:
             return _usage(str(exc))
     current, _ = _current_state(suite, args)
@@ -331,8 +387,9 @@ def _check(args: argparse.Namespace, baseline: Baseline, baseline_path: Path) ->
 
 
 # -- writing a baseline ------------------------------------------------------------------------
-def _update(args: argparse.Namespace, baseline_path: Path) -> int:
-    """Runs the suite and writes the baseline; returns the exit code."""
+def _update(args: argparse.Namespace, baseline_path: Path, threads: int | None = None) -> int:
+    """Runs the suite and writes the baseline; returns the exit code. ``threads``: the torch
+    threads of all workers together (``--threads``; see :func:`_run`)."""
     from lorabench.harness.suite import SuiteConfig, SuiteConfigError
     from lorabench.regress import (
         DEFAULT_NOISE_K,
@@ -388,7 +445,7 @@ def _update(args: argparse.Namespace, baseline_path: Path) -> int:
 
     started = time.perf_counter()
     try:
-        records = _run(suite, args)
+        records = _run(suite, args, threads)
     except (ResultStoreError, SuiteInputError) as exc:
         return _usage(str(exc))
     provenance["wall_seconds"] = round(time.perf_counter() - started, 1)

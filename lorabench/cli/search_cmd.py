@@ -22,9 +22,11 @@ examples:
   lorabench search --config search.yaml                 # everything below can live in YAML too
 
 several workers, one study and one shared budget:
-  lorabench search ... --storage journal:search.journal          # processes on one machine
+  lorabench search ... --workers 4 --threads 4   # 4 processes here, 1 thread each; confirms once
+  lorabench search ... --storage journal:search.journal          # processes started by hand
   lorabench search ... --storage postgresql://user@host/db --study rank-rte   # on every machine
-  (then once, after the workers: the same command with --confirm-seeds 3 to confirm the best)
+  (started by hand: give them --confirm-seeds 0, then, after them, run the same command once
+  with --confirm-seeds 3 to confirm the best)
 
 Before any trial trains, every study is checked: its search space, a budget that covers at least
 one trial (estimated from the task's batches when --budget and --trial-budget differ in unit), the
@@ -160,6 +162,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         ),
     )
     add_threads_argument(parser)
+    parser.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help=(
+            "run each study's trials in N processes on this machine, sharing its budget "
+            "(default 1: this process); the --threads (default: this machine's cores) are "
+            "divided between them, at least 1 each, and the best is confirmed once, after them"
+        ),
+    )
     parser.add_argument("--quiet", action="store_true", help="print only the final summary")
     parser.add_argument(
         "--show-space",
@@ -182,11 +194,17 @@ def run(args: argparse.Namespace) -> int:
     from lorabench.harness.prepared import RunCache
     from lorabench.results.store import ResultStore, ResultStoreError
     from lorabench.search.loop import prepare_search, run_search
+    from lorabench.search.parallel import check_shareable, run_search_workers, workers_problem
     from lorabench.search.storage import check_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if threads_error(args.threads):
         print(f"error: {threads_error(args.threads)}", file=sys.stderr)
+        return 2
+    workers = getattr(args, "workers", None)  # a Namespace built by hand may not have it
+    workers = 1 if workers is None else workers
+    if workers_problem(workers):
+        print(f"error: {workers_problem(workers)}", file=sys.stderr)
         return 2
     # Before the budget probes, so their timings see the threads the trials will use.
     set_threads(args.threads)
@@ -204,11 +222,28 @@ def run(args: argparse.Namespace) -> int:
         # Every check (spaces, budgets, storages, study settings) before the first trial trains;
         # the storage's form first, before the results database is created beside it.
         check_storage(str(settings["storage"]))
+        if workers > 1:
+            check_shareable(str(settings["storage"]), str(settings["results"]))
         store = ResultStore(settings["results"])
         prepared = [prepare_search(cfg, cache=cache) for cfg in configs]
     except (BenchmarkConfigError, ResultStoreError, KeyError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if workers > 1:
+        try:
+            outcomes = run_search_workers(
+                prepared,
+                workers=workers,
+                results=settings["results"],
+                threads=args.threads,
+                store=store,
+                progress=not args.quiet,
+            )
+        except (BenchmarkConfigError, ResultStoreError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        _print_summary(outcomes, settings["results"])
+        return 0
     outcomes = []
     for p in prepared:
         try:

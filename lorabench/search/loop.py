@@ -20,9 +20,11 @@ Typical use::
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import math
+import os
 import statistics
 import time
 import warnings
@@ -74,20 +76,31 @@ __all__ = [
     "PRUNERS",
     "SAMPLERS",
     "STUDY_ATTR",
+    "WORKER_ATTR",
+    "WORKER_PID_ATTR",
     "PreparedSearch",
     "SearchConfig",
     "SearchError",
+    "SearchHarness",
     "SearchOutcome",
     "TrialSeededSampler",
     "best_trial",
     "confirm_best",
+    "fail_stale_trials",
+    "finish_search",
     "load_search_summaries",
     "prepare_search",
     "run_search",
+    "run_trials",
+    "search_harness",
     "summarize_study",
     "variant_search_space",
 ]
 
+
+# Trial user attributes naming the worker of `lorabench search --workers` that ran the trial.
+WORKER_ATTR = "worker"
+WORKER_PID_ATTR = "worker_pid"
 
 # ---------------------------------------------------------------------------------------------
 # the search loop
@@ -107,36 +120,86 @@ def run_search(
     Re-running continues the study (finished trials and their spend stay). ``results`` is the
     results database (path or URL) for run records and the summary; ``store`` and ``execute``
     default to :class:`~lorabench.results.store.ResultStore` on ``results`` and
-    :func:`~lorabench.harness.runner.execute_run` (tests inject fakes).
+    :func:`~lorabench.harness.runner.execute_run` (tests inject fakes). Several processes on one
+    study: :func:`lorabench.search.parallel.run_search_workers`.
     """
+    harness = search_harness(prepared, results=results, store=store, execute=execute)
+    run_trials(prepared, harness, progress=progress)
+    return finish_search(prepared, harness, results=results, progress=progress, confirm=confirm)
+
+
+@dataclasses.dataclass
+class SearchHarness:
+    """Where a search's runs train and go: the record store, the run function, and how a trial's
+    config is resolved (its task data loaded once per process, through the run cache)."""
+
+    store: RecordStore
+    execute: ExecuteRun
+    resolve: Callable[[RunConfig], RunConfig] = _unresolved
+
+
+def search_harness(
+    prepared: PreparedSearch,
+    *,
+    results: str | None = None,
+    store: RecordStore | None = None,
+    execute: ExecuteRun | None = None,
+    device: str | None = None,
+) -> SearchHarness:
+    """The store and run function of :func:`run_search` (its defaults: a
+    :class:`~lorabench.results.store.ResultStore` on ``results``, and
+    :func:`~lorabench.harness.runner.execute_run` on ``device``, None: the harness's choice)."""
     if store is None:
         from lorabench.results.store import ResultStore
 
         if results is None:
             raise SearchError("run_search needs results= (a path or URL) or a store")
         store = ResultStore(database_url(results))
-    resolve: Callable[[RunConfig], RunConfig] = _unresolved
-    if execute is None:
-        from lorabench.harness.runner import RunCache, execute_run
+    if execute is not None:
+        return SearchHarness(store, execute)
+    from lorabench.harness.runner import RunCache, execute_run
 
-        # One cache for every trial and confirmation run: the task is loaded and tokenised and
-        # the model read from disk once per process, not once per trial.
-        if prepared.cache is None:
-            prepared.cache = RunCache()
-        execute = functools.partial(execute_run, cache=prepared.cache)
-        resolve = prepared.cache.resolve
-    cfg, study = prepared.config, prepared.study
-    loop = _SearchLoop(prepared, store, execute, progress, resolve)
+    # One cache for every trial and confirmation run: the task is loaded and tokenised and
+    # the model read from disk once per process, not once per trial.
+    if prepared.cache is None:
+        prepared.cache = RunCache()
+    # The device only when given: without one, the call is what it always was.
+    on = {} if device is None else {"device": device}
+    run = functools.partial(execute_run, cache=prepared.cache, **on)
+    return SearchHarness(store, run, prepared.cache.resolve)
 
+
+def fail_stale_trials(prepared: PreparedSearch) -> None:
+    """Marks the running trials of killed workers failed (heartbeat storages; their reported
+    spend stays counted)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)  # trials of killed workers: failed, spend kept
+        optuna.storages.fail_stale_trials(prepared.study)
+
+
+def run_trials(
+    prepared: PreparedSearch,
+    harness: SearchHarness,
+    *,
+    progress: bool = True,
+    worker: int | None = None,
+) -> str | None:
+    """Runs trials until the study's budget is spent (or the sampler has nothing new to try);
+    returns why the loop stopped (None: nothing to run, the budget was spent already).
+
+    ``worker``: this process's number among the workers of ``lorabench search --workers``;
+    each trial records it (with the process id) and its progress line shows it. Raises
+    :class:`SearchError` when trials keep failing.
+    """
+    cfg, study = prepared.config, prepared.study
+    loop = _SearchLoop(prepared, harness, progress, worker)
+    fail_stale_trials(prepared)
     spend = prepared.spend()
     if spend.exhausted(cfg.budget):
         _say(
             progress,
-            f"[{cfg.study_name}] budget {cfg.budget} already spent ({spend.committed:g}); "
-            "no new trials",
+            f"[{cfg.study_name}] {loop.who}budget {cfg.budget} already spent "
+            f"({spend.committed:g}); no new trials",
         )
     else:
         with _quiet_interrupt_logs():
@@ -147,12 +210,27 @@ def run_search(
                 gc_after_trial=True,
             )
     if loop.stop_reason:
-        _say(progress, f"[{cfg.study_name}] stopped: {loop.stop_reason}")
+        _say(progress, f"[{cfg.study_name}] {loop.who}stopped: {loop.stop_reason}")
     if loop.fatal:
         raise SearchError(loop.fatal)
+    return loop.stop_reason
 
+
+def finish_search(
+    prepared: PreparedSearch,
+    harness: SearchHarness,
+    *,
+    results: str | None = None,
+    progress: bool = True,
+    confirm: bool = True,
+) -> SearchOutcome:
+    """After the trials: confirms the best configuration on fresh seeds (unless ``confirm`` is
+    off or ``confirm_seeds`` is 0), summarises the study and saves the summary in ``results``."""
+    cfg = prepared.config
     confirm_records = (
-        confirm_best(prepared, store, execute, progress=progress, resolve=resolve)
+        confirm_best(
+            prepared, harness.store, harness.execute, progress=progress, resolve=harness.resolve
+        )
         if confirm
         else []
     )
@@ -208,16 +286,18 @@ class _SearchLoop:
     def __init__(
         self,
         prepared: PreparedSearch,
-        store: RecordStore,
-        execute: ExecuteRun,
+        harness: SearchHarness,
         progress: bool,
-        resolve: Callable[[RunConfig], RunConfig],
+        worker: int | None = None,
     ) -> None:
         self.p = prepared
-        self.resolve = resolve
-        self.store = store
-        self.execute = execute
+        self.resolve = harness.resolve
+        self.store = harness.store
+        self.execute = harness.execute
         self.progress = progress
+        self.worker = worker
+        # Progress lines of one of several workers say which (they share one terminal).
+        self.who = "" if worker is None else f"worker {worker}: "
         self.consecutive_failures = 0
         self.consecutive_duplicates = 0
         self.last_error: str | None = None
@@ -229,6 +309,11 @@ class _SearchLoop:
 
         p, cfg = self.p, self.p.config
         started = time.monotonic()
+        if self.worker is not None:
+            # First: the parent of `search --workers` fails the running trials of a worker that
+            # died by these, as a heartbeat would (a journal storage has none).
+            trial.set_user_attr(WORKER_ATTR, self.worker)
+            trial.set_user_attr(WORKER_PID_ATTR, os.getpid())
         # Claim this trial's expected spend first, so other workers see the budget as taken.
         estimate = estimate_trial_spend(
             cfg.trial_budget, p.unit, p.study.get_trials(deepcopy=False)
@@ -337,7 +422,8 @@ class _SearchLoop:
             shown += f" (same config as trial {trial.user_attrs['duplicate_of']})"
         _say(
             self.progress,
-            f"[{cfg.study_name}] trial {trial.number} {trial.state.name.lower()} {shown} "
+            f"[{cfg.study_name}] {self.who}trial {trial.number} {trial.state.name.lower()} "
+            f"{shown} "
             f"params={dict(trial.params)} "
             f"spent {spend.committed:g}/{cfg.budget.limit:g} {cfg.budget.kind}",
         )

@@ -1,8 +1,10 @@
 """Where a search keeps its studies: SQLite, a journal file, or any database Optuna supports.
 
-* ``sqlite:///path.db`` or a plain path: one file, one machine (the default);
+* ``sqlite:///path.db`` or a plain path: one file, one machine (the default); several processes
+  on it (``lorabench search --workers``) take turns to write, each waiting for the lock;
 * ``journal:PATH``: Optuna's journal file, for several processes on one machine (no heartbeat:
-  a killed worker's trial stays running and keeps its reservation counted);
+  a killed worker's trial stays running and keeps its reservation counted, unless the parent of
+  ``--workers`` fails it);
 * ``postgresql://user@host:port/db`` (or ``mysql://...``): several machines share one study.
 
 Database storages run Optuna's heartbeat, so the trial of a killed worker is marked failed after
@@ -12,6 +14,7 @@ Database storages run Optuna's heartbeat, so the trial of a killed worker is mar
 from __future__ import annotations
 
 import random
+import sqlite3
 import time
 import warnings
 from pathlib import Path
@@ -35,7 +38,6 @@ STORAGE_FORMS = (
     "a file path (search.db), sqlite:///path/search.db, postgresql://user@host:5432/db "
     "(or mysql://...), or journal:PATH"
 )
-SQLITE_HEADER = b"SQLite format 3\x00"
 
 
 class StorageError(BenchmarkConfigError):
@@ -91,7 +93,15 @@ def check_storage(url_or_path: str) -> str:
 
 
 def _check_sqlite_file(path: Path) -> None:
-    """Refuses a path that exists but is not an SQLite database (a folder, a text file)."""
+    """Refuses a path that exists but is not an SQLite database (a folder, a text file).
+
+    The file is read through SQLite, never opened and closed directly: closing any descriptor of
+    a file drops every POSIX lock this process holds on it, so a plain ``open()`` of a database
+    this process already uses (the default storage is the results database) would silently
+    release its connections' locks, and another process sharing the file (``--workers``) could
+    then reset the write-ahead log under them ("disk I/O error"). SQLite keeps such descriptors
+    open until its own locks are released.
+    """
     if path.is_dir():
         raise StorageError(
             f"search storage {path} is a folder; give a database file, e.g. {path / 'search.db'}"
@@ -99,18 +109,21 @@ def _check_sqlite_file(path: Path) -> None:
     if not path.is_file():
         return  # created by Optuna
     try:
-        with path.open("rb") as handle:
-            header = handle.read(len(SQLITE_HEADER))
-    except OSError as exc:
-        raise StorageError(
-            f"search storage {path} cannot be read ({exc.strerror or exc})"
-        ) from None
-    if header and header != SQLITE_HEADER:  # an empty file is a new database to SQLite
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=1)
+    except sqlite3.Error as exc:
+        raise StorageError(f"search storage {path} cannot be read ({exc})") from None
+    try:
+        conn.execute("PRAGMA schema_version").fetchone()
+    except sqlite3.DatabaseError as exc:
+        if "not a database" not in str(exc):
+            return  # locked by a writer, say: Optuna waits for it, or says what is wrong
         raise StorageError(
             f"search storage {path} is not an SQLite database (the file exists and holds "
             "something else); give a new file name (it is created), an existing search or "
             "results database, or another form: " + STORAGE_FORMS
-        )
+        ) from None
+    finally:
+        conn.close()
 
 
 def redact(url: str) -> str:

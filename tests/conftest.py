@@ -115,11 +115,11 @@ def toy_rows(n: int, seed: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-@pytest.fixture(scope="session")
-def toy_task() -> Iterator[str]:
-    """Registers the in-memory task ``toy-sentiment`` (200 train, 64 validation examples)."""
+def register_toy_task() -> str:
+    """Registers the in-memory task ``toy-sentiment`` (200 train, 64 validation examples) and its
+    source; returns its name. Also the ``worker_setup`` of spawned workers and Ray actors, which
+    start without what the test process registered in code."""
     from lorabench.tasks import TASKS, TaskData, TaskSpec, register_source
-    from lorabench.tasks.data import SOURCES
 
     def load(spec: TaskSpec, request) -> TaskData:
         train = toy_rows(200, 1)
@@ -140,9 +140,57 @@ def toy_task() -> Iterator[str]:
         description="toy sentiment (tests)",
     )
     TASKS.add(spec, overwrite=True)
-    yield TOY_TASK
+    return TOY_TASK
+
+
+@pytest.fixture(scope="session")
+def toy_task() -> Iterator[str]:
+    """The in-memory task ``toy-sentiment``, registered for the session."""
+    from lorabench.tasks import TASKS
+    from lorabench.tasks.data import SOURCES
+
+    yield register_toy_task()
     TASKS.unregister(TOY_TASK)
     SOURCES.pop(TOY_SOURCE, None)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[str]:
+    """A local Ray instance of 2 CPUs for the module; yields its address. Its workers find this
+    folder (``conftest``, the test modules) through PYTHONPATH, as spawned local workers find it
+    through sys.path, and run at the tests' priority: Ray starts them at nice 15, where beside
+    other tests (``-n 2``) or jobs they get a few percent of a core. ``ray.init`` sets a SIGTERM
+    handler of its own: the previous one is put back, since later tests in this process expect
+    it."""
+    import os
+    import signal
+
+    ray = pytest.importorskip("ray")
+    tests = Path(__file__).resolve().parent
+    niceness = "RAY_worker_niceness"  # Ray's setting, read from the environment (lower case)
+    saved = {name: os.environ.get(name) for name in ("PYTHONPATH", niceness)}
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(tests), str(tests.parent), saved["PYTHONPATH"]) if p
+    )
+    os.environ[niceness] = "0"
+    sigterm = signal.getsignal(signal.SIGTERM)
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        object_store_memory=100 * 2**20,
+    )
+    signal.signal(signal.SIGTERM, sigterm)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @pytest.fixture

@@ -36,7 +36,6 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
-NICENESS = "RAY_worker_niceness"  # Ray's setting, read from the environment (lower case)
 DEADLINE_S = 300  # the longest any poll below waits (a loaded machine is slow)
 
 
@@ -66,63 +65,12 @@ class Marked(LoRA):
 def _setup(marks: str | None = None, phase: str = "first") -> None:
     """In each Ray actor (and a subprocess driver): the toy task and the marked variant, as the
     fixtures registered them in the test process."""
-    from conftest import TOY_SOURCE, TOY_TASK, toy_rows
+    from conftest import register_toy_task
 
-    from lorabench.tasks import TASKS, TaskData, TaskSpec, register_source
-
-    def load(spec: TaskSpec, request) -> TaskData:
-        train, validation = toy_rows(200, 1), toy_rows(64, 2)
-        if request.max_train_examples:
-            train = train.head(request.max_train_examples)
-        if request.max_eval_examples:
-            validation = validation.head(request.max_eval_examples)
-        return TaskData(spec, {"train": train, "validation": validation}, source=TOY_SOURCE)
-
-    register_source(TOY_SOURCE)(load)
-    spec = TaskSpec(
-        name=TOY_TASK,
-        version="1",
-        source=TOY_SOURCE,
-        text_columns=("sentence",),
-        label_names=("negative", "positive"),
-        description="toy sentiment (tests)",
-    )
-    TASKS.add(spec, overwrite=True)
+    register_toy_task()
     Marked.marks = Path(marks) if marks else None
     Marked.phase = phase
     VARIANTS.add(Marked, name="marked", overwrite=True)
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    """A local Ray instance of 2 CPUs for the module. Its workers find this folder (``conftest``,
-    this module) through PYTHONPATH, as spawned local workers find it through sys.path, and run
-    at the tests' priority: Ray starts them at nice 15, where beside other tests (``-n 2``) or
-    jobs they get a few percent of a core. ``ray.init`` sets a SIGTERM handler of its own: the
-    previous one is put back, since later tests in this process expect it."""
-    saved = {name: os.environ.get(name) for name in ("PYTHONPATH", NICENESS)}
-    os.environ["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(TESTS), str(REPO), saved["PYTHONPATH"]) if p
-    )
-    os.environ[NICENESS] = "0"
-    sigterm = signal.getsignal(signal.SIGTERM)
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        object_store_memory=100 * 2**20,
-    )
-    signal.signal(signal.SIGTERM, sigterm)
-    try:
-        yield ray.get_runtime_context().gcs_address
-    finally:
-        ray.shutdown()
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 @pytest.fixture

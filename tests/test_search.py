@@ -719,6 +719,30 @@ def test_cli_show_space_prints_the_merged_spaces_without_a_budget(tmp_path, caps
     )  # conditional bound, declared by AdaLoRA
 
 
+def test_cli_variants_may_pick_some_of_a_configs_variants(tmp_path):
+    """A config's spaces may name every variant the config lists; --variants runs a subset.
+    A space for a variant listed nowhere is still refused, naming it."""
+    import argparse
+
+    from lorabench.cli import search_cmd
+    from lorabench.harness.config import BenchmarkConfigError
+
+    config = tmp_path / "search.yaml"
+    config.write_text(
+        "variants: [lora, dora]\nbudget: steps=400\n"
+        "space:\n  lora: {r: {type: categorical, choices: [2, 4]}}\n  dora: {r: null}\n"
+    )
+    parser = argparse.ArgumentParser(prog="lorabench search")
+    search_cmd.add_arguments(parser)
+    argv = ["--config", str(config), "--tasks", "rte", "--variants", "lora"]
+    (cfg,) = search_cmd._search_configs(search_cmd._settings(parser.parse_args(argv)))
+    assert cfg.variant == "lora" and cfg.space == {"r": {"type": "categorical", "choices": [2, 4]}}
+
+    config.write_text("budget: steps=400\nspace:\n  vera: {r: null}\n")
+    with pytest.raises(BenchmarkConfigError, match=r"names variant\(s\) \['vera'\] not in"):
+        search_cmd._search_configs(search_cmd._settings(parser.parse_args(argv)))
+
+
 def test_journal_storage_runs_and_resumes(tmp_path):
     cfg = search_config(
         tmp_path,

@@ -125,30 +125,9 @@ def _config(tmp_path: Path, **overrides) -> SearchConfig:
 
 def _worker_setup() -> None:
     """In each spawned worker: the toy task, as the test session registered it here."""
-    from conftest import TOY_SOURCE, TOY_TASK, toy_rows
+    from conftest import register_toy_task
 
-    from lorabench.tasks import TASKS, TaskData, TaskSpec, register_source
-
-    def load(spec: TaskSpec, request) -> TaskData:
-        train, validation = toy_rows(200, 1), toy_rows(64, 2)
-        if request.max_train_examples:
-            train = train.head(request.max_train_examples)
-        if request.max_eval_examples:
-            validation = validation.head(request.max_eval_examples)
-        return TaskData(spec, {"train": train, "validation": validation}, source=TOY_SOURCE)
-
-    register_source(TOY_SOURCE)(load)
-    TASKS.add(
-        TaskSpec(
-            name=TOY_TASK,
-            version="1",
-            source=TOY_SOURCE,
-            text_columns=("sentence",),
-            label_names=("negative", "positive"),
-            description="toy sentiment (tests)",
-        ),
-        overwrite=True,
-    )
+    register_toy_task()
 
 
 def test_two_workers_share_the_budget_store_each_trial_once_and_confirm_once(
@@ -315,8 +294,10 @@ def test_api_refuses_a_bad_worker_count(tmp_path, workers):
         run_search_workers([], workers=workers, results=str(tmp_path / "r.db"))
 
 
-@pytest.mark.slow
-def test_cli_workers_end_to_end_on_the_real_harness(tmp_path, tiny_model_dir, capsys):
+def check_cli_search_end_to_end(tmp_path, tiny_model_dir, capsys, extra, started) -> None:
+    """``lorabench search`` on the real harness (the tiny model, the RTE fixture, a 12-step budget
+    of 3-step trials) with the options ``extra``: the line ``started``, the trials each stored
+    once, one confirmation, the summary."""
     import argparse
 
     import yaml
@@ -341,14 +322,13 @@ def test_cli_workers_end_to_end_on_the_real_harness(tmp_path, tiny_model_dir, ca
             "--variants", "lora", "--tasks", "rte", "--config", str(config),
             "--data-dir", str(Path(__file__).parent / "fixtures" / "glue"),
             "--model", str(tiny_model_dir), "--budget", "steps=12", "--trial-budget", "steps=3",
-            "--pruner", "none", "--confirm-seeds", "1", "--results", str(results),
-            "--workers", "2", "--threads", "2",
+            "--pruner", "none", "--confirm-seeds", "1", "--results", str(results), *extra,
         ]
     )  # fmt: skip
     code = search_cmd.run(args)
     captured = capsys.readouterr()
     assert code == 0, captured.err
-    assert "search: 2 workers (1 thread each)" in captured.err
+    assert started in captured.err
     (summary,) = load_search_summaries(results)
     assert 12 <= summary["spent"] <= 12 + 2 * 3
     assert summary["states"] == {"COMPLETE": summary["n_trials"]}
@@ -358,3 +338,14 @@ def test_cli_workers_end_to_end_on_the_real_harness(tmp_path, tiny_model_dir, ca
     assert [r.seed for r in records if r.search["role"] == "confirm"] == [1]
     assert summary["confirm"]["runs"][0]["seed"] == 1
     assert "lorabench/lora/rte" in captured.out  # the summary table
+
+
+@pytest.mark.slow
+def test_cli_workers_end_to_end_on_the_real_harness(tmp_path, tiny_model_dir, capsys):
+    check_cli_search_end_to_end(
+        tmp_path,
+        tiny_model_dir,
+        capsys,
+        ["--workers", "2", "--threads", "2"],
+        "search: 2 workers (1 thread each)",
+    )

@@ -1,9 +1,9 @@
 """Parallel workers and claims: ``--workers 2`` trains each run once with the scores one worker
 gets, resumes, records a worker's exception or death as a failed run (a death retried once), and
 two drivers on one results database never train a run twice (live claims skipped and reported,
-expired ones taken over).
+expired ones taken over). A custom task given as a YAML file reaches the workers.
 
-Spawned workers import torch (seconds each): only the first two tests start them."""
+Spawned workers import torch (seconds each): only the first three tests start them."""
 
 from __future__ import annotations
 
@@ -57,28 +57,9 @@ class Misbehave(LoRA):
 def _worker_setup() -> None:
     """In each spawned worker: the toy task and the misbehaving variant, as the test registered
     them in this process (fixtures do not reach a spawned process)."""
-    from conftest import TOY_SOURCE, TOY_TASK, toy_rows
+    from conftest import register_toy_task
 
-    from lorabench.tasks import TASKS, TaskData, TaskSpec, register_source
-
-    def load(spec: TaskSpec, request) -> TaskData:
-        train, validation = toy_rows(200, 1), toy_rows(64, 2)
-        if request.max_train_examples:
-            train = train.head(request.max_train_examples)
-        if request.max_eval_examples:
-            validation = validation.head(request.max_eval_examples)
-        return TaskData(spec, {"train": train, "validation": validation}, source=TOY_SOURCE)
-
-    register_source(TOY_SOURCE)(load)
-    spec = TaskSpec(
-        name=TOY_TASK,
-        version="1",
-        source=TOY_SOURCE,
-        text_columns=("sentence",),
-        label_names=("negative", "positive"),
-        description="toy sentiment (tests)",
-    )
-    TASKS.add(spec, overwrite=True)
+    register_toy_task()
     VARIANTS.add(Misbehave, name="misbehave", overwrite=True)
 
 
@@ -137,6 +118,23 @@ def test_two_workers_train_each_run_once_with_the_scores_of_one_and_resume(
     assert [r.started_at for r in records][2] == serial[2].started_at  # not trained again
     assert store.claims() == []  # every claim released
     assert (tmp_path / "parallel" / "adapters" / records[0].run_id).is_dir()
+
+
+def test_workers_train_a_custom_task_given_as_a_yaml_file(tiny_model_dir, tmp_path):
+    """The task is registered from its YAML file in the driver only; the workers get its spec
+    (a spawned process knows only the built-in tasks)."""
+    from lorabench.tasks import TASKS
+
+    task_file = Path(__file__).parent / "fixtures" / "custom" / "reviews.yaml"
+    variants = [VariantEntry("lora", {"r": 2})]
+    suite = make_suite(tiny_model_dir, str(task_file), tmp_path / "out", variants)
+    try:
+        records = run_suite(suite, ResultStore(tmp_path / "r.db"), progress=False, workers=2)
+    finally:
+        TASKS.unregister("fixture-reviews")
+    assert [(r.task, r.status) for r in records] == [("fixture-reviews", "finished")] * 2, [
+        r.error for r in records
+    ]
 
 
 def test_worker_exception_and_death_are_failed_runs_and_the_suite_goes_on(

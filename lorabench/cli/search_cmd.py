@@ -23,6 +23,8 @@ examples:
 
 several workers, one study and one shared budget:
   lorabench search ... --workers 4 --threads 4   # 4 processes here, 1 thread each; confirms once
+  lorabench search ... --executor ray --address auto --device cuda \
+      --storage postgresql://user@host/db        # a worker per GPU of the cluster
   lorabench search ... --storage journal:search.journal          # processes started by hand
   lorabench search ... --storage postgresql://user@host/db --study rank-rte   # on every machine
   (started by hand: give them --confirm-seeds 0, then, after them, run the same command once
@@ -172,6 +174,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             "divided between them, at least 1 each, and the best is confirmed once, after them"
         ),
     )
+    parser.add_argument(
+        "--device",
+        metavar="DEVICE",
+        help=(
+            "where the trials compute: cpu, cuda, cuda:N or mps (default: CUDA when present, "
+            "else the CPU); with --workers, cuda spreads the workers over the GPUs, and with "
+            "--executor ray each worker gets a GPU of its own"
+        ),
+    )
+    parser.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        help=(
+            "where the workers run: local (the default: this process, or --workers processes "
+            'here) or ray (actors on a Ray cluster; pip install "lorabench[ray]"): each reserves '
+            "--threads CPUs (default 1), or a GPU with --device cuda, --workers defaults to as "
+            "many as the cluster holds, and every node must reach --storage and --results (a "
+            "database server, or files on a shared file system)"
+        ),
+    )
+    parser.add_argument(
+        "--address",
+        metavar="ADDRESS",
+        help=(
+            "the Ray cluster for --executor ray: auto (the cluster this machine joined with "
+            "'ray start'), HOST:6379 or ray://HOST:10001; default: RAY_ADDRESS or a cluster "
+            "started here, else a new Ray instance on this machine"
+        ),
+    )
     parser.add_argument("--quiet", action="store_true", help="print only the final summary")
     parser.add_argument(
         "--show-space",
@@ -192,6 +223,7 @@ def run(args: argparse.Namespace) -> int:
 
     from lorabench.harness.config import BenchmarkConfigError
     from lorabench.harness.prepared import RunCache
+    from lorabench.harness.runner import executor_error
     from lorabench.results.store import ResultStore, ResultStoreError
     from lorabench.search.loop import prepare_search, run_search
     from lorabench.search.parallel import check_shareable, run_search_workers, workers_problem
@@ -201,11 +233,21 @@ def run(args: argparse.Namespace) -> int:
     if threads_error(args.threads):
         print(f"error: {threads_error(args.threads)}", file=sys.stderr)
         return 2
-    workers = getattr(args, "workers", None)  # a Namespace built by hand may not have it
-    workers = 1 if workers is None else workers
-    if workers_problem(workers):
-        print(f"error: {workers_problem(workers)}", file=sys.stderr)
+    # A Namespace built by hand may lack the newer options.
+    executor = getattr(args, "executor", None) or "local"
+    address = getattr(args, "address", None)
+    device = getattr(args, "device", None)
+    workers = getattr(args, "workers", None)
+    problem = executor_error(executor, address) or (
+        None if workers is None else workers_problem(workers)
+    )
+    if problem is None and device is not None and executor == "local":
+        problem = _device_problem(device)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
+    if executor == "local":
+        workers = workers or 1
     # Before the budget probes, so their timings see the threads the trials will use.
     set_threads(args.threads)
     if args.show_space:
@@ -222,22 +264,39 @@ def run(args: argparse.Namespace) -> int:
         # Every check (spaces, budgets, storages, study settings) before the first trial trains;
         # the storage's form first, before the results database is created beside it.
         check_storage(str(settings["storage"]))
-        if workers > 1:
+        if executor == "ray" or workers > 1:
             check_shareable(str(settings["storage"]), str(settings["results"]))
         store = ResultStore(settings["results"])
         prepared = [prepare_search(cfg, cache=cache) for cfg in configs]
     except (BenchmarkConfigError, ResultStoreError, KeyError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    common = dict(results=settings["results"], store=store, progress=not args.quiet)
+    if executor == "ray":
+        from lorabench.harness.ray_pool import RayExecutorError
+        from lorabench.search.ray_search import run_search_ray
+
+        try:
+            outcomes = run_search_ray(
+                prepared,
+                workers=workers,
+                address=address,
+                threads=args.threads,
+                device=device,
+                **common,
+            )
+        except RayExecutorError as exc:  # found before any trial trains
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except (BenchmarkConfigError, ResultStoreError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        _print_summary(outcomes, settings["results"])
+        return 0
     if workers > 1:
         try:
             outcomes = run_search_workers(
-                prepared,
-                workers=workers,
-                results=settings["results"],
-                threads=args.threads,
-                store=store,
-                progress=not args.quiet,
+                prepared, workers=workers, threads=args.threads, device=device, **common
             )
         except (BenchmarkConfigError, ResultStoreError) as exc:
             print(f"error: {exc}", file=sys.stderr)
@@ -247,14 +306,24 @@ def run(args: argparse.Namespace) -> int:
     outcomes = []
     for p in prepared:
         try:
-            outcomes.append(
-                run_search(p, results=settings["results"], store=store, progress=not args.quiet)
-            )
+            outcomes.append(run_search(p, device=device, **common))
         except (BenchmarkConfigError, ResultStoreError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
     _print_summary(outcomes, settings["results"])
     return 0
+
+
+def _device_problem(device: str) -> str | None:
+    """Why ``--device`` cannot compute here (naming the devices that can); None when it can."""
+    from lorabench.harness.config import BenchmarkConfigError
+    from lorabench.harness.prepared import resolve_device
+
+    try:
+        resolve_device(device)
+    except BenchmarkConfigError as exc:
+        return str(exc)
+    return None
 
 
 def _settings(args: argparse.Namespace, *, need_budget: bool = True) -> dict[str, Any]:
@@ -283,6 +352,11 @@ def _settings(args: argparse.Namespace, *, need_budget: bool = True) -> dict[str
                 f"--config {args.config}: unknown key(s) {unknown}; valid: {sorted(_YAML_KEYS)}"
             )
         settings.update(loaded)
+    # A config's spaces may name every variant it lists; --variants may then run some of them.
+    listed = settings.get("variants")
+    settings["config_variants"] = (
+        [v.strip() for v in listed.split(",") if v.strip()] if isinstance(listed, str) else listed
+    ) or []
     for key in (
         "variants",
         "tasks",
@@ -341,10 +415,16 @@ def _search_configs(settings: dict[str, Any]) -> list:
             raise BenchmarkConfigError(
                 f"{name} must map a variant name to its settings, got {mapping!r}"
             )
-        stray = sorted(set(mapping) - set(settings["variants"]))
+        known = set(settings["variants"]) | set(settings.get("config_variants") or [])
+        stray = sorted(set(mapping) - known)
         if stray:
             raise BenchmarkConfigError(
                 f"{name} names variant(s) {stray} not in --variants {settings['variants']}"
+                + (
+                    f" nor in the config's variants {settings['config_variants']}"
+                    if settings.get("config_variants")
+                    else ""
+                )
             )
     train = TrainConfig.from_dict(settings.get("train") or {})
     optional = {

@@ -33,6 +33,10 @@ __all__ = [
     "RayExecutorError",
     "RayPool",
     "connect",
+    "death_errors",
+    "error_line",
+    "import_ray",
+    "is_cuda",
     "open_ray_pool",
     "plan_ray_slots",
     "ray_error",
@@ -56,7 +60,7 @@ def ray_error() -> str | None:
     return None
 
 
-def _ray() -> Any:
+def import_ray() -> Any:
     """The ``ray`` module (imported only here and when a Ray suite runs)."""
     problem = ray_error()
     if problem is not None:
@@ -81,7 +85,7 @@ def connect(address: str | None = None) -> bool:
     ``ray.init`` replaces the SIGTERM handler with one that exits at once; the previous one is
     put back, so that SIGTERM still stops a suite after storing what finished (exit 143).
     """
-    ray = _ray()
+    ray = import_ray()
     if ray.is_initialized():
         return False
     in_main = threading.current_thread() is threading.main_thread()
@@ -108,7 +112,8 @@ def connect(address: str | None = None) -> bool:
     return True
 
 
-def _is_cuda(device: str | None) -> bool:
+def is_cuda(device: str | None) -> bool:
+    """Whether ``device`` names a CUDA device (``cuda``, ``cuda:N``)."""
     return device is not None and device.split(":", 1)[0] == "cuda"
 
 
@@ -134,9 +139,9 @@ def plan_ray_slots(
     if threads is not None and threads < 1:
         raise RayExecutorError(f"--threads {threads} must be >= 1 (e.g. --threads 1)")
     each = threads or 1
-    gpu = _is_cuda(device)
+    gpu = is_cuda(device)
     if nodes is None:
-        nodes = [n["Resources"] for n in _ray().nodes() if n.get("Alive")]
+        nodes = [n["Resources"] for n in import_ray().nodes() if n.get("Alive")]
     fits = 0
     for resources in nodes:
         runs = int(resources.get("CPU", 0) // each)
@@ -219,11 +224,11 @@ _ACTOR_CLASS: Any = None  # ray.remote(_RunActor), made once (each one is export
 def _actor_class() -> Any:
     global _ACTOR_CLASS
     if _ACTOR_CLASS is None:
-        _ACTOR_CLASS = _ray().remote(_RunActor)
+        _ACTOR_CLASS = import_ray().remote(_RunActor)
     return _ACTOR_CLASS
 
 
-def _death_errors(ray: Any) -> tuple[type[BaseException], ...]:
+def death_errors(ray: Any) -> tuple[type[BaseException], ...]:
     """Ray's exceptions for a run whose worker is gone (the actor died, its process crashed or
     was killed for memory, its node died, its result was lost), not for a run that raised."""
     names = (
@@ -237,7 +242,7 @@ def _death_errors(ray: Any) -> tuple[type[BaseException], ...]:
     return tuple(getattr(ray.exceptions, n) for n in names if hasattr(ray.exceptions, n))
 
 
-def _first_line(exc: BaseException, limit: int = 300) -> str:
+def error_line(exc: BaseException, limit: int = 300) -> str:
     """``ActorDiedError: The actor died unexpectedly ...``: Ray's messages run to many lines."""
     text = str(exc).strip().splitlines()
     line = text[0] if text else ""
@@ -306,7 +311,7 @@ class RayPool:
     def _start(self, slot: int) -> Any:
         spec = self.slots[slot]
         options: dict[str, Any] = {"num_cpus": spec.threads, "max_restarts": 0}
-        if _is_cuda(spec.device):
+        if is_cuda(spec.device):
             options["num_gpus"] = 1
         actor = (
             _actor_class().options(**options).remote(spec, self.setup, self.adapter_root, self.log)
@@ -320,13 +325,13 @@ class RayPool:
         to its slot."""
         if not self._busy:
             return []
-        ray = _ray()
+        ray = import_ray()
         slot_of = {ref: slot for slot, ref in self._refs.items()}
         refs = list(slot_of)
         ready, _ = ray.wait(refs, num_returns=1, timeout=timeout)
         if ready and len(refs) > 1:  # others that ended meanwhile, without waiting for them
             ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
-        died = _death_errors(ray)
+        died = death_errors(ray)
         events: list[WorkerEvent] = []
         for slot in sorted(slot_of[ref] for ref in ready):
             ref = self._refs.pop(slot)
@@ -334,10 +339,10 @@ class RayPool:
             try:
                 kind, payload = ray.get(ref)
             except died as exc:
-                events.append(WorkerEvent("died", job, slot, _first_line(exc)))
+                events.append(WorkerEvent("died", job, slot, error_line(exc)))
                 self._discard(slot)
             except Exception as exc:  # the run raised past the actor's own handler
-                events.append(WorkerEvent("error", job, slot, _first_line(exc, 2000)))
+                events.append(WorkerEvent("error", job, slot, error_line(exc, 2000)))
             else:
                 events.append(WorkerEvent(kind, job, slot, payload))
         return events
@@ -346,12 +351,12 @@ class RayPool:
         actor = self._actors.pop(slot, None)
         if actor is not None:
             with contextlib.suppress(Exception):  # gone already
-                _ray().kill(actor, no_restart=True)
+                import_ray().kill(actor, no_restart=True)
 
     def close(self, *, now: bool = False) -> None:
         """Stops every actor (runs in flight are lost: a stopped suite's, or with ``now``) and,
         when this pool connected to Ray, disconnects (stopping a local instance it started)."""
-        ray = _ray()
+        ray = import_ray()
         if ray.is_initialized():
             for slot in list(self._actors):
                 self._discard(slot)
@@ -388,6 +393,6 @@ def open_ray_pool(
         slots = plan_ray_slots(workers, threads, device)
     except BaseException:
         if connected:
-            _ray().shutdown()
+            import_ray().shutdown()
         raise
     return RayPool(slots, setup=setup, adapter_root=adapter_root, log=log, shutdown=connected)

@@ -779,11 +779,13 @@ def _run_parallel(
     :func:`~lorabench.harness.workers.plan_workers` (on Ray: one GPU per actor)."""
     from collections import deque
 
-    from lorabench.harness.workers import WorkerPool, plan_workers
+    from lorabench.harness.workers import WorkerPool, plan_workers, worker_setup_for
 
     if not todo:
         return  # nothing to train: no worker started, no Ray instance either
     device = str(suite_device) if suite_device else str(default_device())
+    # A custom task (a YAML file) is registered here only: the workers get its spec too.
+    setup = worker_setup_for((cfg.task for cfg in todo), parallel.setup)
     pool: Any
     if parallel.executor == "ray":
         from lorabench.harness.ray_pool import RayExecutorError, open_ray_pool
@@ -791,14 +793,14 @@ def _run_parallel(
         try:
             pool = open_ray_pool(
                 parallel.address, parallel.workers, parallel.threads, device,
-                setup=parallel.setup, adapter_root=adapter_root, log=log,
+                setup=setup, adapter_root=adapter_root, log=log,
             )  # fmt: skip
         except RayExecutorError as exc:  # before any run trains
             raise SuiteInputError(str(exc)) from None
         slots = pool.slots
     else:
         slots = plan_workers(parallel.workers or 1, parallel.threads, device)
-        pool = WorkerPool(slots, setup=parallel.setup, adapter_root=adapter_root, log=log)
+        pool = WorkerPool(slots, setup=setup, adapter_root=adapter_root, log=log)
     queue = deque(todo)
     by_id = {cfg.run_id: cfg for cfg in todo}
     deaths: dict[str, int] = {}

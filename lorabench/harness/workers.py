@@ -79,6 +79,33 @@ class WorkerEvent:
     payload: str
 
 
+def register_tasks_then(specs: tuple[Any, ...], setup: Callable[[], None] | None) -> None:
+    """A worker's setup: registers ``specs`` (the custom tasks, read from YAML files, that the
+    driver's runs use: a spawned process or Ray actor knows only the built-in tasks), then calls
+    the caller's ``setup``."""
+    from lorabench.tasks import TASKS
+
+    for spec in specs:
+        TASKS.add(spec, overwrite=True)
+    if setup is not None:
+        setup()
+
+
+def worker_setup_for(
+    task_names: Any, setup: Callable[[], None] | None
+) -> Callable[[], None] | None:
+    """The setup a worker of runs on ``task_names`` needs: ``setup``, after registering every
+    custom task among them (their specs, as registered here)."""
+    import functools
+
+    from lorabench.tasks import get_task
+
+    specs = {spec.name: spec for spec in map(get_task, set(task_names)) if spec.source == "custom"}
+    if not specs:
+        return setup
+    return functools.partial(register_tasks_then, tuple(specs.values()), setup)
+
+
 def _exit_with_parent() -> None:
     """Ends this worker as soon as its driver is gone (killed with -9, out of memory): a worker
     only reads its pipe between runs, and an orphan training on would compete with the re-run

@@ -94,6 +94,7 @@ __all__ = [
     "run_trials",
     "search_harness",
     "summarize_study",
+    "trial_line",
     "variant_search_space",
 ]
 
@@ -114,16 +115,18 @@ def run_search(
     execute: ExecuteRun | None = None,
     progress: bool = True,
     confirm: bool = True,
+    device: str | None = None,
 ) -> SearchOutcome:
     """Runs trials until the study's budget is spent, confirms the best, saves the summary.
 
     Re-running continues the study (finished trials and their spend stay). ``results`` is the
     results database (path or URL) for run records and the summary; ``store`` and ``execute``
     default to :class:`~lorabench.results.store.ResultStore` on ``results`` and
-    :func:`~lorabench.harness.runner.execute_run` (tests inject fakes). Several processes on one
-    study: :func:`lorabench.search.parallel.run_search_workers`.
+    :func:`~lorabench.harness.runner.execute_run` on ``device`` (tests inject fakes). Several
+    processes on one study: :func:`lorabench.search.parallel.run_search_workers`; on a Ray
+    cluster: :func:`lorabench.search.ray_search.run_search_ray`.
     """
-    harness = search_harness(prepared, results=results, store=store, execute=execute)
+    harness = search_harness(prepared, results=results, store=store, execute=execute, device=device)
     run_trials(prepared, harness, progress=progress)
     return finish_search(prepared, harness, results=results, progress=progress, confirm=confirm)
 
@@ -280,6 +283,20 @@ def _quiet_interrupt_logs() -> Iterator[None]:
         logger.removeFilter(log_filter)
 
 
+def trial_line(cfg: SearchConfig, trial: FrozenTrial, spend: Any, who: str = "") -> str:
+    """The progress line of an ended trial: its state, score, parameters and the study's spend
+    so far (``who``: ``"worker N: "`` when several workers share one terminal)."""
+    score = trial.user_attrs.get("score")
+    shown = f"score={score:.4f}" if isinstance(score, float) else ""
+    if "duplicate_of" in trial.user_attrs:
+        shown += f" (same config as trial {trial.user_attrs['duplicate_of']})"
+    return (
+        f"[{cfg.study_name}] {who}trial {trial.number} {trial.state.name.lower()} {shown} "
+        f"params={dict(trial.params)} "
+        f"spent {spend.committed:g}/{cfg.budget.limit:g} {cfg.budget.kind}"
+    )
+
+
 class _SearchLoop:
     """The objective and the after-trial callback of one worker's ``study.optimize``."""
 
@@ -416,17 +433,7 @@ class _SearchLoop:
         self.consecutive_duplicates = (
             self.consecutive_duplicates + 1 if "duplicate_of" in trial.user_attrs else 0
         )
-        score = trial.user_attrs.get("score")
-        shown = f"score={score:.4f}" if isinstance(score, float) else ""
-        if "duplicate_of" in trial.user_attrs:
-            shown += f" (same config as trial {trial.user_attrs['duplicate_of']})"
-        _say(
-            self.progress,
-            f"[{cfg.study_name}] {self.who}trial {trial.number} {trial.state.name.lower()} "
-            f"{shown} "
-            f"params={dict(trial.params)} "
-            f"spent {spend.committed:g}/{cfg.budget.limit:g} {cfg.budget.kind}",
-        )
+        _say(self.progress, trial_line(cfg, trial, spend, self.who))
         if spend.exhausted(cfg.budget):
             self.stop_reason = (
                 f"budget {cfg.budget} spent "

@@ -49,6 +49,7 @@ from lorabench.interrupts import Interrupted
 from lorabench.search.loop import (
     WORKER_ATTR,
     WORKER_PID_ATTR,
+    SearchHarness,
     fail_stale_trials,
     finish_search,
     prepare_search,
@@ -66,7 +67,16 @@ from lorabench.search.study import (
     _say,
 )
 
-__all__ = ["STOP_GRACE_S", "check_shareable", "run_search_workers", "workers_problem"]
+__all__ = [
+    "STOP_GRACE_S",
+    "WorkerState",
+    "check_shareable",
+    "fail_worker_trials",
+    "finish_after_workers",
+    "run_search_workers",
+    "search_as_worker",
+    "workers_problem",
+]
 
 # How long a stopped worker may take to mark its running trial failed before it is killed.
 STOP_GRACE_S = 60.0
@@ -88,6 +98,7 @@ def run_search_workers(
     workers: int,
     results: str,
     threads: int | None = None,
+    device: str | None = None,
     store: RecordStore | None = None,
     execute: ExecuteRun | None = None,
     worker_setup: Callable[[], None] | None = None,
@@ -103,6 +114,8 @@ def run_search_workers(
             the confirmation runs and the summaries go there too.
         threads: torch CPU threads in total (default: this machine's cores), divided between the
             workers, at least one each.
+        device: where the trials compute (:func:`~lorabench.harness.workers.plan_workers`:
+            ``cuda`` spreads the workers over the GPUs); None: the harness's choice.
         store: where this process stores the confirmation runs (default: ``results``).
         execute: the run function of the workers and the confirmation (default
             :func:`~lorabench.harness.runner.execute_run`); with workers, a picklable top-level
@@ -124,30 +137,46 @@ def run_search_workers(
         raise SearchError(problem)
     for storage in sorted({str(p.config.storage) for p in prepared}) or [results]:
         check_shareable(storage, results)
-    slots = plan_workers(workers, threads)
+    slots = plan_workers(workers, threads, device)
     _say(progress, _start_line(slots, prepared))
     configs = [p.config for p in prepared]
     team = _Team(slots, configs, results, execute, worker_setup, progress, prepared)
     team.run()
-
-    # (study index, worker, message) of every worker that stopped on an error; None: setup.
-    errors = sorted(
-        (w.error[0] or 0, w.number, w.error[1]) for w in team.workers if w.error is not None
+    return finish_after_workers(
+        prepared,
+        team.workers,
+        lambda p: search_harness(p, results=results, store=store, execute=execute),
+        results=results,
+        progress=progress,
     )
+
+
+def finish_after_workers(
+    prepared: Sequence[PreparedSearch],
+    workers: Sequence[WorkerState],
+    harness_of: Callable[[PreparedSearch], SearchHarness],
+    *,
+    results: str,
+    progress: bool,
+) -> list[SearchOutcome]:
+    """After every worker has ended: confirms (with ``harness_of(study)``) and summarises each
+    study some worker finished, in order, up to the first a worker stopped on with an error;
+    raises :class:`SearchError` for that error, or for a study no worker finished."""
+    # (study index, worker, message) of every worker that stopped on an error; None: setup.
+    errors = sorted((w.error[0] or 0, w.number, w.error[1]) for w in workers if w.error is not None)
     failed_at = errors[0][0] if errors else None
     outcomes: list[SearchOutcome] = []
     for index, p in enumerate(prepared):
         if failed_at is not None and index >= failed_at:
             break
-        if not any(index in w.finished for w in team.workers):
-            ends = "; ".join(f"worker {w.number}: {w.ending()}" for w in team.workers)
+        if not any(index in w.finished for w in workers):
+            ends = "; ".join(f"worker {w.number}: {w.ending()}" for w in workers)
             raise SearchError(
                 f"study {p.config.study_name!r}: no worker finished its trials ({ends}); re-run "
                 "the same command to resume (finished trials and their spend are kept)"
             )
         fail_stale_trials(p)
-        harness = search_harness(p, results=results, store=store, execute=execute)
-        outcomes.append(finish_search(p, harness, results=results, progress=progress))
+        outcomes.append(finish_search(p, harness_of(p), results=results, progress=progress))
     if errors:
         _, number, message = errors[0]
         raise SearchError(f"worker {number}: {message}")
@@ -188,17 +217,14 @@ def _start_line(slots: list[WorkerSlot], prepared: Sequence[PreparedSearch]) -> 
 
 
 @dataclass
-class _Worker:
-    """One worker process as the parent sees it."""
+class WorkerState:
+    """What the parent knows of one worker: the messages of :func:`search_as_worker` it sent."""
 
     number: int  # 1-based, as progress lines show it
-    process: Any
-    conn: Connection
     finished: dict[int, str | None] = field(default_factory=dict)  # study index -> stop reason
     error: tuple[int | None, str] | None = None  # (study index or None: every study, message)
     interrupted: bool = False
     done: bool = False
-    open: bool = True  # the pipe has not reached its end
     died: str | None = None  # how, when it ended without saying so
 
     def apply(self, message: tuple[Any, ...]) -> None:
@@ -227,6 +253,15 @@ class _Worker:
         if self.interrupted:
             return "stopped"
         return "finished"
+
+
+@dataclass
+class _Worker(WorkerState):
+    """One worker process as the parent sees it."""
+
+    process: Any = None
+    conn: Any = None  # the parent's end of the worker's pipe (a Connection)
+    open: bool = True  # the pipe has not reached its end
 
 
 class _Team:
@@ -277,7 +312,7 @@ class _Team:
             )
             process.start()
             child_end.close()  # only the child's copy stays open: its end closes the pipe
-            self.workers.append(_Worker(number, process, parent_end))
+            self.workers.append(_Worker(number, process=process, conn=parent_end))
 
     def _follow(self, workers: list[_Worker], deadline: float | None = None) -> None:
         """Reads the workers' messages until every one in ``workers`` has ended (or until
@@ -350,26 +385,33 @@ class _Team:
                 self._fail_trials_of(w, w.died)
 
     def _fail_trials_of(self, w: _Worker, why: str) -> list[str]:
-        """Marks the running trials of worker ``w`` failed (their reported spend stays counted,
-        as for a trial the heartbeat fails); returns them as ``"N of STUDY"``."""
-        failed: list[str] = []
-        for p in self.prepared:
-            try:
-                running = p.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-            except Exception:  # the storage is unreachable: the heartbeat will do it
+        return fail_worker_trials(self.prepared, w.number, w.process.pid, why)
+
+
+def fail_worker_trials(
+    prepared: Sequence[PreparedSearch], number: int, pid: int | None, why: str
+) -> list[str]:
+    """Marks the running trials of worker ``number`` (process ``pid``) failed, as the heartbeat
+    of a database storage would (a journal file has none); the spend they reported stays
+    counted. Returns them as ``"N of STUDY"``."""
+    failed: list[str] = []
+    for p in prepared:
+        try:
+            running = p.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        except Exception:  # the storage is unreachable: the heartbeat will do it
+            continue
+        for trial in running:
+            owner = (trial.user_attrs.get(WORKER_ATTR), trial.user_attrs.get(WORKER_PID_ATTR))
+            if owner != (number, pid):
                 continue
-            for trial in running:
-                owner = (trial.user_attrs.get(WORKER_ATTR), trial.user_attrs.get(WORKER_PID_ATTR))
-                if owner != (w.number, w.process.pid):
-                    continue
-                storage = p.study._storage
-                with contextlib.suppress(optuna.exceptions.OptunaError, RuntimeError):
-                    storage.set_trial_user_attr(
-                        trial._trial_id, "error", f"worker {w.number} ended mid-trial ({why})"
-                    )
-                    storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-                    failed.append(f"{trial.number} of {p.config.study_name}")
-        return failed
+            storage = p.study._storage
+            with contextlib.suppress(optuna.exceptions.OptunaError, RuntimeError):
+                storage.set_trial_user_attr(
+                    trial._trial_id, "error", f"worker {number} ended mid-trial ({why})"
+                )
+                storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+                failed.append(f"{trial.number} of {p.config.study_name}")
+    return failed
 
 
 # ---------------------------------------------------------------------------------------------
@@ -400,16 +442,20 @@ def _worker_main(
     if hasattr(signal, "SIGTERM"):
         signal.signal(signal.SIGTERM, _stop_once)
     _exit_with_parent()
+
+    def send(message: tuple[Any, ...]) -> None:
+        _send(conn, message)
+
     try:
-        _search_as_worker(conn, number, threads, device, configs, results, execute, setup, progress)
+        search_as_worker(send, number, threads, device, configs, results, execute, setup, progress)
     except KeyboardInterrupt:
-        _send(conn, ("interrupted",))
+        send(("interrupted",))
         return
-    _send(conn, ("done",))
+    send(("done",))
 
 
-def _search_as_worker(
-    conn: Connection,
+def search_as_worker(
+    send: Callable[[tuple[Any, ...]], None],
     number: int,
     threads: int,
     device: str | None,
@@ -419,6 +465,10 @@ def _search_as_worker(
     setup: Callable[[], None] | None,
     progress: bool,
 ) -> None:
+    """The work of one worker (a process here, or a Ray actor): joins each study in order and
+    runs its trials, storing their records in ``results``; tells the parent through ``send``
+    ``("study", index, stop reason)`` per study, or ``("error", index or None, message)`` and
+    stops."""
     import torch
 
     from lorabench.harness.prepared import RunCache
@@ -431,7 +481,7 @@ def _search_as_worker(
             setup()
         store = ResultStore(database_url(results))
     except Exception as exc:
-        _send(conn, ("error", None, f"the worker's setup failed: {_message(exc)}"))
+        send(("error", None, f"the worker's setup failed: {_message(exc)}"))
         return
     cache = RunCache() if execute is None else None  # shared by every trial of this worker
     for index, cfg in enumerate(configs):
@@ -441,9 +491,9 @@ def _search_as_worker(
             harness = search_harness(prepared, store=store, execute=execute, device=device)
             reason = run_trials(prepared, harness, progress=progress, worker=number)
         except Exception as exc:
-            _send(conn, ("error", index, _message(exc)))
+            send(("error", index, _message(exc)))
             return
-        _send(conn, ("study", index, reason))
+        send(("study", index, reason))
 
 
 def _message(exc: Exception) -> str:

@@ -202,6 +202,11 @@ from lorabench.search.parallel import run_search_workers
 from test_search_workers import BarrierHarness, _config
 
 if __name__ == "__main__":
+    import signal
+
+    # As a terminal's foreground job has it: a job started in the background by a shell (CI
+    # under nohup, say) inherits SIGINT ignored, and Python then installs no handler for it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     folder = Path(sys.argv[1])
     prepared = prepare_search(_config(folder, budget=Budget("steps", 100_000)))
     harness = BarrierHarness(folder, processes=2, pause=0.3)

@@ -10,8 +10,8 @@
 #   bash benchmarks/gpu_check.sh [OUT_DIR]      (default gpu_check/; DEVICE=cuda:1 picks a GPU)
 #
 # Writes OUT_DIR/step_time_{fp32,bf16}.{md,json} and OUT_DIR/run_{fp32,bf16}/results.db, and
-# prints the bf16/fp32 step-time ratio per configuration. Every stage has its own time limit, so
-# the script ends within ten minutes even if one stage hangs.
+# prints the bf16/fp32 step-time ratio per configuration (both timed interleaved in one run).
+# Every stage has its own time limit, so the script ends within ten minutes even if one hangs.
 set -euo pipefail
 
 OUT="${1:-gpu_check}"
@@ -27,22 +27,17 @@ if not torch.cuda.is_available():
 print("GPU:", torch.cuda.get_device_name(torch.device("$DEVICE")), "torch", torch.__version__)
 PY
 
-for precision in fp32 bf16; do
-  echo "== step time and memory, $precision =="
-  timeout 180 python benchmarks/step_time.py --random roberta-base --device "$DEVICE" \
-    --precision "$precision" --batch-size 32 --seq-len 128 --repeats "$REPEATS" --warmup 3 \
-    --json "$OUT/step_time_$precision.json" | tee "$OUT/step_time_$precision.md"
-done
-
-python - "$OUT" <<'PY'
-import json, statistics, sys
-out = sys.argv[1]
-times = {p: json.load(open(f"{out}/step_time_{p}.json"))["times_ms"] for p in ("fp32", "bf16")}
-print("\n| configuration | fp32 ms | bf16 ms | bf16/fp32 |\n|---|---:|---:|---:|")
-for label in times["fp32"]:
-    a, b = (statistics.median(times[p][label]) for p in ("fp32", "bf16"))
-    print(f"| {label} | {a:.1f} | {b:.1f} | {b / a:.3f} |")
-PY
+# fp32 alone, then bf16 with every configuration also built at fp32 and interleaved in the same
+# run (--against-precision): its last table is each configuration's bf16/fp32 step-time ratio,
+# paired per repeat. Step memory is measured at each precision.
+echo "== step time and memory, fp32 =="
+timeout 150 python benchmarks/step_time.py --random roberta-base --device "$DEVICE" \
+  --precision fp32 --batch-size 32 --seq-len 128 --repeats "$REPEATS" --warmup 3 \
+  --json "$OUT/step_time_fp32.json" | tee "$OUT/step_time_fp32.md"
+echo "== step time and memory, bf16 (and bf16/fp32, interleaved) =="
+timeout 240 python benchmarks/step_time.py --random roberta-base --device "$DEVICE" \
+  --precision bf16 --against-precision fp32 --batch-size 32 --seq-len 128 \
+  --repeats "$REPEATS" --warmup 3 --json "$OUT/step_time_bf16.json" | tee "$OUT/step_time_bf16.md"
 
 for precision in fp32 bf16; do
   echo "== lorabench run --device $DEVICE --precision $precision (planted task, 50 steps) =="

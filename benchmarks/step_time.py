@@ -49,6 +49,7 @@ are exact and get no slack.
     python benchmarks/step_time.py --variants lora,dora --repeats 5 --device cpu
     python benchmarks/step_time.py --threads 1 --variants lora,sora,increlora --no-memory
     python benchmarks/step_time.py --precision bf16 --random roberta-base --device cuda
+    python benchmarks/step_time.py --precision bf16 --against-precision fp32 --no-memory
 
 Precision (``--precision bf16|fp16``, default fp32): every configuration's forward pass (ours,
 PEFT's and the floor's) runs under ``torch.autocast`` to that type, with the parameters and
@@ -56,6 +57,8 @@ AdamW's state in float32, as ``lorabench run --precision`` trains; the backward 
 optimiser run outside it. ``--random roberta-base`` times a randomly initialised model of
 RoBERTa-base's size (12 layers, hidden 768; nothing is downloaded) instead of the packaged
 MiniLM: the size at which a GPU's step time means something (``benchmarks/gpu_check.sh``).
+``--against-precision fp32`` also builds every configuration at fp32 and interleaves them all in
+one run, printing each configuration's bf16/fp32 step-time ratio, paired per repeat.
 
 Targets (from the issue): every variant at most PEFT's time (ratio <= 1.00) and memory; LoRA and
 DyLoRA within 1.05x of the floor; DoRA within 1.15x.
@@ -64,6 +67,7 @@ DyLoRA within 1.05x of the floor; DoRA within 1.15x.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import os
@@ -115,11 +119,13 @@ CPU_MEMORY_SLACK = 2**20  # bytes: RSS noise floor, see the module docstring
 
 @dataclass(frozen=True)
 class Setup:
-    """One timed configuration: ``kind`` is "ours", "peft" or "floor"."""
+    """One timed configuration: ``kind`` is "ours", "peft" or "floor"; ``precision`` overrides
+    ``--precision`` (the configurations of ``--against-precision``)."""
 
     label: str
     kind: str
     variant: str | None
+    precision: str | None = None
 
 
 @dataclass
@@ -220,6 +226,8 @@ def peft_config(variant: str, total_steps: int) -> Any:
 
 def build_step(setup: Setup, opts: Options) -> Callable[[int], None]:
     """Builds ``setup`` on a fresh model and returns its ``step(i)``."""
+    if setup.precision is not None:
+        opts = dataclasses.replace(opts, precision=setup.precision)
     model = load_base_model(opts)
     batch = make_batch(model, opts)
 
@@ -511,6 +519,38 @@ def summarise(
     return rows
 
 
+def precision_ratios(
+    setups: list[Setup], times: dict[str, list[float]], opts: Options, against: str
+) -> list[dict[str, Any]]:
+    """Per configuration: its median step time at ``--precision`` and at ``against`` (timed
+    interleaved in one run), and the paired ratio of the two."""
+    rows = []
+    for s in setups:
+        other = f"{s.label}@{against}"
+        rows.append(
+            {
+                "config": s.label,
+                f"{opts.precision}_ms": statistics.median(times[s.label]),
+                f"{against}_ms": statistics.median(times[other]),
+                "ratio": paired_ratio(times, s.label, other),
+            }
+        )
+    return rows
+
+
+def precision_markdown(rows: list[dict[str, Any]], precision: str, against: str) -> str:
+    lines = [
+        f"| config | {precision} ms | {against} ms | {precision}/{against} |",
+        "|:---|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['config']} | {r[f'{precision}_ms']:.1f} | {r[f'{against}_ms']:.1f} "
+            f"| {_fmt(r['ratio'], '.2f')} |"
+        )
+    return "\n".join(lines)
+
+
 def _fmt(value: float | None, spec: str, missing: str = "-") -> str:
     return missing if value is None else format(value, spec)
 
@@ -618,6 +658,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="forward pass under torch.autocast to this type (parameters stay float32)",
     )
     p.add_argument(
+        "--against-precision",
+        choices=("fp32", "bf16", "fp16"),
+        default=None,
+        metavar="P",
+        help="also time every configuration at precision P, interleaved in the same run, and "
+        "print each one's --precision / P step-time ratio (paired per repeat)",
+    )
+    p.add_argument(
         "--random",
         choices=RANDOM_MODELS,
         default=None,
@@ -676,13 +724,25 @@ def main(argv: list[str] | None = None) -> int:
     setups, skipped = plan([v for v in args.variants.split(",") if v])
     for message in skipped:
         print(f"note: {message}", file=sys.stderr)
-    times = time_interleaved(setups, opts, args.repeats, args.warmup)
+    against = args.against_precision
+    others = (
+        []
+        if against is None
+        else [
+            dataclasses.replace(s, label=f"{s.label}@{against}", precision=against) for s in setups
+        ]
+    )
+    times = time_interleaved(setups + others, opts, args.repeats, args.warmup)
     memory = {} if args.no_memory else measure_memory(setups, opts, args.warmup)
 
     slack = 0 if opts.device.startswith("cuda") else CPU_MEMORY_SLACK
     rows = summarise(setups, times, memory, memory_slack=slack)
     floor_mib = memory["floor"] / 2**20 if "floor" in memory else None
     print(markdown(rows, statistics.median(times["floor"]), floor_mib))
+    precision_rows = [] if against is None else precision_ratios(setups, times, opts, against)
+    if precision_rows:
+        print()
+        print(precision_markdown(precision_rows, opts.precision, against))
     for message in skipped:
         print(f"\nnote: {message}")
     if args.json:
@@ -691,6 +751,7 @@ def main(argv: list[str] | None = None) -> int:
             "times_ms": times,
             "step_memory_bytes": memory,
             "rows": rows,
+            "precision_ratios": precision_rows,
             "skipped": skipped,
         }
         with open(args.json, "w") as f:

@@ -170,9 +170,11 @@ def test_cli_refuses_bad_ray_settings_before_any_work(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_cli_executor_ray_end_to_end_on_the_real_harness(
+def test_cli_executor_ray_end_to_end_on_a_custom_task(
     tmp_path, tiny_model_dir, capsys, ray_cluster, monkeypatch
 ):
+    from lorabench.tasks import TASKS
+
     # Trials train in the actors and the confirmation on the cluster too: none in this process.
     def here(*args, **kwargs):
         raise AssertionError("a run trained in the driver")
@@ -182,4 +184,11 @@ def test_cli_executor_ray_end_to_end_on_the_real_harness(
     options = ["--storage", journal, "--executor", "ray", "--address", ray_cluster]
     options += ["--workers", "2", "--threads", "1"]
     started = "search: 2 Ray workers (1 CPU each)"
-    check_cli_search_end_to_end(tmp_path, tiny_model_dir, capsys, options, started)
+    # A custom task given as its YAML file: the actors that search and the one that confirms
+    # know it only through the driver.
+    task = str(Path(__file__).parent / "fixtures" / "custom" / "reviews.yaml")
+    try:
+        # (the study is named after the task as given: its path)
+        check_cli_search_end_to_end(tmp_path, tiny_model_dir, capsys, options, started, task, task)
+    finally:
+        TASKS.unregister("fixture-reviews")

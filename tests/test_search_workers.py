@@ -299,10 +299,12 @@ def test_api_refuses_a_bad_worker_count(tmp_path, workers):
         run_search_workers([], workers=workers, results=str(tmp_path / "r.db"))
 
 
-def check_cli_search_end_to_end(tmp_path, tiny_model_dir, capsys, extra, started) -> None:
-    """``lorabench search`` on the real harness (the tiny model, the RTE fixture, a 12-step budget
-    of 3-step trials) with the options ``extra``: the line ``started``, the trials each stored
-    once, one confirmation, the summary."""
+def check_cli_search_end_to_end(
+    tmp_path, tiny_model_dir, capsys, extra, started, task="rte", task_name="rte"
+) -> None:
+    """``lorabench search`` on the real harness (the tiny model, ``task``: by default the RTE
+    fixture, a 12-step budget of 3-step trials) with the options ``extra``: the line
+    ``started``, the trials each stored once, one confirmation, the summary."""
     import argparse
 
     import yaml
@@ -324,7 +326,7 @@ def check_cli_search_end_to_end(tmp_path, tiny_model_dir, capsys, extra, started
     search_cmd.add_arguments(parser)
     args = parser.parse_args(
         [
-            "--variants", "lora", "--tasks", "rte", "--config", str(config),
+            "--variants", "lora", "--tasks", task, "--config", str(config),
             "--data-dir", str(Path(__file__).parent / "fixtures" / "glue"),
             "--model", str(tiny_model_dir), "--budget", "steps=12", "--trial-budget", "steps=3",
             "--pruner", "none", "--confirm-seeds", "1", "--results", str(results), *extra,
@@ -342,7 +344,7 @@ def check_cli_search_end_to_end(tmp_path, tiny_model_dir, capsys, extra, started
     assert len({r.search["trial"] for r in trials}) == len(trials) > 0
     assert [r.seed for r in records if r.search["role"] == "confirm"] == [1]
     assert summary["confirm"]["runs"][0]["seed"] == 1
-    assert "lorabench/lora/rte" in captured.out  # the summary table
+    assert f"lorabench/lora/{task_name}" in captured.out  # the summary table
 
 
 @pytest.mark.slow

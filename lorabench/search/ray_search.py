@@ -39,7 +39,7 @@ from lorabench.harness.ray_pool import (
     is_cuda,
     plan_ray_slots,
 )
-from lorabench.harness.workers import WorkerSlot
+from lorabench.harness.workers import WorkerSlot, worker_setup_for
 from lorabench.results.records import RunRecord
 from lorabench.search.loop import WORKER_ATTR, SearchHarness, search_harness, trial_line
 from lorabench.search.parallel import (
@@ -122,7 +122,11 @@ def run_search_ray(
                 _say(progress, f"[{p.config.study_name}] stopped: {reasons[0]}")
         with contextlib.ExitStack() as stack:
             if execute is None:
-                pool = stack.enter_context(RayPool(slots[:1], setup=worker_setup))
+                # The confirmation runs' tasks are resolved names: a custom (YAML) task's spec
+                # must reach the actor, as the search workers registered it from its file.
+                tasks = (p.config.task for p in prepared)
+                setup = worker_setup_for(tasks, worker_setup)
+                pool = stack.enter_context(RayPool(slots[:1], setup=setup))
 
                 def harness_of(p: PreparedSearch) -> SearchHarness:
                     local = search_harness(p, results=results, store=store)

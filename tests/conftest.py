@@ -143,6 +143,26 @@ def register_toy_task() -> str:
     return TOY_TASK
 
 
+def toy_suite(model_dir, task, out, variants, seeds=(0, 1), steps=3):
+    """A small suite of ``variants`` on ``task`` with the tiny model: ``steps`` steps of 16, 32
+    evaluation examples, into ``out``; validated."""
+    from lorabench.harness.config import Budget, TrainConfig
+    from lorabench.harness.suite import SuiteConfig
+
+    suite = SuiteConfig(
+        variants=variants,
+        tasks=[task],
+        seeds=list(seeds),
+        budget=Budget.parse(f"steps={steps}"),
+        train=TrainConfig(batch_size=16, learning_rate=5e-3, max_eval_examples=32),
+        model=str(model_dir),
+        out=str(out),
+        name="test",
+    )
+    suite.validate()
+    return suite
+
+
 @pytest.fixture(scope="session")
 def toy_task() -> Iterator[str]:
     """The in-memory task ``toy-sentiment``, registered for the session."""

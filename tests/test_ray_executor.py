@@ -21,13 +21,13 @@ import uuid
 from pathlib import Path
 
 import pytest
+from conftest import toy_suite
 
 ray = pytest.importorskip("ray")
 
-from lorabench.harness.config import Budget, TrainConfig  # noqa: E402
 from lorabench.harness.ray_pool import RayExecutorError, plan_ray_slots  # noqa: E402
 from lorabench.harness.runner import SuiteInputError, run_suite  # noqa: E402
-from lorabench.harness.suite import SuiteConfig, VariantEntry  # noqa: E402
+from lorabench.harness.suite import VariantEntry  # noqa: E402
 from lorabench.results.store import ResultStore  # noqa: E402
 from lorabench.variants import VARIANTS  # noqa: E402
 from lorabench.variants.lora import LoRA  # noqa: E402
@@ -83,19 +83,7 @@ def marks(tmp_path):
     VARIANTS.unregister("marked")
 
 
-def make_suite(model_dir, task, out, variants, seeds=(0,), steps=3) -> SuiteConfig:
-    suite = SuiteConfig(
-        variants=variants,
-        tasks=[task],
-        seeds=list(seeds),
-        budget=Budget.parse(f"steps={steps}"),
-        train=TrainConfig(batch_size=16, learning_rate=5e-3, max_eval_examples=32),
-        model=str(model_dir),
-        out=str(out),
-        name="test",
-    )
-    suite.validate()
-    return suite
+make_suite = functools.partial(toy_suite, seeds=(0,))
 
 
 def started(marks: Path, phase: str | None = None) -> list[tuple[int, int]]:

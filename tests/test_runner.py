@@ -3,16 +3,17 @@ finished."""
 
 from __future__ import annotations
 
+import functools
 import io
 from typing import Any, ClassVar
 
 import pytest
 import torch
+from conftest import toy_suite
 
 import lorabench.harness.runner as runner
-from lorabench.harness.config import Budget, TrainConfig
 from lorabench.harness.runner import format_summary, run_suite, summary_table
-from lorabench.harness.suite import SuiteConfig, VariantEntry
+from lorabench.harness.suite import VariantEntry
 from lorabench.results.store import ResultStore
 from lorabench.variants import VARIANTS
 from lorabench.variants.adapter import HEAD_FILE, WEIGHTS_FILE
@@ -52,19 +53,7 @@ def saboteur():
     VARIANTS.unregister("saboteur")
 
 
-def make_suite(model_dir, task, out, variants, seeds=(0, 1)) -> SuiteConfig:
-    suite = SuiteConfig(
-        variants=variants,
-        tasks=[task],
-        seeds=list(seeds),
-        budget=Budget.parse("steps=4"),
-        train=TrainConfig(batch_size=16, learning_rate=5e-3, max_eval_examples=32),
-        model=str(model_dir),
-        out=str(out),
-        name="test",
-    )
-    suite.validate()
-    return suite
+make_suite = functools.partial(toy_suite, steps=4)
 
 
 def test_resume_skips_finished_runs_and_never_duplicates(

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from conftest import toy_suite
 
 import lorabench.harness.runner as runner
-from lorabench.harness.config import Budget, TrainConfig
 from lorabench.harness.runner import RunCache, resolve_suite, run_suite
-from lorabench.harness.suite import SuiteConfig, VariantEntry
+from lorabench.harness.suite import VariantEntry
 from lorabench.harness.workers import plan_workers
 from lorabench.results.claims import LEASE_ENV, ClaimKeeper, ClaimOwner, lease_seconds
 from lorabench.results.store import ResultStore
@@ -71,19 +71,7 @@ def misbehave(tmp_path, monkeypatch):
     VARIANTS.unregister("misbehave")
 
 
-def make_suite(model_dir, task, out, variants, seeds=(0, 1)) -> SuiteConfig:
-    suite = SuiteConfig(
-        variants=variants,
-        tasks=[task],
-        seeds=list(seeds),
-        budget=Budget.parse("steps=3"),
-        train=TrainConfig(batch_size=16, learning_rate=5e-3, max_eval_examples=32),
-        model=str(model_dir),
-        out=str(out),
-        name="test",
-    )
-    suite.validate()
-    return suite
+make_suite = toy_suite
 
 
 def test_two_workers_train_each_run_once_with_the_scores_of_one_and_resume(

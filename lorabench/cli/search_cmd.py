@@ -353,10 +353,7 @@ def _settings(args: argparse.Namespace, *, need_budget: bool = True) -> dict[str
             )
         settings.update(loaded)
     # A config's spaces may name every variant it lists; --variants may then run some of them.
-    listed = settings.get("variants")
-    settings["config_variants"] = (
-        [v.strip() for v in listed.split(",") if v.strip()] if isinstance(listed, str) else listed
-    ) or []
+    config_variants = settings.get("variants")
     for key in (
         "variants",
         "tasks",
@@ -378,10 +375,9 @@ def _settings(args: argparse.Namespace, *, need_budget: bool = True) -> dict[str
         value = getattr(args, key)
         if value is not None:
             settings[key] = value
+    settings["config_variants"] = _names(config_variants) or []
     for key in ("variants", "tasks") if need_budget else ("variants",):
-        value = settings.get(key)
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
+        value = _names(settings.get(key))
         if not value:
             raise BenchmarkConfigError(
                 f"no {key} given: use --{key} a,b (or '{key}:' in the YAML config)"
@@ -402,6 +398,13 @@ def _settings(args: argparse.Namespace, *, need_budget: bool = True) -> dict[str
     if storage is None:
         settings["storage"] = settings["results"]
     return settings
+
+
+def _names(value: Any) -> Any:
+    """A list of names from ``a,b`` (YAML may give a string); any other value as it is."""
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return value
 
 
 def _search_configs(settings: dict[str, Any]) -> list:

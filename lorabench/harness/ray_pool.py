@@ -23,10 +23,9 @@ import os
 import signal
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
-from lorabench.harness.workers import WorkerEvent, WorkerSlot
+from lorabench.harness.workers import SlotPool, WorkerEvent, WorkerSlot
 
 __all__ = [
     "RAY_INSTALL",
@@ -251,7 +250,7 @@ def error_line(exc: BaseException, limit: int = 300) -> str:
     return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
 
 
-class RayPool:
+class RayPool(SlotPool):
     """``slots`` Ray actors (created on first use), each sent one job at a time; the interface
     of :class:`~lorabench.harness.workers.WorkerPool`.
 
@@ -274,24 +273,16 @@ class RayPool:
         log: Any = None,
         shutdown: bool = False,
     ) -> None:
-        self.slots = list(slots)
-        self.setup = setup
-        self.adapter_root = None if adapter_root is None else str(Path(adapter_root))
-        self.log = log
+        super().__init__(slots, setup=setup, adapter_root=adapter_root, log=log)
         self._shutdown = shutdown
         self._actors: dict[int, Any] = {}
         self._refs: dict[int, Any] = {}  # slot index -> the result of its run in flight
-        self._busy: dict[int, Any] = {}  # slot index -> its job
 
     def idle(self) -> list[int]:
         """Slots without a job, those with a live actor first (a new actor spends seconds
         importing torch: a run retried after its actor died goes to a running one if idle)."""
         free = [s.index for s in self.slots if s.index not in self._busy]
         return sorted(free, key=lambda slot: slot not in self._actors)
-
-    def busy(self) -> dict[int, Any]:
-        """The job of every busy slot."""
-        return dict(self._busy)
 
     def actor(self, slot: int) -> Any:
         """The actor handle of ``slot`` (None before its first run or after it died)."""

@@ -13,6 +13,7 @@ out of memory) is reported by :meth:`WorkerPool.wait` and restarted for the next
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import os
 import signal
@@ -23,7 +24,16 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
-__all__ = ["WorkerEvent", "WorkerPool", "WorkerSlot", "plan_workers", "workers_error"]
+__all__ = [
+    "SlotPool",
+    "WorkerEvent",
+    "WorkerPool",
+    "WorkerSlot",
+    "plan_workers",
+    "register_tasks_then",
+    "worker_setup_for",
+    "workers_error",
+]
 
 
 @dataclass(frozen=True)
@@ -96,8 +106,6 @@ def worker_setup_for(
 ) -> Callable[[], None] | None:
     """The setup a worker of runs on ``task_names`` needs: ``setup``, after registering every
     custom task among them (their specs, as registered here)."""
-    import functools
-
     from lorabench.tasks import get_task
 
     specs = {spec.name: spec for spec in map(get_task, set(task_names)) if spec.source == "custom"}
@@ -172,7 +180,31 @@ def _worker_main(
             conn.send(("error", job, error_text(exc)))
 
 
-class WorkerPool:
+class SlotPool:
+    """What every pool of workers holds: its slots, what each worker is set up with, and the job
+    of each busy slot (:class:`WorkerPool` here, :class:`~lorabench.harness.ray_pool.RayPool`
+    on Ray)."""
+
+    def __init__(
+        self,
+        slots: list[WorkerSlot],
+        *,
+        setup: Callable[[], None] | None = None,
+        adapter_root: str | os.PathLike | None = None,
+        log: Any = None,
+    ) -> None:
+        self.slots = list(slots)
+        self.setup = setup
+        self.adapter_root = None if adapter_root is None else str(Path(adapter_root))
+        self.log = log
+        self._busy: dict[int, Any] = {}  # slot index -> its job
+
+    def busy(self) -> dict[int, Any]:
+        """The job of every busy slot."""
+        return dict(self._busy)
+
+
+class WorkerPool(SlotPool):
     """``slots`` worker processes (spawned on first use), each sent one job at a time.
 
     Args:
@@ -192,22 +224,14 @@ class WorkerPool:
         adapter_root: str | os.PathLike | None = None,
         log: Any = None,
     ) -> None:
-        self.slots = list(slots)
-        self.setup = setup
-        self.adapter_root = None if adapter_root is None else str(Path(adapter_root))
-        self.log = log
+        super().__init__(slots, setup=setup, adapter_root=adapter_root, log=log)
         self._context = multiprocessing.get_context("spawn")
         self._procs: dict[int, Any] = {}
         self._conns: dict[int, Connection] = {}
-        self._busy: dict[int, Any] = {}  # slot index -> its job
 
     def idle(self) -> list[int]:
         """Slots without a job, in order."""
         return [s.index for s in self.slots if s.index not in self._busy]
-
-    def busy(self) -> dict[int, Any]:
-        """The job of every busy slot."""
-        return dict(self._busy)
 
     def submit(self, slot: int, job: Any, cfg_data: dict[str, Any]) -> None:
         """Sends ``cfg_data`` (a ``RunConfig.to_dict()``) to idle worker ``slot``, starting the

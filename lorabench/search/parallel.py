@@ -69,6 +69,7 @@ from lorabench.search.study import (
 
 __all__ = [
     "STOP_GRACE_S",
+    "SearchJob",
     "WorkerState",
     "check_shareable",
     "fail_worker_trials",
@@ -140,7 +141,8 @@ def run_search_workers(
     slots = plan_workers(workers, threads, device)
     _say(progress, _start_line(slots, prepared))
     configs = [p.config for p in prepared]
-    team = _Team(slots, configs, results, execute, worker_setup, progress, prepared)
+    job = SearchJob(configs, results, execute, worker_setup, progress)
+    team = _Team(slots, job, prepared)
     team.run()
     return finish_after_workers(
         prepared,
@@ -216,6 +218,19 @@ def _start_line(slots: list[WorkerSlot], prepared: Sequence[PreparedSearch]) -> 
 # the parent's side
 
 
+@dataclass(frozen=True)
+class SearchJob:
+    """What every worker of a search is given: the studies (in order), the results database its
+    trials' records go to, the run function (None: the real harness), the setup it calls first,
+    and whether it prints a line per trial."""
+
+    configs: list[SearchConfig]
+    results: str
+    execute: ExecuteRun | None = None
+    setup: Callable[[], None] | None = None
+    progress: bool = True
+
+
 @dataclass
 class WorkerState:
     """What the parent knows of one worker: the messages of :func:`search_as_worker` it sent."""
@@ -268,18 +283,11 @@ class _Team:
     """The worker processes of one ``run_search_workers`` call, from start to end."""
 
     def __init__(
-        self,
-        slots: list[WorkerSlot],
-        configs: list[SearchConfig],
-        results: str,
-        execute: ExecuteRun | None,
-        setup: Callable[[], None] | None,
-        progress: bool,
-        prepared: Sequence[PreparedSearch],
+        self, slots: list[WorkerSlot], job: SearchJob, prepared: Sequence[PreparedSearch]
     ) -> None:
         self.slots = slots
-        self.job = (configs, results, execute, setup, progress)
-        self.progress = progress
+        self.job = job
+        self.progress = job.progress
         self.prepared = prepared
         self.workers: list[_Worker] = []
 
@@ -306,7 +314,7 @@ class _Team:
             number = slot.index + 1
             process = context.Process(
                 target=_worker_main,
-                args=(child_end, number, slot.threads, slot.device, *self.job),
+                args=(child_end, number, slot.threads, slot.device, self.job),
                 name=f"lorabench-search-worker-{number}",
                 daemon=True,
             )
@@ -426,15 +434,7 @@ def _stop_once(signum: int, frame: Any) -> None:
 
 
 def _worker_main(
-    conn: Connection,
-    number: int,
-    threads: int,
-    device: str | None,
-    configs: list[SearchConfig],
-    results: str,
-    execute: ExecuteRun | None,
-    setup: Callable[[], None] | None,
-    progress: bool,
+    conn: Connection, number: int, threads: int, device: str | None, job: SearchJob
 ) -> None:
     """A worker: runs the trials of every study in order, then says how it ended."""
     # Ctrl-C reaches the whole process group; the parent decides, and stops us with SIGTERM.
@@ -447,7 +447,7 @@ def _worker_main(
         _send(conn, message)
 
     try:
-        search_as_worker(send, number, threads, device, configs, results, execute, setup, progress)
+        search_as_worker(send, number, threads, device, job)
     except KeyboardInterrupt:
         send(("interrupted",))
         return
@@ -459,16 +459,12 @@ def search_as_worker(
     number: int,
     threads: int,
     device: str | None,
-    configs: list[SearchConfig],
-    results: str,
-    execute: ExecuteRun | None,
-    setup: Callable[[], None] | None,
-    progress: bool,
+    job: SearchJob,
 ) -> None:
-    """The work of one worker (a process here, or a Ray actor): joins each study in order and
-    runs its trials, storing their records in ``results``; tells the parent through ``send``
-    ``("study", index, stop reason)`` per study, or ``("error", index or None, message)`` and
-    stops."""
+    """The work of worker ``number`` (a process here, or a Ray actor): joins each study of
+    ``job`` in order and runs its trials, storing their records in its results database; tells
+    the parent through ``send`` ``("study", index, stop reason)`` per study, or ``("error",
+    index or None, message)`` and stops."""
     import torch
 
     from lorabench.harness.prepared import RunCache
@@ -477,19 +473,20 @@ def search_as_worker(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     torch.set_num_threads(threads)
     try:
-        if setup is not None:
-            setup()
-        store = ResultStore(database_url(results))
+        if job.setup is not None:
+            job.setup()
+        store = ResultStore(database_url(job.results))
     except Exception as exc:
         send(("error", None, f"the worker's setup failed: {_message(exc)}"))
         return
+    execute = job.execute
     cache = RunCache() if execute is None else None  # shared by every trial of this worker
-    for index, cfg in enumerate(configs):
+    for index, cfg in enumerate(job.configs):
         try:
             # The parent checked everything (and probed the budget): this only joins the study.
             prepared = prepare_search(cfg, cache=cache, probe=False)
             harness = search_harness(prepared, store=store, execute=execute, device=device)
-            reason = run_trials(prepared, harness, progress=progress, worker=number)
+            reason = run_trials(prepared, harness, progress=job.progress, worker=number)
         except Exception as exc:
             send(("error", index, _message(exc)))
             return

@@ -43,6 +43,7 @@ from lorabench.harness.workers import WorkerSlot, worker_setup_for
 from lorabench.results.records import RunRecord
 from lorabench.search.loop import WORKER_ATTR, SearchHarness, search_harness, trial_line
 from lorabench.search.parallel import (
+    SearchJob,
     WorkerState,
     check_shareable,
     fail_worker_trials,
@@ -53,7 +54,6 @@ from lorabench.search.study import (
     ExecuteRun,
     PreparedSearch,
     RecordStore,
-    SearchConfig,
     SearchError,
     SearchOutcome,
     _say,
@@ -113,7 +113,8 @@ def run_search_ray(
     try:
         slots = plan_ray_slots(workers, threads, device)
         _say(progress, _start_line(slots, prepared))
-        job = _Job([p.config for p in prepared], results, execute, worker_setup)
+        # Nobody reads an actor's output: this driver prints the trials.
+        job = SearchJob([p.config for p in prepared], results, execute, worker_setup, False)
         team = _RayTeam(slots, prepared, job, progress)
         team.run()
         for index, p in enumerate(prepared):
@@ -170,16 +171,6 @@ def _on_cluster(pool: RayPool) -> ExecuteRun:
     return execute
 
 
-@dataclass(frozen=True)
-class _Job:
-    """What every worker is sent: the studies, where records go, the run function and setup."""
-
-    configs: list[SearchConfig]
-    results: str
-    execute: ExecuteRun | None
-    setup: Callable[[], None] | None
-
-
 class _SearchActor:
     """One worker on the cluster (made a Ray actor by :class:`_RayTeam`; a plain class so that
     importing this module needs no Ray)."""
@@ -191,19 +182,11 @@ class _SearchActor:
         """This actor's process id: its trials record it, so the driver knows them."""
         return os.getpid()
 
-    def search(self, job: _Job) -> list[tuple[Any, ...]]:
+    def search(self, job: SearchJob) -> list[tuple[Any, ...]]:
         """Runs the worker; returns its messages (:func:`search_as_worker`), ``("done",)`` last."""
         messages: list[tuple[Any, ...]] = []
         search_as_worker(
-            messages.append,
-            self.slot.index + 1,
-            self.slot.threads,
-            self.slot.device,
-            job.configs,
-            job.results,
-            job.execute,
-            job.setup,
-            False,  # nobody reads an actor's output: the driver prints the trials
+            messages.append, self.slot.index + 1, self.slot.threads, self.slot.device, job
         )
         messages.append(("done",))
         return messages
@@ -227,7 +210,7 @@ class _RayTeam:
         self,
         slots: list[WorkerSlot],
         prepared: Sequence[PreparedSearch],
-        job: _Job,
+        job: SearchJob,
         progress: bool,
     ) -> None:
         self.ray = import_ray()
